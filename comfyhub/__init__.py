@@ -1,0 +1,1 @@
+"""comfyhub: a ComfyUI per user and project, on demand."""

@@ -1,0 +1,12 @@
+"""HTTP API: one router per resource, all under /api."""
+
+from fastapi import APIRouter
+
+from comfyhub.api import admin, auth, health, projects
+
+api_router = APIRouter(prefix="/api")
+api_router.include_router(auth.router)
+api_router.include_router(projects.router)
+api_router.include_router(admin.router)
+
+__all__ = ["api_router", "health"]

@@ -1,0 +1,62 @@
+"""/api/auth: log in, log out, who am I."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+
+from comfyhub import auth
+from comfyhub.api.deps import CurrentUser, DbSession, SettingsDep, request_token, same_origin
+from comfyhub.api.errors import ApiError, envelope
+from comfyhub.api.schemas import LoginIn
+from comfyhub.api.views import user_view
+from comfyhub.models import User
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+BAD_CREDENTIALS = "用户名或密码错误"
+
+
+@router.post("/login", summary="登录")
+async def login(body: LoginIn, request: Request, db: DbSession, settings: SettingsDep):
+    # A login form posted from another site would log the victim into the attacker's account.
+    if request.headers.get("origin") and not same_origin(request, settings):
+        raise ApiError(403, "跨站请求被拒绝")
+    client = request.client.host if request.client else "-"
+    key = auth.throttle_key(body.username, client)
+    wait = await auth.seconds_locked(db, key)
+    if wait:
+        raise ApiError(429, f"登录失败次数过多，请 {wait} 秒后再试", headers={"Retry-After": str(wait)})
+    user = (await db.execute(select(User).where(User.username == body.username))).scalar_one_or_none()
+    if not await auth.verify_password(user.password_hash if user else None, body.password):
+        await auth.record_failure(
+            db, key, settings.comfyhub_login_max_failures, settings.comfyhub_login_lockout_seconds
+        )
+        raise ApiError(401, BAD_CREDENTIALS)
+    await auth.clear_failures(db, key)
+    token = await auth.create_session(db, user, request.app.state.secret_key, settings.comfyhub_session_hours)
+    response = envelope({"token": token, "token_type": "bearer", "user": user_view(user)}, "登录成功")
+    response.set_cookie(
+        auth.SESSION_COOKIE,
+        token,
+        max_age=int(settings.comfyhub_session_hours * 3600),
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout", summary="退出登录")
+async def logout(request: Request, user: CurrentUser, db: DbSession):
+    token, _ = request_token(request)
+    await auth.revoke_session(db, request.app.state.secret_key, token)
+    response = envelope(None, "已退出登录")
+    response.delete_cookie(auth.SESSION_COOKIE, path="/")
+    return response
+
+
+@router.get("/me", summary="当前用户")
+async def me(user: CurrentUser):
+    return envelope(user_view(user))

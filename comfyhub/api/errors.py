@@ -1,0 +1,77 @@
+"""The JSON envelope {"code", "msg", "data"} and every error the API answers with.
+
+HTTP status always equals `code`. Messages are Chinese, stable, and never carry
+internals (paths, stack traces, SQL).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("comfyhub.api")
+
+NOT_LOGGED_IN = "未登录或登录已过期"
+FORBIDDEN = "无操作权限"
+PROJECT_NOT_FOUND = "项目不存在"
+
+
+class ApiError(Exception):
+    """Raised anywhere below a route to answer with `code` and a Chinese `msg`."""
+
+    def __init__(self, code: int, msg: str, data: Any = None, headers: dict | None = None):
+        super().__init__(msg)
+        self.code, self.msg, self.data, self.headers = code, msg, data, headers
+
+
+def envelope(data: Any = None, msg: str = "成功", code: int = 200, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "msg": msg, "data": data}, status_code=code, headers=headers)
+
+
+_STATUS_MESSAGES = {
+    400: "请求无效",
+    401: NOT_LOGGED_IN,
+    403: FORBIDDEN,
+    404: "接口不存在",
+    405: "不支持的请求方法",
+    413: "请求体过大",
+    415: "不支持的内容类型",
+    422: "请求参数无效",
+}
+
+
+def _field_name(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    return ".".join(parts) or "请求体"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError):
+        return envelope(exc.data, exc.msg, exc.code, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        field = _field_name(tuple(first.get("loc", ())))
+        msg = f"请求参数无效：{field}"
+        if first.get("type") == "json_invalid":
+            msg = "请求参数无效：JSON 格式错误"
+        details = [{"field": _field_name(tuple(e.get("loc", ()))), "type": e.get("type")} for e in errors[:20]]
+        return envelope({"errors": details}, msg, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        msg = _STATUS_MESSAGES.get(exc.status_code, "请求失败")
+        return envelope(None, msg, exc.status_code, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return envelope(None, "服务器内部错误", 500)

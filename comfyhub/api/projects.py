@@ -1,0 +1,108 @@
+"""/api/projects: a user's projects, and the 数据生成 actions on each one."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from comfyhub.api.deps import CurrentUser, DbSession, ProjectId
+from comfyhub.api.errors import FORBIDDEN, PROJECT_NOT_FOUND, ApiError, envelope
+from comfyhub.api.schemas import ProjectCreate, ProjectUpdate
+from comfyhub.api.views import project_view
+from comfyhub.models import ComfyUIService, Project, User
+
+router = APIRouter(prefix="/projects", tags=["projects"])
+
+CODE_TAKEN = "项目号已存在"
+
+
+async def load_project(db, project_id: int, user: User, *, owner_only: bool = False) -> Project:
+    """The project, if the caller may see it: its owner, or an admin unless `owner_only`."""
+    project = await db.get(Project, project_id)
+    if project is None:
+        raise ApiError(404, PROJECT_NOT_FOUND)
+    if project.owner_user_id != user.id and (owner_only or not user.is_admin):
+        raise ApiError(403, FORBIDDEN)
+    return project
+
+
+async def _service_of(db, project_id: int) -> ComfyUIService | None:
+    return (
+        await db.execute(select(ComfyUIService).where(ComfyUIService.project_id == project_id))
+    ).scalar_one_or_none()
+
+
+async def _code_taken(db, code: str, except_id: int | None = None) -> bool:
+    query = select(Project.id).where(Project.code == code)
+    if except_id is not None:
+        query = query.where(Project.id != except_id)
+    return (await db.execute(query)).first() is not None
+
+
+@router.get("", summary="项目列表")
+async def list_projects(
+    user: CurrentUser,
+    db: DbSession,
+    scope: Literal["mine", "all"] | None = Query(None, description="mine 或 all（仅管理员）；管理员默认 all"),
+):
+    if scope == "all" and not user.is_admin:
+        raise ApiError(403, FORBIDDEN)
+    show_all = user.is_admin and scope != "mine"
+    query = (
+        select(Project, ComfyUIService, User)
+        .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
+        .join(User, User.id == Project.owner_user_id)
+        .order_by(Project.id)
+    )
+    if not show_all:
+        query = query.where(Project.owner_user_id == user.id)
+    rows = (await db.execute(query)).all()
+    return envelope([project_view(p, s, owner) for p, s, owner in rows])
+
+
+@router.post("", summary="创建项目", status_code=201)
+async def create_project(body: ProjectCreate, user: CurrentUser, db: DbSession):
+    if await _code_taken(db, body.code):
+        raise ApiError(400, CODE_TAKEN)
+    project = Project(name=body.name, code=body.code, note=body.note, owner_user_id=user.id)
+    db.add(project)
+    try:
+        await db.commit()
+    except IntegrityError:
+        # Lost a race with a concurrent create of the same code.
+        await db.rollback()
+        raise ApiError(400, CODE_TAKEN) from None
+    return envelope(project_view(project, None, user), "项目已创建", 201)
+
+
+@router.get("/{project_id}", summary="项目详情")
+async def get_project(project_id: ProjectId, user: CurrentUser, db: DbSession):
+    project = await load_project(db, project_id, user)
+    return envelope(project_view(project, await _service_of(db, project_id)))
+
+
+@router.put("/{project_id}", summary="修改项目")
+async def update_project(project_id: ProjectId, body: ProjectUpdate, user: CurrentUser, db: DbSession):
+    project = await load_project(db, project_id, user)
+    changes = body.model_dump(exclude_none=True)
+    if "code" in changes and await _code_taken(db, changes["code"], except_id=project.id):
+        raise ApiError(400, CODE_TAKEN)
+    for field, value in changes.items():
+        setattr(project, field, value)
+    try:
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        raise ApiError(400, CODE_TAKEN) from None
+    return envelope(project_view(project, await _service_of(db, project_id)), "项目已更新")
+
+
+@router.delete("/{project_id}", summary="删除项目")
+async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession):
+    project = await load_project(db, project_id, user)
+    await db.delete(project)
+    await db.commit()
+    return envelope({"id": project_id}, "项目已删除")

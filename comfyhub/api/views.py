@@ -1,0 +1,54 @@
+"""How rows are shown in replies: one function per resource, used by every route."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from comfyhub.models import ComfyUIService, Project, User
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def user_view(user: User) -> dict:
+    return {
+        "id": user.id,
+        "username": user.username,
+        "is_admin": user.is_admin,
+        "created_at": _iso(user.created_at),
+    }
+
+
+def service_view(service: ComfyUIService | None) -> dict | None:
+    if service is None:
+        return None
+    return {
+        "status": service.status,
+        "status_detail": service.status_detail,
+        "comfy_url": service.comfy_url,
+        "port": service.port,
+        "pid": service.pid,
+        "gpu": service.gpu,
+        "started_at": _iso(service.start_time),
+        "last_heartbeat": _iso(service.last_heartbeat),
+        "last_activity": _iso(service.last_activity),
+        "last_error": service.last_error,
+        "stopped_reason": service.stopped_reason,
+    }
+
+
+def project_view(project: Project, service: ComfyUIService | None, owner: User | None = None) -> dict:
+    view = {
+        "id": project.id,
+        "name": project.name,
+        "code": project.code,
+        "note": project.note,
+        "owner_user_id": project.owner_user_id,
+        "created_at": _iso(project.created_at),
+        "updated_at": _iso(project.updated_at),
+        "service": service_view(service),
+    }
+    if owner is not None:
+        view["owner_username"] = owner.username
+    return view

@@ -1,0 +1,49 @@
+"""The FastAPI application: wiring only. The lifecycle lives in services/manager.py."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from comfyhub.api import api_router, health
+from comfyhub.api.errors import install_error_handlers
+from comfyhub.config import Settings, get_settings
+from comfyhub.db import create_engine, session_factory
+
+log = logging.getLogger("comfyhub")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. The database must already be migrated (`comfyhub serve` does it)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine = create_engine(settings.database_url)
+        app.state.engine = engine
+        app.state.sessions = session_factory(engine)
+        try:
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="comfyhub",
+        version="0.1.0",
+        description="每个用户、每个项目一个 ComfyUI：按需启动、健康复用、崩溃重启、仅所有者可访问。",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.secret_key = settings.secret_key()
+    install_error_handlers(app)
+    app.include_router(api_router)
+    app.include_router(health.router)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return HTMLResponse("<!doctype html><meta charset=utf-8><title>comfyhub</title><p>comfyhub 运行中。</p>")
+
+    return app

@@ -1,0 +1,164 @@
+"""The `comfyhub` command: serve, user create, doctor, services list|stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import secrets
+import sys
+
+from sqlalchemy import func, select
+
+from comfyhub.auth import hash_password_sync
+from comfyhub.config import Settings, SettingsError, load_settings
+from comfyhub.db import create_engine, is_sqlite, migrate, session_factory
+from comfyhub.models import User
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"comfyhub: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _with_db(settings: Settings, work):
+    engine = create_engine(settings.database_url)
+    try:
+        async with session_factory(engine)() as db:
+            return await work(db)
+    finally:
+        await engine.dispose()
+
+
+async def _create_user(db, name: str, password: str, admin: bool) -> User | None:
+    if (await db.execute(select(User).where(User.username == name))).scalar_one_or_none():
+        return None
+    user = User(username=name, password_hash=hash_password_sync(password), is_admin=admin)
+    db.add(user)
+    await db.commit()
+    return user
+
+
+def ensure_first_admin(settings: Settings) -> str | None:
+    """Create the first admin when there is no user; return a generated password to show."""
+
+    async def work(db):
+        if await db.scalar(select(func.count()).select_from(User)):
+            return None
+        password = settings.comfyhub_admin_password or secrets.token_urlsafe(12)
+        await _create_user(db, settings.comfyhub_admin_user, password, admin=True)
+        return None if settings.comfyhub_admin_password else password
+
+    return asyncio.run(_with_db(settings, work))
+
+
+def _announce_admin(settings: Settings, password: str) -> None:
+    keep = settings.runtime_dir / "initial_admin_password"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{settings.comfyhub_admin_user} {password}\n")
+    bar = "=" * 64
+    print(
+        f"{bar}\n First run: created administrator '{settings.comfyhub_admin_user}'\n"
+        f" password: {password}\n (also kept in {keep}, mode 0600; shown only this once)\n{bar}",
+        flush=True,
+    )
+
+
+def cmd_serve(args) -> int:
+    settings = _settings()
+    if args.workers > 1 and is_sqlite(settings.database_url):
+        print(
+            "comfyhub: --workers > 1 needs PostgreSQL (COMFYHUB_DATABASE_URL=postgresql+asyncpg://...); "
+            "SQLite serves one worker only",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"comfyhub: migrating {_safe_url(settings.database_url)}", flush=True)
+    migrate(settings.database_url)
+    password = ensure_first_admin(settings)
+    if password:
+        _announce_admin(settings, password)
+    import uvicorn
+
+    print(f"comfyhub: serving on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(
+        "comfyhub.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        proxy_headers=False,
+    )
+    return 0
+
+
+def cmd_user_create(args) -> int:
+    settings = _settings()
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Repeat password: "):
+            print("comfyhub: passwords do not match", file=sys.stderr)
+            return 1
+    if len(password) < 8:
+        print("comfyhub: password must have at least 8 characters", file=sys.stderr)
+        return 1
+    migrate(settings.database_url)
+    user = asyncio.run(_with_db(settings, lambda db: _create_user(db, args.name, password, args.admin)))
+    if user is None:
+        print(f"comfyhub: user '{args.name}' already exists", file=sys.stderr)
+        return 1
+    print(f"created {'admin' if args.admin else 'user'} '{args.name}' (id {user.id})")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from comfyhub.doctor import run_checks
+
+    return run_checks()
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="comfyhub", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="apply migrations, then serve the platform")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="user_command", required=True)
+    create = user.add_parser("create", help="create a user")
+    create.add_argument("name")
+    create.add_argument("--admin", action="store_true")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    create.set_defaults(func=cmd_user_create)
+
+    doctor = sub.add_parser("doctor", help="check settings, database, folders and ComfyUI")
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

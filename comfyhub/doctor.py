@@ -1,0 +1,133 @@
+"""`comfyhub doctor`: each check prints ok/warn/fail with the reason and, on failure, the fix."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from comfyhub.config import Settings, SettingsError, load_settings
+
+
+@dataclass
+class Check:
+    name: str
+    state: str  # "ok" | "warn" | "fail"
+    detail: str
+    fix: str = ""
+
+
+def check_database(settings: Settings) -> Check:
+    from comfyhub.db import create_engine, current_revision, head_revision
+
+    async def probe():
+        engine = create_engine(settings.database_url)
+        try:
+            return await asyncio.wait_for(current_revision(engine), 10)
+        finally:
+            await engine.dispose()
+
+    try:
+        revision = asyncio.run(probe())
+    except Exception as exc:  # noqa: BLE001 — report any failure to connect
+        return Check("database", "fail", f"cannot connect: {type(exc).__name__}: {exc}"[:300],
+                     "check COMFYHUB_DATABASE_URL and that the server is running")
+    head = head_revision()
+    if revision != head:
+        return Check("database", "fail", f"schema at {revision or 'empty'}, code expects {head}",
+                     "run `comfyhub serve` once (it migrates)")
+    return Check("database", "ok", f"reachable, schema at {revision}")
+
+
+def check_writable_dir(name: str, path: Path) -> Check:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".doctor-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return Check(name, "fail", f"{path} not writable: {exc.strerror}", f"make {path} writable for this user")
+    return Check(name, "ok", f"{path} writable")
+
+
+def check_comfyui(settings: Settings) -> list[Check]:
+    if not settings.comfyui_configured:
+        return [Check("comfyui", "fail", "COMFYUI_REPO_PATH / COMFYUI_PYTHON not set",
+                      "set both in .env to a ComfyUI checkout and its python")]
+    checks = []
+    main_py = settings.comfyui_repo_path / "main.py"
+    if main_py.is_file():
+        checks.append(Check("comfyui repo", "ok", f"{main_py} exists"))
+    else:
+        checks.append(Check("comfyui repo", "fail", f"{main_py} not found",
+                            "point COMFYUI_REPO_PATH at a ComfyUI checkout"))
+    python = settings.comfyui_python
+    if python.is_file() and os.access(python, os.X_OK):
+        checks.append(Check("comfyui python", "ok", f"{python} is executable"))
+    else:
+        checks.append(Check("comfyui python", "fail", f"{python} is not an executable file",
+                            "point COMFYUI_PYTHON at the python of ComfyUI's venv"))
+    return checks
+
+
+def check_listen(settings: Settings) -> Check:
+    try:
+        loopback = ipaddress.ip_address(settings.comfyui_listen).is_loopback
+    except ValueError:
+        loopback = settings.comfyui_listen == "localhost"
+    if loopback:
+        return Check("listen address", "ok", f"{settings.comfyui_listen} is loopback")
+    return Check("listen address", "warn",
+                 f"{settings.comfyui_listen} is not loopback: instances are reachable without login",
+                 "set COMFYUI_LISTEN=127.0.0.1 unless a firewall closes the port range")
+
+
+def check_ports(settings: Settings) -> Check:
+    low, high = settings.port_range
+    free = sum(1 for p in range(low, high + 1) if _port_free(settings.comfyui_listen, p))
+    if free == 0:
+        return Check("port range", "fail", f"no free port in {low}-{high}", "free some ports or widen COMFYUI_PORT_RANGE")
+    return Check("port range", "ok", f"{free} of {high - low + 1} ports free in {low}-{high}")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def collect(settings: Settings) -> list[Check]:
+    checks = [Check("settings", "ok", "all settings valid")]
+    checks.append(check_database(settings))
+    checks.append(check_writable_dir("instance dir", settings.comfyui_instance_base_dir))
+    checks.append(check_writable_dir("log dir", settings.comfyui_log_dir))
+    checks.extend(check_comfyui(settings))
+    checks.append(check_listen(settings))
+    checks.append(check_ports(settings))
+    return checks
+
+
+def run_checks() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        checks = [Check("settings", "fail", str(exc).replace("\n", "; "), "fix the named setting in .env or the environment")]
+    else:
+        checks = collect(settings)
+    for c in checks:
+        line = f"{c.state:<4}  {c.name}: {c.detail}"
+        if c.fix and c.state != "ok":
+            line += f"\n      fix: {c.fix}"
+        print(line)
+    failed = [c for c in checks if c.state == "fail"]
+    print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed" + (", see fixes above" if failed else ""))
+    sys.stdout.flush()
+    return 1 if failed else 0

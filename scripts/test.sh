@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Run the whole test suite (args go to pytest). Installs PostgreSQL and Chromium first when
+# they are missing and this runs as root; otherwise says what to install.
+source "$(dirname "$0")/bootstrap.sh" "test"
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "==> installing ${need[*]} (apt-get)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # The Debian package starts a cluster of its own; the tests start their own servers.
+    service postgresql stop >/dev/null 2>&1 || true
+  else
+    echo "the tests need: ${need[*]} — run: sudo apt-get install -y ${need[*]}" >&2; exit 1
+  fi
+fi
+exec .venv/bin/python -m pytest "$@"

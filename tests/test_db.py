@@ -1,0 +1,49 @@
+"""Migrations from empty on both databases, and the SQLite pragmas."""
+
+import asyncio
+
+from sqlalchemy import inspect, text
+
+from comfyhub.db import create_engine, current_revision, head_revision, migrate
+
+TABLES = {"users", "auth_sessions", "login_throttle", "projects", "comfyui_services"}
+
+
+async def _tables(url):
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return set(await conn.run_sync(lambda c: inspect(c).get_table_names())), await current_revision(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_migrations_up_from_empty_sqlite(tmp_path):
+    url = f"sqlite+aiosqlite:///{tmp_path}/fresh.db"
+    await asyncio.to_thread(migrate, url)
+    tables, rev = await _tables(url)
+    assert TABLES <= tables
+    assert rev == head_revision()
+    await asyncio.to_thread(migrate, url)  # a second run is a no-op
+    assert (await _tables(url))[1] == head_revision()
+
+
+async def test_migrations_up_from_empty_postgres(pg_admin_url):
+    from tests.conftest import _pg_exec
+
+    await _pg_exec(pg_admin_url, "CREATE DATABASE fresh_migrate")
+    url = pg_admin_url.rsplit("/", 1)[0] + "/fresh_migrate"
+    await asyncio.to_thread(migrate, url)
+    tables, rev = await _tables(url)
+    assert TABLES <= tables
+    assert rev == head_revision()
+
+
+async def test_sqlite_uses_wal_and_foreign_keys(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/x.db")
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+    finally:
+        await engine.dispose()
