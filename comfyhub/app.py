@@ -12,6 +12,7 @@ from comfyhub.api import api_router, health
 from comfyhub.api.errors import install_error_handlers
 from comfyhub.config import Settings, get_settings
 from comfyhub.db import create_engine, session_factory
+from comfyhub.services.manager import ServiceManager
 
 log = logging.getLogger("comfyhub")
 
@@ -25,9 +26,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
+        app.state.manager = ServiceManager(settings, app.state.sessions)
+        await app.state.manager.startup()
         try:
             yield
         finally:
+            await app.state.manager.shutdown()
             await engine.dispose()
 
     app = FastAPI(

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     comfyhub_login_lockout_seconds: float = Field(
         300, gt=0, description="How long a lock-out lasts; also the window failures are counted in."
     )
+    comfyui_stop_grace_seconds: float = Field(
+        10, gt=0, description="Stop waits this long after SIGINT before SIGTERM (and as long again before SIGKILL)."
+    )
     comfyui_health_timeout_seconds: float = Field(
         2.5, gt=0, description="Timeout of one GET /system_stats health check."
     )

@@ -12,10 +12,12 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -113,6 +115,16 @@ class ComfyUIService(Base):
     """
 
     __tablename__ = "comfyui_services"
+    __table_args__ = (
+        # A port belongs to at most one live instance (invariant 3), across backend processes.
+        Index(
+            "uq_comfyui_services_live_port",
+            "port",
+            unique=True,
+            sqlite_where=text("status IN ('starting', 'online')"),
+            postgresql_where=text("status IN ('starting', 'online')"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)

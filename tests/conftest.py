@@ -122,6 +122,20 @@ def settings(db_url, tmp_path) -> Settings:
     return make_settings(db_url, tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_instances(tmp_path):
+    """Safety net: whatever a test started under its tmp_path does not outlive it."""
+    yield
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(tmp_path) in arg for arg in proc.info["cmdline"] or []):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
 @pytest.fixture
 async def app(settings):
     from comfyhub.app import create_app
@@ -129,6 +143,11 @@ async def app(settings):
     application = create_app(settings)
     async with application.router.lifespan_context(application):
         yield application
+
+
+@pytest.fixture
+def manager(app):
+    return app.state.manager
 
 
 @pytest.fixture

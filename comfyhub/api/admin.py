@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from comfyhub.api.deps import AdminUser, DbSession
-from comfyhub.api.errors import envelope
-from comfyhub.api.views import user_view
-from comfyhub.models import User
+from comfyhub.api.deps import AdminUser, DbSession, Manager, ProjectId
+from comfyhub.api.errors import ApiError, envelope
+from comfyhub.api.views import service_view, user_view
+from comfyhub.models import ComfyUIService, Project, User
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -17,3 +17,29 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 async def list_users(_admin: AdminUser, db: DbSession):
     users = (await db.execute(select(User).order_by(User.id))).scalars().all()
     return envelope([user_view(u) for u in users])
+
+
+@router.get("/services", summary="所有 ComfyUI 实例（管理员）")
+async def list_services(_admin: AdminUser, db: DbSession):
+    rows = (
+        await db.execute(
+            select(ComfyUIService, Project, User)
+            .join(Project, Project.id == ComfyUIService.project_id)
+            .join(User, User.id == ComfyUIService.user_id)
+            .order_by(ComfyUIService.project_id)
+        )
+    ).all()
+    return envelope([
+        {**service_view(s), "project_id": p.id, "project_name": p.name, "project_code": p.code,
+         "user_id": u.id, "username": u.username}
+        for s, p, u in rows
+    ])
+
+
+@router.post("/services/{project_id}/stop", summary="停止某个实例（管理员）")
+async def stop_service(project_id: ProjectId, admin: AdminUser, db: DbSession, manager: Manager):
+    await db.commit()  # the admin check's transaction: release it while the process stops
+    if await manager.get(project_id) is None:
+        raise ApiError(404, "实例不存在")
+    record = await manager.stop(project_id, reason=f"管理员 {admin.username} 停止")
+    return envelope(service_view(record), "实例已停止")

@@ -13,6 +13,7 @@ from comfyhub.api.errors import FORBIDDEN, NOT_LOGGED_IN, ApiError
 from comfyhub.auth import SESSION_COOKIE, user_for_token
 from comfyhub.config import Settings
 from comfyhub.models import User
+from comfyhub.services.manager import ServiceManager
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -29,7 +30,12 @@ async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+def get_manager(request: Request) -> ServiceManager:
+    return request.app.state.manager
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+Manager = Annotated[ServiceManager, Depends(get_manager)]
 DbSession = Annotated[AsyncSession, Depends(get_db)]
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="项目 ID")]
 

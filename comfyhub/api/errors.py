@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from comfyhub.services.errors import ServiceError
+
 log = logging.getLogger("comfyhub.api")
 
 NOT_LOGGED_IN = "未登录或登录已过期"
@@ -54,6 +56,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
         return envelope(exc.data, exc.msg, exc.code, exc.headers)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: ServiceError):
+        return envelope(exc.data, exc.msg, exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):

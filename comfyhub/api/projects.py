@@ -8,15 +8,16 @@ from fastapi import APIRouter, Query
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from comfyhub.api.deps import CurrentUser, DbSession, ProjectId
+from comfyhub.api.deps import CurrentUser, DbSession, Manager, ProjectId
 from comfyhub.api.errors import FORBIDDEN, PROJECT_NOT_FOUND, ApiError, envelope
 from comfyhub.api.schemas import ProjectCreate, ProjectUpdate
-from comfyhub.api.views import project_view
-from comfyhub.models import ComfyUIService, Project, User
+from comfyhub.api.views import open_view, project_view, service_view
+from comfyhub.models import ComfyUIService, Project, ServiceStatus, User
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
 CODE_TAKEN = "项目号已存在"
+MAX_LOG_LINES = 2000
 
 
 async def load_project(db, project_id: int, user: User, *, owner_only: bool = False) -> Project:
@@ -101,8 +102,51 @@ async def update_project(project_id: ProjectId, body: ProjectUpdate, user: Curre
 
 
 @router.delete("/{project_id}", summary="删除项目")
-async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession):
+async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
     project = await load_project(db, project_id, user)
+    await db.commit()
+    # The instance goes first: no ComfyUI may outlive its project. Its files stay on disk.
+    await manager.stop(project_id, reason="项目已删除")
     await db.delete(project)
     await db.commit()
     return envelope({"id": project_id}, "项目已删除")
+
+
+@router.post("/{project_id}/open_comfy", summary="数据生成：打开（必要时启动）ComfyUI")
+async def open_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
+    project = await load_project(db, project_id, user, owner_only=True)
+    await db.commit()  # hand the connection back: a start can take minutes
+    record = await manager.ensure(user.id, project)
+    if record.status == ServiceStatus.ONLINE:
+        return envelope(open_view(record), "ComfyUI 已就绪")
+    if record.status == ServiceStatus.FAILED:
+        reason = record.last_error.splitlines()[0] if record.last_error else "未知原因"
+        return envelope(open_view(record), f"ComfyUI 启动失败：{reason}", 503)
+    return envelope(open_view(record), "启动已取消", 409)
+
+
+@router.post("/{project_id}/stop_comfy", summary="停止 ComfyUI")
+async def stop_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
+    await load_project(db, project_id, user, owner_only=True)
+    await db.commit()  # hand the connection back while the process stops
+    record = await manager.stop(project_id, reason="用户停止")
+    return envelope(service_view(record), "ComfyUI 已停止")
+
+
+@router.get("/{project_id}/comfy_log", summary="ComfyUI 日志（末尾若干行）")
+async def comfy_log(
+    project_id: ProjectId,
+    user: CurrentUser,
+    db: DbSession,
+    manager: Manager,
+    tail: int = Query(200, ge=1, le=MAX_LOG_LINES, description=f"行数，最多 {MAX_LOG_LINES}"),
+):
+    await load_project(db, project_id, user)
+    record = await _service_of(db, project_id)
+    text = await manager.log_tail(record, tail) if record else ""
+    return envelope({"lines": text.splitlines(), "log_file": record and _log_name(record.log_path)})
+
+
+def _log_name(path: str) -> str | None:
+    # Only the file name: a full path would reveal the server's layout.
+    return path.rsplit("/", 1)[-1] if path else None

@@ -38,6 +38,17 @@ def service_view(service: ComfyUIService | None) -> dict | None:
     }
 
 
+def open_view(service: ComfyUIService) -> dict:
+    """The seed's open_comfy reply, plus what the page needs to explain a failure."""
+    return {
+        "comfy_url": service.comfy_url,
+        "status": service.status,
+        "port": service.port,
+        "started_at": _iso(service.start_time),
+        "last_error": service.last_error,
+    }
+
+
 def project_view(project: Project, service: ComfyUIService | None, owner: User | None = None) -> dict:
     view = {
         "id": project.id,

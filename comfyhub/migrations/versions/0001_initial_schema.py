@@ -93,6 +93,10 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('comfyui_services', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_comfyui_services_user_id'), ['user_id'], unique=False)
+    # A port belongs to at most one live instance, whichever backend process recorded it.
+    live = "status IN ('starting', 'online')"
+    op.create_index('uq_comfyui_services_live_port', 'comfyui_services', ['port'], unique=True,
+                    sqlite_where=sa.text(live), postgresql_where=sa.text(live))
 
    
 
@@ -101,6 +105,7 @@ def downgrade() -> None:
    
     with op.batch_alter_table('comfyui_services', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_comfyui_services_user_id'))
+    op.drop_index('uq_comfyui_services_live_port', table_name='comfyui_services')
 
     op.drop_table('comfyui_services')
     with op.batch_alter_table('projects', schema=None) as batch_op:

@@ -1,0 +1,26 @@
+"""Launchers run ComfyUI processes; see base.py for the contract."""
+
+from comfyhub.config import Settings
+from comfyhub.launchers.base import Exit, Handle, LaunchError, Launcher, LaunchSpec
+
+
+def connect_host(listen: str) -> str:
+    """Where this machine reaches an instance listening on `listen` (wildcards → loopback)."""
+    if listen in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if listen == "::":
+        return "::1"
+    return listen
+
+
+def make_launcher(settings: Settings) -> Launcher:
+    if settings.comfyui_launcher == "ray":
+        from comfyhub.launchers.ray import RayLauncher  # optional dependency
+
+        return RayLauncher(settings)
+    from comfyhub.launchers.local import LocalLauncher
+
+    return LocalLauncher(connect_host(settings.comfyui_listen))
+
+
+__all__ = ["Exit", "Handle", "LaunchError", "LaunchSpec", "Launcher", "connect_host", "make_launcher"]

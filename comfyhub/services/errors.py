@@ -1,0 +1,12 @@
+"""What the manager refuses with: an HTTP-like status and a Chinese message for the user."""
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, msg: str, data: dict | None = None):
+        super().__init__(msg)
+        self.status, self.msg, self.data = status, msg, data
+
+
+NOT_CONFIGURED = "ComfyUI 未配置"
+NO_FREE_PORT = "没有可用端口"
+FORBIDDEN = "无操作权限"

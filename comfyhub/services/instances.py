@@ -1,0 +1,77 @@
+"""An instance's files: its folder under COMFYUI_INSTANCE_BASE_DIR and its log file.
+
+Nothing here deletes what a user made (input/, output/, user/): invariant 7.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+from comfyhub.config import Settings
+
+
+def instance_dir(settings: Settings, user_id: int, project_id: int) -> Path:
+    return settings.comfyui_instance_base_dir / f"u{user_id}" / f"p{project_id}"
+
+
+def log_path(settings: Settings, user_id: int, project_id: int, port: int) -> Path:
+    return settings.comfyui_log_dir / f"comfy_u{user_id}_p{project_id}_{port}.log"
+
+
+def shared_dirs(settings: Settings) -> dict[str, Path | None]:
+    repo = settings.comfyui_repo_path
+    return {
+        "custom_nodes": settings.comfyui_custom_nodes_dir or (repo / "custom_nodes" if repo else None),
+        "models": settings.comfyui_models_dir or (repo / "models" if repo else None),
+    }
+
+
+def prepare_instance_dir(settings: Settings, user_id: int, project_id: int) -> Path:
+    """Create the instance folder and link the shared custom_nodes/ and models/ into it.
+
+    Idempotent: a folder deleted by hand is recreated and broken links are restored.
+    A real folder the user put in place of a link is left alone.
+    """
+    base = instance_dir(settings, user_id, project_id)
+    for sub in ("input", "output", "user", "temp"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    for name, shared in shared_dirs(settings).items():
+        target = base / name
+        if shared is not None and shared.is_dir():
+            if target.is_symlink() and Path(os.readlink(target)) != shared:
+                target.unlink()
+            if not target.exists() and not target.is_symlink():
+                target.symlink_to(shared, target_is_directory=True)
+            elif target.is_symlink() and not target.exists():  # dangling
+                target.unlink()
+                target.symlink_to(shared, target_is_directory=True)
+        else:
+            if target.is_symlink() and not target.exists():
+                target.unlink()
+            target.mkdir(exist_ok=True)  # ComfyUI exits at once without custom_nodes/
+    return base
+
+
+def mark_start(path: Path, port: int, argv: list[str]) -> None:
+    """Append the line that separates one start from the previous ones in the same log."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"\n===== comfyhub: starting ComfyUI on port {port} at {stamp} =====\n")
+        f.write(f"===== command: {' '.join(argv)}\n")
+
+
+def tail(path: Path | str, lines: int, max_bytes: int = 1 << 20) -> str:
+    """The last `lines` lines of a file, reading at most `max_bytes` from its end."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""

@@ -1,0 +1,437 @@
+"""ServiceManager: the whole lifecycle of every project's ComfyUI, in one place.
+
+Nothing else starts, stops or changes the status of a `comfyui_services` row. Routes
+call `ensure`, `stop` and `log_tail`; the app's lifespan calls `startup` and
+`shutdown`; the heartbeat runs inside. The launcher (launchers/) runs the processes.
+
+How the invariants of DESIGN.md §4 are kept:
+
+1. One live instance per project — concurrent `ensure` calls for a project join one
+   in-flight start (single flight); every status write after the claim is conditional
+   on the record's `generation`, so a start that was overtaken (stopped, restarted
+   elsewhere) cannot overwrite the newer state and kills its own process instead.
+2. A pid is signalled only through the launcher, which checks creation time and
+   command line first.
+3. Ports: chosen under a lock among ports no live record holds and nobody listens
+   on; a partial unique index on (port) for live rows backs this up across
+   processes; a child that lost the bind race is retried on the next port.
+4. Every start ends in `online` or `failed` within COMFYUI_STARTUP_TIMEOUT_SECONDS;
+   an early exit fails at once with the exit code and the log tail.
+7. No code path deletes an instance's folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from comfyhub.config import Settings
+from comfyhub.launchers import Exit, Handle, LaunchError, Launcher, LaunchSpec, make_launcher
+from comfyhub.launchers.base import comfyui_argv
+from comfyhub.models import ComfyUIService, Project, ServiceStatus, utcnow
+from comfyhub.services import instances
+from comfyhub.services.errors import FORBIDDEN, NO_FREE_PORT, NOT_CONFIGURED, ServiceError
+from comfyhub.services.health import HealthChecker
+from comfyhub.services.ports import candidate_ports, lost_bind_race, port_is_free
+
+log = logging.getLogger("comfyhub.manager")
+
+S = ServiceStatus
+LIVE = (S.STARTING, S.ONLINE)
+WATCHED = (S.ONLINE, S.OFFLINE)
+MAX_BIND_ATTEMPTS = 5
+LOG_TAIL_LINES = 20
+# Polling while a start waits: a refused connection costs ~0.1 ms, so polling often is
+# cheap and keeps the added start latency small (the seed's 1 s polling cost ~0.6 s).
+READY_POLL_SECONDS = 0.03
+
+NOT_CONFIGURED_HINT = "请在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON，然后重启 comfyhub"
+
+
+@dataclass
+class _Flight:
+    task: asyncio.Task
+    stop_requested: asyncio.Event
+
+
+class ServiceManager:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        launcher: Launcher | None = None,
+    ):
+        self.settings = settings
+        self.sessions = sessions
+        self.launcher = launcher or make_launcher(settings)
+        self.health = HealthChecker(settings.comfyui_health_timeout_seconds)
+        self._flights: dict[int, _Flight] = {}
+        self._port_lock = asyncio.Lock()
+        self._loops: list[asyncio.Task] = []
+
+    # --- app lifespan ---------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start the heartbeat."""
+        self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="comfyhub-heartbeat"))
+
+    async def shutdown(self) -> None:
+        """Stop background work. Instances keep running unless configured otherwise."""
+        for task in self._loops:
+            task.cancel()
+        for flight in list(self._flights.values()):
+            flight.task.cancel()
+        await asyncio.gather(*self._loops, *(f.task for f in self._flights.values()), return_exceptions=True)
+        self._loops.clear()
+        if self.settings.comfyui_stop_instances_on_exit:
+            await self.stop_all("后端退出")
+        await self.health.aclose()
+
+    # --- open ---------------------------------------------------------------------------
+
+    async def ensure(self, user_id: int, project: Project) -> ComfyUIService:
+        """Return the project's online instance, starting it if needed (the seed's ensure).
+
+        Raises ServiceError 403 for anyone but the owner (both of the seed's checks,
+        before anything starts), 503 when ComfyUI is not configured or no port is free.
+        A start that fails returns the record with status `failed` and `last_error`.
+        """
+        if project.owner_user_id != user_id:
+            raise ServiceError(403, FORBIDDEN)
+        record = await self.get(project.id)
+        if record is not None and record.user_id != user_id:
+            raise ServiceError(403, FORBIDDEN)
+        if record is not None and record.status in WATCHED and await self._answers(record):
+            if record.status != S.ONLINE:
+                await self._write(record.id, record.generation, WATCHED, status=S.ONLINE, last_error="")
+                record = await self.get(project.id)
+            return record
+        if not self.settings.comfyui_configured:
+            raise ServiceError(503, NOT_CONFIGURED, {"hint": NOT_CONFIGURED_HINT})
+        flight = self._flights.get(project.id)
+        if flight is None:
+            flight = _Flight(
+                asyncio.create_task(self._start(user_id, project.id), name=f"comfyhub-start-{project.id}"),
+                asyncio.Event(),
+            )
+            self._flights[project.id] = flight
+            flight.task.add_done_callback(lambda _t, pid=project.id, f=flight: self._forget(pid, f))
+        # shield: a client that disconnects must not abort a start other clicks wait for.
+        await asyncio.shield(flight.task)
+        record = await self.get(project.id)
+        if record is not None and record.last_error == NO_FREE_PORT and record.status == S.FAILED:
+            raise ServiceError(503, NO_FREE_PORT)
+        return record
+
+    def _forget(self, project_id: int, flight: _Flight) -> None:
+        if self._flights.get(project_id) is flight:
+            del self._flights[project_id]
+
+    async def _answers(self, record: ComfyUIService) -> bool:
+        """Our process is alive and answers /system_stats with our own argv."""
+        handle = self._handle(record)
+        if handle is None or self.launcher.poll(handle) is not None:
+            return False
+        return await self.health.is_ours(handle.host, handle.port, record.base_dir)
+
+    async def _start(self, user_id: int, project_id: int) -> None:
+        deadline = time.monotonic() + self.settings.comfyui_startup_timeout_seconds
+        generation, old = await self._claim(user_id, project_id)
+        handle: Handle | None = None
+        log_path = None
+        try:
+            if old is not None:
+                await self.launcher.stop(old, self.settings.comfyui_stop_grace_seconds)
+            base_dir = await asyncio.to_thread(instances.prepare_instance_dir, self.settings, user_id, project_id)
+            tried: set[int] = set()
+            for _attempt in range(MAX_BIND_ATTEMPTS):
+                port = await self._reserve_port(project_id, generation, tried)
+                if port is None:
+                    await self._fail(project_id, generation, NO_FREE_PORT)
+                    return
+                tried.add(port)
+                handle, log_path = await self._spawn(user_id, project_id, generation, port, base_dir)
+                if handle is None:
+                    return  # overtaken while spawning; _spawn cleaned up
+                outcome = await self._wait_ready(handle, str(base_dir), deadline, project_id)
+                if outcome == "ready":
+                    if not await self._write_online(project_id, generation, handle):
+                        await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
+                    return
+                if outcome == "stop":
+                    await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
+                    return
+                if outcome == "timeout":
+                    await self.launcher.stop(handle, 2.0)
+                    limit = int(self.settings.comfyui_startup_timeout_seconds)
+                    await self._fail(project_id, generation, f"启动超时（{limit} 秒内未就绪）", log_path)
+                    return
+                last_words = await asyncio.to_thread(instances.tail, log_path, LOG_TAIL_LINES)
+                if lost_bind_race(last_words):
+                    log.warning("project %s: port %s was taken during start, retrying", project_id, port)
+                    continue
+                await self._fail(project_id, generation, f"ComfyUI 启动失败（{outcome.reason}）", log_path)
+                return
+            await self._fail(project_id, generation, "端口反复被占用，启动失败", log_path)
+        except LaunchError as exc:
+            await self._fail(project_id, generation, str(exc))
+        except OSError as exc:
+            await self._fail(project_id, generation, f"无法准备实例目录：{exc.strerror}")
+        except asyncio.CancelledError:
+            raise  # backend shutting down: the record keeps the pid; start-up reconciles it
+        except Exception:
+            log.exception("project %s: start failed unexpectedly", project_id)
+            if handle is not None:
+                await self.launcher.stop(handle, 2.0)
+            await self._fail(project_id, generation, "内部错误，启动失败")
+
+    async def _claim(self, user_id: int, project_id: int) -> tuple[int, Handle | None]:
+        """Mark the record `starting` under a new generation; return it and the old process."""
+        async with self.sessions() as db:
+            record = await self._load(db, project_id)
+            if record is None:
+                record = ComfyUIService(user_id=user_id, project_id=project_id, generation=0,
+                                        launcher=self.launcher.name)
+                db.add(record)
+            old = self._handle(record)
+            record.generation += 1
+            record.status = S.STARTING
+            record.status_detail = "启动中"
+            record.last_error = ""
+            record.stopped_reason = ""
+            record.port = None
+            record.pid = None
+            record.start_time = utcnow()
+            record.last_activity = utcnow()
+            record.launcher = self.launcher.name
+            await db.commit()
+            return record.generation, old
+
+    async def _reserve_port(self, project_id: int, generation: int, tried: set[int]) -> int | None:
+        async with self._port_lock:
+            async with self.sessions() as db:
+                rows = await db.execute(
+                    select(ComfyUIService.port).where(
+                        ComfyUIService.status.in_(LIVE), ComfyUIService.port.is_not(None),
+                        ComfyUIService.project_id != project_id,
+                    )
+                )
+                taken = {p for (p,) in rows}
+            for port in candidate_ports(self.settings.port_range, taken, tried):
+                if not port_is_free(self.settings.comfyui_listen, port):
+                    tried.add(port)  # a foreign listener: skip it for this start
+                    continue
+                try:
+                    if await self._write_any(project_id, generation, port=port):
+                        return port
+                    return None
+                except IntegrityError:
+                    tried.add(port)  # another backend process recorded it first
+            return None
+
+    async def _spawn(self, user_id, project_id, generation, port, base_dir) -> tuple[Handle | None, Any]:
+        s = self.settings
+        argv = comfyui_argv(s.comfyui_python, s.comfyui_listen, port, base_dir, s.extra_args)
+        log_path = instances.log_path(s, user_id, project_id, port)
+        try:
+            await asyncio.to_thread(instances.mark_start, log_path, port, argv)
+        except OSError as exc:
+            raise LaunchError(f"无法写入日志目录：{exc.strerror}") from None
+        spec = LaunchSpec(argv=argv, cwd=s.comfyui_repo_path, env=self._child_env(), log_path=log_path,
+                          port=port, base_dir=base_dir)
+        # Spawning and recording belong together: once spawned, the pid must reach the
+        # record even if this task is cancelled, or the process would be an orphan.
+        work = asyncio.ensure_future(self._spawn_and_record(spec, project_id, generation, log_path))
+        try:
+            handle = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await work
+            raise
+        return handle, log_path
+
+    async def _spawn_and_record(self, spec: LaunchSpec, project_id: int, generation: int, log_path) -> Handle | None:
+        handle = await self.launcher.start(spec)
+        recorded = await self._write_any(
+            project_id, generation, pid=handle.pid, launcher_state=handle.state(), log_path=str(log_path),
+            base_dir=str(spec.base_dir), host=handle.host, comfy_url=self.comfy_url(project_id),
+        )
+        if not recorded:
+            await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
+            return None
+        return handle
+
+    def _child_env(self) -> dict[str, str]:
+        # comfyhub's own secrets (database URL, secret key) stay out of ComfyUI, which runs user workflows.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYHUB_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    async def _wait_ready(self, handle: Handle, base_dir: str, deadline: float, project_id: int):
+        """'ready', 'timeout', 'stop' (a stop was asked for) or the child's Exit."""
+        flight = self._flights.get(project_id)
+        check_timeout = min(self.settings.comfyui_health_timeout_seconds, 1.0)
+        while True:
+            exit_info = self.launcher.poll(handle)
+            if exit_info is not None:
+                return exit_info
+            if flight is not None and flight.stop_requested.is_set():
+                return "stop"
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            if await self.health.is_ours(handle.host, handle.port, base_dir, timeout=min(check_timeout, left)):
+                return "ready"
+            await asyncio.sleep(min(READY_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+
+    async def _write_online(self, project_id: int, generation: int, handle: Handle) -> bool:
+        now = utcnow()
+        return await self._write_any(
+            project_id, generation, status=S.ONLINE, status_detail="", last_heartbeat=now, last_activity=now,
+        )
+
+    async def _fail(self, project_id: int, generation: int, reason: str, log_path=None) -> None:
+        detail = reason
+        if log_path:
+            last = await asyncio.to_thread(instances.tail, log_path, LOG_TAIL_LINES)
+            if last:
+                detail = f"{reason}\n--- 日志最后 {LOG_TAIL_LINES} 行 ---\n{last}"
+        log.warning("project %s: start failed: %s", project_id, reason)
+        await self._write_any(project_id, generation, status=S.FAILED, status_detail="", last_error=detail)
+
+    # --- stop ---------------------------------------------------------------------------
+
+    async def stop(self, project_id: int, reason: str = "用户停止") -> ComfyUIService | None:
+        """Stop the project's instance (waiting for the process to end). Files are kept."""
+        flight = self._flights.get(project_id)
+        if flight is not None:
+            flight.stop_requested.set()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(flight.task)
+        async with self.sessions() as db:
+            record = await self._load(db, project_id)
+            if record is None:
+                return None
+            old = self._handle(record)
+            record.generation += 1
+            record.status = S.STOPPED
+            record.status_detail = ""
+            record.stopped_reason = reason
+            record.pid = None
+            record.launcher_state = None
+            await db.commit()
+        if old is not None:
+            await self.launcher.stop(old, self.settings.comfyui_stop_grace_seconds)
+        return record
+
+    async def stop_all(self, reason: str) -> None:
+        async with self.sessions() as db:
+            ids = [p for (p,) in await db.execute(
+                select(ComfyUIService.project_id).where(ComfyUIService.status.in_((*LIVE, S.OFFLINE))))]
+        await asyncio.gather(*(self.stop(pid, reason) for pid in ids))
+
+    # --- heartbeat ----------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.comfyui_heartbeat_interval_seconds)
+            try:
+                await self.heartbeat_once()
+            except Exception:  # noqa: BLE001 — one bad sweep must not end the heartbeat
+                log.exception("heartbeat sweep failed")
+
+    async def heartbeat_once(self) -> dict[str, int]:
+        """Check every watched instance concurrently; mark it online or offline.
+
+        Each check is bounded by COMFYUI_HEALTH_TIMEOUT_SECONDS, so one hung instance
+        costs the sweep at most one timeout, whatever the number of instances.
+        """
+        async with self.sessions() as db:
+            records = (await db.execute(select(ComfyUIService).where(ComfyUIService.status.in_(WATCHED)))).scalars().all()
+        results = await asyncio.gather(*(self._probe(r) for r in records))
+        counts = {"online": 0, "offline": 0}
+        now = utcnow()
+        for record, (healthy, why) in zip(records, results):
+            counts["online" if healthy else "offline"] += 1
+            if healthy:
+                values = dict(status=S.ONLINE, last_heartbeat=now, last_error="")
+            elif record.status == S.OFFLINE and record.last_error == why:
+                continue  # nothing new to say
+            else:
+                values = dict(status=S.OFFLINE, last_error=why)
+            await self._write(record.id, record.generation, WATCHED, **values)
+        return counts
+
+    async def _probe(self, record: ComfyUIService) -> tuple[bool, str]:
+        handle = self._handle(record)
+        if handle is None:
+            return False, "没有进程记录"
+        exit_info = self.launcher.poll(handle)
+        if exit_info is not None:
+            return False, f"ComfyUI 已退出（{exit_info.reason}）"
+        if await self.health.is_ours(handle.host, handle.port, record.base_dir):
+            return True, ""
+        return False, "健康检查失败：/system_stats 无响应"
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def get(self, project_id: int) -> ComfyUIService | None:
+        async with self.sessions() as db:
+            return await self._load(db, project_id)
+
+    async def log_tail(self, record: ComfyUIService, lines: int) -> str:
+        if not record.log_path:
+            return ""
+        return await asyncio.to_thread(instances.tail, record.log_path, lines)
+
+    def comfy_url(self, project_id: int) -> str:
+        """Where the browser opens the instance: through the authenticated proxy."""
+        return f"/comfy/{project_id}/"
+
+    # --- record helpers -----------------------------------------------------------------
+
+    def _handle(self, record: ComfyUIService) -> Handle | None:
+        if not record.launcher_state:
+            return None
+        try:
+            return self.launcher.restore(record.launcher_state)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @staticmethod
+    async def _load(db: AsyncSession, project_id: int) -> ComfyUIService | None:
+        return (
+            await db.execute(select(ComfyUIService).where(ComfyUIService.project_id == project_id))
+        ).scalar_one_or_none()
+
+    async def _write_any(self, project_id: int, generation: int, **values) -> bool:
+        """Update the record if it is still at `generation`; False when overtaken."""
+        async with self.sessions() as db:
+            result = await db.execute(
+                update(ComfyUIService)
+                .where(ComfyUIService.project_id == project_id, ComfyUIService.generation == generation)
+                .values(updated_at=utcnow(), **values)
+            )
+            await db.commit()
+            return result.rowcount == 1
+
+    async def _write(self, record_id: int, generation: int, statuses, **values) -> bool:
+        """Update only if generation and status are still what the caller saw."""
+        async with self.sessions() as db:
+            result = await db.execute(
+                update(ComfyUIService)
+                .where(ComfyUIService.id == record_id, ComfyUIService.generation == generation,
+                       ComfyUIService.status.in_(statuses))
+                .values(updated_at=utcnow(), **values)
+            )
+            await db.commit()
+            return result.rowcount == 1

@@ -1,0 +1,956 @@
+"""Fake ComfyUI: a stand-in for the external ComfyUI program, used by comfyhub's tests.
+
+It is run exactly like the real one: ``python main.py --listen H --port P
+--disable-auto-launch --base-directory DIR [--database-url sqlite:///DIR/user/x.db]``
+with the current directory set to the folder of this file. Unknown flags (``--cpu``,
+``--front-end-root X``, ``--preview-method X``, ...) are accepted and ignored.
+
+What it does, like ComfyUI 0.3.64 where comfyhub can observe it:
+
+* exits 1 at once with a traceback if ``DIR/custom_nodes`` does not exist;
+* creates ``DIR/{models,input,output,user,temp}``, wipes ``DIR/temp`` at start, touches
+  the ``--database-url`` SQLite file;
+* logs to stderr only; binds the port only once "loaded" (after the start delay); a
+  taken port makes it exit 1 with ``address already in use`` (EADDRINUSE) after loading;
+* serves ``/system_stats`` (with ``system.argv``), ``/prompt``, ``/queue``, ``/history``,
+  ``/history/{id}``, ``/interrupt``, ``/free``, ``/object_info``, ``/view``,
+  ``/upload/image``, ``/ws`` -- each also under ``/api/`` -- plus ``/`` (a page titled
+  "Fake ComfyUI" that uses only relative URLs) and ``/scripts/app.js``;
+* rejects (403) a request whose ``Origin`` host differs from a loopback ``Host``
+  (the real DNS-rebinding guard), so a proxy that rewrites ``Host`` is caught;
+* SIGINT: logs "Stopped server", removes ``DIR/temp``, exits 0 at once. SIGTERM: the
+  default action (dies at once). A SIGINT that was already ignored when the process
+  started stays ignored, as with the real (Python) program. No child processes.
+
+Fake-only additions, for testing a proxy:
+
+* ``POST /echo`` streams the request body back (chunked, never buffered whole);
+* ``/ws`` echoes every text frame as text and every binary frame as binary; the text
+  ``close:<code>`` makes it close the socket with that code (e.g. ``close:4001``).
+* with ``CUDA_VISIBLE_DEVICES`` set and non-empty, ``/system_stats`` lists one device
+  per id, ``{"type": "cuda", "name": "fake-cuda:<id>"}``; otherwise one cpu device.
+  (``--cpu`` is ignored.)
+
+Behaviour knobs. Each is read from the environment variable ``FAKE_COMFYUI_<NAME>``
+and can be overridden per instance by ``DIR/fake_comfyui.json``, a JSON object whose
+keys are the lower-case names (``{"start_delay": 2, "hang": true}``; ``null`` unsets).
+The effective values are printed in one log line at start.
+
+  FAKE_COMFYUI_START_DELAY     float s, default 0. Simulated loading: the port is bound
+                               no earlier than this long after the process started.
+  FAKE_COMFYUI_CRASH_AFTER     float s. That long after becoming ready, print a fatal
+                               line and exit with code 3 (os._exit).
+  FAKE_COMFYUI_EXIT_CODE       int. At start, before binding: print "fake log line 1"
+                               .. "fake log line 30", then "fatal: exiting with code X",
+                               and exit with code X.
+  FAKE_COMFYUI_HANG            bool. Bind and listen but never accept: a TCP connect
+                               succeeds, an HTTP request never gets an answer.
+  FAKE_COMFYUI_IGNORE_SIGINT   bool. Ignore SIGINT.
+  FAKE_COMFYUI_IGNORE_SIGTERM  bool. Ignore SIGTERM *and* SIGINT: only SIGKILL stops it.
+  FAKE_COMFYUI_JOB_SECONDS     float s, default 0.2. How long each queued prompt runs.
+  FAKE_COMFYUI_HEALTH_STATUS   int. If set, /system_stats answers with this HTTP status.
+
+Booleans accept 1/0, true/false, yes/no, on/off (JSON: true/false or numbers).
+A malformed knob value is reported on stderr and the process exits 2.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+_T0 = time.monotonic()
+
+# --- SIGINT, handled from the very first moment --------------------------------------
+
+# Python keeps SIGINT ignored when it was ignored at exec time (e.g. a parent started
+# with `&` from a script). The real ComfyUI then ignores SIGINT too; so does this fake.
+SIGINT_INHERITED_IGNORED = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+_temp_dir_to_remove: str | None = None
+
+
+def log(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def _stop_on_sigint(*_args) -> None:
+    log("\nStopped server")
+    if _temp_dir_to_remove:
+        import shutil
+
+        shutil.rmtree(_temp_dir_to_remove, ignore_errors=True)
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if not SIGINT_INHERITED_IGNORED:
+    signal.signal(signal.SIGINT, _stop_on_sigint)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+VERSION = "0.3.64-fake"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# name -> (type, default)
+KNOBS: dict[str, tuple[type, object]] = {
+    "start_delay": (float, 0.0),
+    "crash_after": (float, None),
+    "exit_code": (int, None),
+    "hang": (bool, False),
+    "ignore_sigint": (bool, False),
+    "ignore_sigterm": (bool, False),
+    "job_seconds": (float, 0.2),
+    "health_status": (int, None),
+}
+
+
+class KnobError(ValueError):
+    pass
+
+
+def _convert(name: str, kind: type, value: object) -> object:
+    if value is None:
+        return KNOBS[name][1]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)):
+            return bool(value)
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise KnobError(f"{name}: not a boolean: {value!r}")
+    if isinstance(value, bool):
+        raise KnobError(f"{name}: expected a number, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise KnobError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+
+
+def read_knobs(base_dir: str) -> tuple[dict[str, object], list[str]]:
+    """Environment first, then DIR/fake_comfyui.json on top. Returns (knobs, sources)."""
+    knobs = {name: default for name, (_kind, default) in KNOBS.items()}
+    sources: list[str] = []
+    for name, (kind, _default) in KNOBS.items():
+        raw = os.environ.get("FAKE_COMFYUI_" + name.upper())
+        if raw is not None and raw.strip() != "":
+            knobs[name] = _convert(name, kind, raw.strip())
+            sources.append("env")
+    path = os.path.join(base_dir, "fake_comfyui.json")
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise KnobError(f"{path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise KnobError(f"{path}: expected a JSON object")
+        for key, value in data.items():
+            name = key.lower()
+            if name.startswith("fake_comfyui_"):
+                name = name[len("fake_comfyui_"):]
+            if name not in KNOBS:
+                raise KnobError(f"{path}: unknown knob {key!r}")
+            knobs[name] = _convert(name, KNOBS[name][0], value)
+        sources.append(path)
+    return knobs, sorted(set(sources))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="main.py", allow_abbrev=False, add_help=True)
+    parser.add_argument("--listen", type=str, default="127.0.0.1", nargs="?", const="0.0.0.0,::")
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--disable-auto-launch", action="store_true")
+    parser.add_argument("--base-directory", type=str, default=None)
+    parser.add_argument("--database-url", type=str, default=None)
+    args, _unknown = parser.parse_known_args(argv)
+    return args
+
+
+def fake_traceback(lines: list[str], last: str) -> None:
+    out = ["Traceback (most recent call last):"]
+    out.extend(lines)
+    out.append(last)
+    log("\n".join(out))
+
+
+def prepare_folders(base: str, database_url: str | None) -> None:
+    for name in ("models", "input", "output", "user"):
+        try:
+            os.makedirs(os.path.join(base, name), exist_ok=True)
+        except FileExistsError:  # e.g. a dangling symlink: not ours to fix
+            pass
+    temp = os.path.join(base, "temp")
+    if os.path.islink(temp):
+        os.unlink(temp)
+    shutil.rmtree(temp, ignore_errors=True)
+    os.makedirs(temp, exist_ok=True)
+    if database_url and database_url.startswith("sqlite:///"):
+        path = database_url[len("sqlite:///"):].split("?", 1)[0]
+        if path and path != ":memory:":
+            parent = os.path.dirname(os.path.abspath(path))
+            os.makedirs(parent, exist_ok=True)
+            with open(path, "ab"):
+                pass
+
+
+def main() -> None:
+    global _temp_dir_to_remove
+    args = parse_args(sys.argv[1:])
+    base = os.path.abspath(args.base_directory) if args.base_directory else HERE
+
+    try:
+        knobs, sources = read_knobs(base)
+    except KnobError as exc:
+        log(f"fake_comfyui: bad knob: {exc}")
+        sys.exit(2)
+
+    # Signal dispositions as early as possible, so they hold during "loading" too.
+    ignore_sigint = knobs["ignore_sigint"] or knobs["ignore_sigterm"] or SIGINT_INHERITED_IGNORED
+    if ignore_sigint:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if knobs["ignore_sigterm"]:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    custom_nodes = os.path.join(base, "custom_nodes")
+    if not os.path.isdir(custom_nodes):
+        fake_traceback(
+            [
+                f'  File "{os.path.join(HERE, "main.py")}", line 1, in <module>',
+                "    init_extra_nodes(init_custom_nodes=True)",
+                '  File "nodes.py", line 2000, in init_external_custom_nodes',
+                "    possible_modules = os.listdir(os.path.realpath(custom_node_path))",
+            ],
+            f"FileNotFoundError: [Errno 2] No such file or directory: '{custom_nodes}'",
+        )
+        sys.exit(1)
+
+    prepare_folders(base, args.database_url)
+    _temp_dir_to_remove = os.path.join(base, "temp")
+
+    log("Checkpoint files will always be loaded safely.")
+    log(f"Python version: {sys.version}")
+    log(f"ComfyUI version: {VERSION}")
+    log(f"[fake_comfyui] pid {os.getpid()} base directory {base}")
+    log(
+        "[fake_comfyui] knobs: "
+        + " ".join(f"{name}={knobs[name]!r}" for name in KNOBS)
+        + f" sigint_inherited_ignored={SIGINT_INHERITED_IGNORED}"
+        + f" sources={','.join(sources) or 'defaults'}"
+    )
+
+    if knobs["exit_code"] is not None:
+        for n in range(1, 31):
+            log(f"fake log line {n}")
+        code = int(knobs["exit_code"])
+        log(f"fatal: exiting with code {code}")
+        os._exit(code)
+
+    # "Loading": the heavy imports happen here, then the rest of the start delay.
+    import asyncio
+
+    from aiohttp import web  # noqa: F401  (imported for its time cost and for serve())
+
+    log("Import times for custom nodes:")
+    log(f"   0.0 seconds: {custom_nodes}")
+    log("")
+    try:
+        asyncio.run(serve(args, base, knobs))
+    except KeyboardInterrupt:  # only if SIGINT arrived in a window without our handler
+        _stop_on_sigint()
+
+
+def bind_sockets(listen: str, port: int):
+    """Bind every address, like asyncio's create_server. Exits 1 on failure."""
+    import errno
+    import socket
+
+    socks = []
+    seen = set()
+    for host in [h.strip() for h in listen.split(",") if h.strip()]:
+        try:
+            infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            fake_traceback(
+                ['  File "main.py", line 1, in <module>', "    event_loop.run_until_complete(x)"],
+                f"socket.gaierror: {exc}",
+            )
+            os._exit(1)
+        for family, kind, proto, _canon, addr in infos:
+            key = (family, addr[:2])
+            if key in seen:
+                continue
+            seen.add(key)
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(addr)
+                sock.listen(128)
+            except OSError as exc:
+                sock.close()
+                for s in socks:
+                    s.close()
+                name = errno.errorcode.get(exc.errno or 0, "E?")
+                log(f"[fake_comfyui] bind to {addr[0]}:{addr[1]} failed: {name}")
+                fake_traceback(
+                    [
+                        '  File "main.py", line 1, in <module>',
+                        "    event_loop.run_until_complete(x)",
+                        '  File "asyncio/base_events.py", line 1536, in create_server',
+                    ],
+                    f"OSError: [Errno {exc.errno}] error while attempting to bind on address "
+                    f"{addr[:2]!r}: {(exc.strerror or '').lower()}",
+                )
+                os._exit(1)
+            socks.append(sock)
+    if not socks:
+        log("[fake_comfyui] nothing to listen on")
+        os._exit(1)
+    return socks
+
+
+def _gui_lines(listen: str, port: int) -> None:
+    first = listen.split(",")[0].strip() or "127.0.0.1"
+    shown = f"[{first}]" if ":" in first else first
+    log("Starting server\n")
+    log(f"To see the GUI go to: http://{shown}:{port}")
+
+
+async def serve(args: argparse.Namespace, base: str, knobs: dict) -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        # Through the loop's wakeup fd, so an idle loop reacts at once.
+        loop.add_signal_handler(signal.SIGINT, _stop_on_sigint)
+
+    remaining = float(knobs["start_delay"]) - (time.monotonic() - _T0)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+
+    socks = bind_sockets(args.listen, args.port)
+
+    def crash() -> None:
+        log("!!! Exception during processing !!!")
+        log(f"fatal: fake crash after {knobs['crash_after']} s (FAKE_COMFYUI_CRASH_AFTER)")
+        os._exit(3)
+
+    if knobs["hang"]:
+        _gui_lines(args.listen, args.port)
+        log("[fake_comfyui] hang mode: listening, never accepting")
+        if knobs["crash_after"] is not None:
+            loop.call_later(float(knobs["crash_after"]), crash)
+        await asyncio.Event().wait()
+        return
+
+    from aiohttp import web
+
+    app = build_app(base, knobs)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    for sock in socks:
+        await web.SockSite(runner, sock).start()
+    _gui_lines(args.listen, args.port)
+    if knobs["crash_after"] is not None:
+        loop.call_later(float(knobs["crash_after"]), crash)
+    await asyncio.Event().wait()
+
+
+# --- the HTTP application --------------------------------------------------------------
+
+INDEX_HTML = """<!doctype html>
+<html>
+<head>
+<meta charset="utf-8">
+<title>Fake ComfyUI</title>
+<script src="scripts/app.js" defer></script>
+</head>
+<body>
+<h1>Fake ComfyUI</h1>
+<p id="status">loading</p>
+<p id="ws">ws: connecting</p>
+<p id="ws-last"></p>
+</body>
+</html>
+"""
+
+# Every URL is relative to the page, so it works under a prefix such as /comfy/42/.
+APP_JS = """(function () {
+  "use strict";
+  document.body.setAttribute("data-app", "loaded");
+  var statusEl = document.getElementById("status");
+  var wsEl = document.getElementById("ws");
+  var lastEl = document.getElementById("ws-last");
+  fetch("api/system_stats").then(function (r) {
+    if (!r.ok) { throw new Error("HTTP " + r.status); }
+    return r.json();
+  }).then(function (stats) {
+    var argv = stats.system.argv, port = "8188";
+    for (var i = 0; i < argv.length; i++) {
+      if (argv[i] === "--port" && i + 1 < argv.length) { port = argv[i + 1]; }
+      else if (argv[i].indexOf("--port=") === 0) { port = argv[i].slice(7); }
+    }
+    statusEl.setAttribute("data-port", port);
+    statusEl.textContent = "port: " + port;
+  }).catch(function (e) {
+    statusEl.textContent = "error: " + e.message;
+  });
+  var url = new URL("ws?clientId=abc", window.location.href).href.replace(/^http/, "ws");
+  var ws = new WebSocket(url);
+  window.fakeComfyWs = ws;
+  ws.onopen = function () { wsEl.textContent = "ws: connected"; };
+  ws.onmessage = function (ev) { lastEl.textContent = typeof ev.data === "string" ? ev.data : "binary"; };
+  ws.onerror = function () { wsEl.textContent = "ws: error"; };
+  ws.onclose = function (ev) { wsEl.textContent = "ws: closed " + ev.code; };
+})();
+"""
+
+OBJECT_INFO = {
+    "CheckpointLoaderSimple": {
+        "input": {"required": {"ckpt_name": [[]]}},
+        "output": ["MODEL", "CLIP", "VAE"],
+        "output_is_list": [False, False, False],
+        "output_name": ["MODEL", "CLIP", "VAE"],
+        "name": "CheckpointLoaderSimple",
+        "display_name": "Load Checkpoint",
+        "description": "",
+        "category": "loaders",
+        "output_node": False,
+    },
+    "EmptyLatentImage": {
+        "input": {"required": {"width": ["INT", {"default": 512}], "height": ["INT", {"default": 512}],
+                               "batch_size": ["INT", {"default": 1}]}},
+        "output": ["LATENT"],
+        "output_is_list": [False],
+        "output_name": ["LATENT"],
+        "name": "EmptyLatentImage",
+        "display_name": "Empty Latent Image",
+        "description": "",
+        "category": "latent",
+        "output_node": False,
+    },
+    "SaveImage": {
+        "input": {"required": {"images": ["IMAGE"], "filename_prefix": ["STRING", {"default": "ComfyUI"}]}},
+        "output": [],
+        "output_is_list": [],
+        "output_name": [],
+        "name": "SaveImage",
+        "display_name": "Save Image",
+        "description": "Saves the input images to your ComfyUI output directory.",
+        "category": "image",
+        "output_node": True,
+    },
+}
+
+
+def tiny_png(seed: int) -> bytes:
+    """A valid 8x8 RGB PNG whose colour depends on seed."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    w = h = 8
+    pixel = bytes(((seed * 53) % 256, (seed * 97) % 256, (seed * 151) % 256))
+    raw = b"".join(b"\x00" + pixel * w for _ in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def is_loopback(host: str | None) -> bool:
+    """Like ComfyUI's is_loopback, without DNS lookups for arbitrary names."""
+    import ipaddress
+
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    host = host.lower().rstrip(".")
+    return host == "localhost" or host.endswith(".localhost")
+
+
+def build_app(base: str, knobs: dict):
+    import asyncio
+    import hashlib
+    import re
+    import tempfile
+    import urllib.parse
+    import uuid
+
+    from aiohttp import BodyPartReader, WSMsgType, web
+
+    dirs = {name: os.path.join(base, name) for name in ("input", "output", "temp")}
+    sockets: dict[str, web.WebSocketResponse] = {}
+    state = {
+        "pending": [],  # [number, prompt_id, prompt, extra_data, outputs_to_execute]
+        "running": None,
+        "history": {},
+        "counter": 0,
+        "interrupt": None,  # asyncio.Event of the running job
+    }
+    wakeup = asyncio.Event()
+
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    def queue_remaining() -> int:
+        return len(state["pending"]) + (1 if state["running"] else 0)
+
+    async def send(client_id: str | None, event: str, data: dict) -> None:
+        targets = list(sockets.values()) if client_id is None else [sockets.get(client_id)]
+        for ws in targets:
+            if ws is None or ws.closed:
+                continue
+            try:
+                await ws.send_json({"type": event, "data": data})
+            except Exception:  # a socket that went away is not an error here
+                pass
+
+    async def send_status() -> None:
+        await send(None, "status", {"status": {"exec_info": {"queue_remaining": queue_remaining()}}})
+
+    def next_image_name(prefix: str) -> str:
+        pattern = re.compile(re.escape(prefix) + r"_(\d{5,})_\.png$")
+        highest = 0
+        try:
+            for name in os.listdir(dirs["output"]):
+                m = pattern.match(name)
+                if m:
+                    highest = max(highest, int(m.group(1)))
+        except FileNotFoundError:
+            os.makedirs(dirs["output"], exist_ok=True)
+        return f"{prefix}_{highest + 1:05d}_.png"
+
+    async def run_job(entry: list) -> None:
+        number, prompt_id, prompt, extra, outputs = entry
+        client_id = extra.get("client_id")
+        node = outputs[0] if outputs else "9"
+        prefix = "ComfyUI"
+        node_def = prompt.get(node) if isinstance(prompt, dict) else None
+        if isinstance(node_def, dict):
+            candidate = (node_def.get("inputs") or {}).get("filename_prefix")
+            if isinstance(candidate, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", candidate):
+                prefix = candidate
+        started = time.monotonic()
+        messages = [["execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}]]
+        await send(client_id, "execution_start", messages[0][1])
+        await send(client_id, "execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": now_ms()})
+        await send(client_id, "executing", {"node": node, "display_node": node, "prompt_id": prompt_id})
+        interrupt = asyncio.Event()
+        state["interrupt"] = interrupt
+        try:
+            await asyncio.wait_for(interrupt.wait(), timeout=float(knobs["job_seconds"]))
+            interrupted = True
+        except asyncio.TimeoutError:
+            interrupted = False
+        state["interrupt"] = None
+        meta = {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}}
+        if interrupted:
+            data = {"prompt_id": prompt_id, "node_id": node, "node_type": "SaveImage", "executed": [],
+                    "timestamp": now_ms()}
+            messages.append(["execution_interrupted", data])
+            state["history"][prompt_id] = {
+                "prompt": entry, "outputs": {}, "meta": {},
+                "status": {"status_str": "error", "completed": False, "messages": messages},
+            }
+            log("Processing interrupted")
+            await send(client_id, "execution_interrupted", data)
+        else:
+            filename = next_image_name(prefix)
+            with open(os.path.join(dirs["output"], filename), "wb") as f:
+                f.write(tiny_png(number))
+            images = [{"filename": filename, "subfolder": "", "type": "output"}]
+            success = {"prompt_id": prompt_id, "timestamp": now_ms()}
+            messages.append(["execution_success", success])
+            state["history"][prompt_id] = {
+                "prompt": entry, "outputs": {node: {"images": images}}, "meta": meta,
+                "status": {"status_str": "success", "completed": True, "messages": messages},
+            }
+            await send(client_id, "executed",
+                       {"node": node, "display_node": node, "output": {"images": images}, "prompt_id": prompt_id})
+            await send(client_id, "execution_success", success)
+            log(f"Prompt executed in {time.monotonic() - started:.2f} seconds")
+        await send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
+
+    async def worker() -> None:
+        while True:
+            while not state["pending"]:
+                wakeup.clear()
+                await wakeup.wait()
+            state["pending"].sort(key=lambda e: e[0])
+            entry = state["pending"].pop(0)
+            state["running"] = entry
+            try:
+                await run_job(entry)
+            except Exception as exc:  # keep the worker alive whatever happens
+                log(f"[fake_comfyui] job failed: {exc!r}")
+            finally:
+                state["running"] = None
+            await send_status()
+
+    # --- middleware ---
+
+    @web.middleware
+    async def origin_only_middleware(request, handler):
+        # Same rule as ComfyUI's create_origin_only_middleware (server.py).
+        if "Host" in request.headers and "Origin" in request.headers:
+            host_domain = request.headers["Host"].lower()
+            parsed = urllib.parse.urlparse(request.headers["Origin"])
+            origin_domain = parsed.netloc.lower()
+            host_parsed = urllib.parse.urlsplit("//" + host_domain)
+            loopback = is_loopback(host_parsed.hostname)
+            try:
+                origin_port = parsed.port
+                host_port = host_parsed.port
+            except ValueError:
+                origin_port = host_port = None
+            if origin_port is None:
+                host_domain = host_parsed.hostname
+            if host_port is None:
+                origin_domain = parsed.hostname
+            if loopback and host_domain and origin_domain and host_domain != origin_domain:
+                log(f"WARNING: request with non matching host and origin {host_domain} != {origin_domain}, "
+                    "returning 403")
+                return web.Response(status=403)
+        if request.method == "OPTIONS":
+            return web.Response()
+        return await handler(request)
+
+    # --- handlers ---
+
+    async def index(request):
+        return web.Response(text=INDEX_HTML, content_type="text/html",
+                            headers={"Cache-Control": "no-cache"})
+
+    async def app_js(request):
+        return web.Response(text=APP_JS, content_type="application/javascript")
+
+    def devices() -> list[dict]:
+        ids = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+        ids = [x for x in ids if not x.startswith("-")]
+        if not ids:
+            return [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 0, "vram_free": 0,
+                     "torch_vram_total": 0, "torch_vram_free": 0}]
+        gib16 = 16 * 1024**3
+        return [{"name": f"fake-cuda:{dev}", "type": "cuda", "index": i, "vram_total": gib16,
+                 "vram_free": gib16, "torch_vram_total": 0, "torch_vram_free": 0}
+                for i, dev in enumerate(ids)]
+
+    async def system_stats(request):
+        status = knobs["health_status"]
+        if status is not None and int(status) != 200:
+            return web.json_response({"error": f"fake health status {status}"}, status=int(status))
+        try:
+            page = os.sysconf("SC_PAGE_SIZE")
+            ram_total = os.sysconf("SC_PHYS_PAGES") * page
+            ram_free = os.sysconf("SC_AVPHYS_PAGES") * page
+        except (ValueError, OSError, AttributeError):
+            ram_total = ram_free = 0
+        return web.json_response({
+            "system": {
+                "os": os.name,
+                "ram_total": ram_total,
+                "ram_free": ram_free,
+                "comfyui_version": VERSION,
+                "required_frontend_version": "0.0.0-fake",
+                "python_version": sys.version,
+                "pytorch_version": "fake",
+                "embedded_python": False,
+                "argv": sys.argv,
+            },
+            "devices": devices(),
+        })
+
+    async def get_prompt(request):
+        return web.json_response({"exec_info": {"queue_remaining": queue_remaining()}})
+
+    async def post_prompt(request):
+        log("got prompt")
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        prompt = body.get("prompt") if isinstance(body, dict) else None
+        if not isinstance(prompt, dict):
+            return web.json_response({
+                "error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided",
+                          "extra_info": {}},
+                "node_errors": {},
+            }, status=400)
+        state["counter"] += 1
+        number = state["counter"]
+        if body.get("front"):
+            number = -number
+        elif isinstance(body.get("number"), (int, float)):
+            number = float(body["number"])
+        prompt_id = str(body.get("prompt_id") or uuid.uuid4())
+        extra = dict(body.get("extra_data") or {})
+        if "client_id" in body:
+            extra["client_id"] = body["client_id"]
+        outputs = [k for k, v in prompt.items()
+                   if isinstance(v, dict) and v.get("class_type") in ("SaveImage", "PreviewImage")]
+        if not outputs:
+            outputs = [next(reversed(prompt), "9")]
+        state["pending"].append([number, prompt_id, prompt, extra, outputs])
+        wakeup.set()
+        await send_status()
+        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    async def get_queue(request):
+        running = [state["running"]] if state["running"] else []
+        return web.json_response({"queue_running": running, "queue_pending": list(state["pending"])})
+
+    async def read_json(request) -> dict:
+        try:
+            data = await request.json()
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    async def post_queue(request):
+        data = await read_json(request)
+        if data.get("clear"):
+            state["pending"].clear()
+        for pid in data.get("delete") or []:
+            state["pending"] = [e for e in state["pending"] if e[1] != pid]
+        await send_status()
+        return web.Response(status=200)
+
+    async def get_history(request):
+        items = list(state["history"].items())
+        max_items = request.rel_url.query.get("max_items")
+        if max_items is not None:
+            try:
+                items = items[-int(max_items):] if int(max_items) > 0 else []
+            except ValueError:
+                pass
+        return web.json_response(dict(items))
+
+    async def get_history_one(request):
+        pid = request.match_info["prompt_id"]
+        entry = state["history"].get(pid)
+        return web.json_response({pid: entry} if entry is not None else {})
+
+    async def post_history(request):
+        data = await read_json(request)
+        if data.get("clear"):
+            state["history"].clear()
+        for pid in data.get("delete") or []:
+            state["history"].pop(pid, None)
+        return web.Response(status=200)
+
+    async def post_interrupt(request):
+        data = await read_json(request)
+        pid = data.get("prompt_id")
+        running = state["running"]
+        if state["interrupt"] is not None and (not pid or (running and running[1] == pid)):
+            state["interrupt"].set()
+        return web.Response(status=200)
+
+    async def post_free(request):
+        await read_json(request)
+        return web.Response(status=200)
+
+    async def object_info(request):
+        return web.json_response(OBJECT_INFO)
+
+    async def object_info_one(request):
+        name = request.match_info["node_class"]
+        return web.json_response({name: OBJECT_INFO[name]} if name in OBJECT_INFO else {})
+
+    async def empty_list(request):
+        return web.json_response([])
+
+    async def view(request):
+        # Mirrors ComfyUI's /view checks: 400 for a bad filename, 403 for a subfolder
+        # that leaves the folder, 404 for a missing file.
+        query = request.rel_url.query
+        if "filename" not in query:
+            return web.Response(status=404)
+        filename = query["filename"]
+        kind = query.get("type", "output")
+        for annotation in ("output", "input", "temp"):
+            suffix = f" [{annotation}]"
+            if filename.endswith(suffix):
+                filename, kind = filename[: -len(suffix)], annotation
+        if not filename:
+            return web.Response(status=400)
+        if filename[0] == "/" or ".." in filename:
+            return web.Response(status=400)
+        folder = dirs.get(kind)
+        if folder is None:
+            return web.Response(status=400)
+        full_dir = folder
+        if "subfolder" in query:
+            full_dir = os.path.join(folder, query["subfolder"])
+            if os.path.commonpath((os.path.abspath(full_dir), folder)) != folder:
+                return web.Response(status=403)
+        filename = os.path.basename(filename)
+        path = os.path.join(full_dir, filename)
+        if not os.path.isfile(path):
+            return web.Response(status=404)
+        return web.FileResponse(path, chunk_size=256 * 1024,
+                                headers={"Content-Disposition": f'filename="{filename}"'})
+
+    async def upload_image(request):
+        try:
+            reader = await request.multipart()
+        except (AssertionError, ValueError, KeyError):
+            return web.Response(status=400, text="expected multipart/form-data")
+        fields: dict[str, str] = {}
+        tmp_path = None
+        original = None
+        digest = hashlib.sha256()
+        try:
+            async for part in reader:
+                if not isinstance(part, BodyPartReader):
+                    continue  # nested multipart: not something ComfyUI accepts either
+                if part.name == "image" and part.filename is not None and tmp_path is None:
+                    original = part.filename
+                    os.makedirs(dirs["temp"], exist_ok=True)
+                    fd, tmp_path = tempfile.mkstemp(prefix=".upload-", dir=dirs["temp"])
+                    with os.fdopen(fd, "wb") as f:
+                        while True:
+                            chunk = await part.read_chunk(256 * 1024)
+                            if not chunk:
+                                break
+                            digest.update(chunk)
+                            f.write(chunk)
+                else:
+                    fields[part.name or ""] = await part.text()
+            if tmp_path is None or not original:
+                return web.Response(status=400)
+            kind = fields.get("type", "input")
+            if kind not in dirs:
+                kind = "input"
+            upload_dir = dirs[kind]
+            subfolder = fields.get("subfolder", "")
+            full_dir = os.path.join(upload_dir, os.path.normpath(subfolder))
+            filepath = os.path.abspath(os.path.join(full_dir, original))
+            if os.path.commonpath((upload_dir, filepath)) != upload_dir:
+                return web.Response(status=400)
+            os.makedirs(os.path.dirname(filepath), exist_ok=True)
+            filename = original
+            if fields.get("overwrite") not in ("true", "1"):
+                i = 1
+                stem, ext = os.path.splitext(original)
+                while os.path.exists(filepath):
+                    if same_content(filepath, digest.hexdigest()):
+                        os.unlink(tmp_path)
+                        tmp_path = None
+                        break
+                    filename = f"{stem} ({i}){ext}"
+                    filepath = os.path.join(os.path.dirname(filepath), filename)
+                    i += 1
+            if tmp_path is not None:
+                shutil.move(tmp_path, filepath)
+                tmp_path = None
+            return web.json_response({"name": filename, "subfolder": subfolder, "type": kind})
+        finally:
+            if tmp_path is not None:
+                try:
+                    os.unlink(tmp_path)
+                except OSError:
+                    pass
+
+    def same_content(path: str, hexdigest: str) -> bool:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1024 * 1024), b""):
+                h.update(block)
+        return h.hexdigest() == hexdigest
+
+    async def echo(request):
+        # Fake-only: the body goes back as it arrives, chunk by chunk.
+        response = web.StreamResponse(
+            status=200,
+            headers={"Content-Type": request.headers.get("Content-Type", "application/octet-stream")},
+        )
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        async for chunk in request.content.iter_chunked(256 * 1024):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def websocket(request):
+        ws = web.WebSocketResponse(max_msg_size=64 * 1024 * 1024)
+        await ws.prepare(request)
+        sid = request.rel_url.query.get("clientId") or uuid.uuid4().hex
+        sockets[sid] = ws  # a reconnect with the same id replaces the old socket
+        try:
+            await ws.send_json({"type": "status", "data": {
+                "status": {"exec_info": {"queue_remaining": queue_remaining()}}, "sid": sid}})
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    if msg.data.startswith("close:"):
+                        try:
+                            code = int(msg.data[len("close:"):])
+                        except ValueError:
+                            code = None
+                        if code is not None:
+                            await ws.close(code=code, message=b"close requested")
+                            break
+                    await ws.send_str(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    log(f"ws connection closed with exception {ws.exception()}")
+        finally:
+            if sockets.get(sid) is ws:
+                del sockets[sid]
+        return ws
+
+    app = web.Application(middlewares=[origin_only_middleware], client_max_size=100 * 1024 * 1024)
+    routes = [
+        ("GET", "/", index),
+        ("GET", "/ws", websocket),
+        ("GET", "/system_stats", system_stats),
+        ("GET", "/prompt", get_prompt),
+        ("POST", "/prompt", post_prompt),
+        ("GET", "/queue", get_queue),
+        ("POST", "/queue", post_queue),
+        ("GET", "/history", get_history),
+        ("GET", "/history/{prompt_id}", get_history_one),
+        ("POST", "/history", post_history),
+        ("POST", "/interrupt", post_interrupt),
+        ("POST", "/free", post_free),
+        ("GET", "/object_info", object_info),
+        ("GET", "/object_info/{node_class}", object_info_one),
+        ("GET", "/embeddings", empty_list),
+        ("GET", "/extensions", empty_list),
+        ("GET", "/view", view),
+        ("POST", "/upload/image", upload_image),
+        ("POST", "/echo", echo),
+    ]
+    for prefix in ("", "/api"):
+        for method, path, handler in routes:
+            if method == "GET":
+                app.router.add_get(prefix + path, handler)
+            else:
+                app.router.add_route(method, prefix + path, handler)
+    # Front-end files are served at the root only, as ComfyUI's static routes are.
+    app.router.add_get("/scripts/app.js", app_js)
+
+    async def start_worker(app_):
+        app_["worker"] = asyncio.get_running_loop().create_task(worker())
+
+    app.on_startup.append(start_worker)
+    return app
+
+
+if __name__ == "__main__":
+    main()
