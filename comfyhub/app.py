@@ -12,6 +12,7 @@ from comfyhub.api import api_router, health
 from comfyhub.api.errors import install_error_handlers
 from comfyhub.config import Settings, get_settings
 from comfyhub.db import create_engine, session_factory
+from comfyhub.proxy import ComfyProxy, ProxyAccess, UpstreamPool
 from comfyhub.services.manager import ServiceManager
 
 log = logging.getLogger("comfyhub")
@@ -27,11 +28,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.manager = ServiceManager(settings, app.state.sessions)
+        app.state.proxy_access = ProxyAccess(app.state.sessions, app.state.secret_key)
+        app.state.upstream_pool = UpstreamPool()
+        app.state.manager.listeners.append(app.state.proxy_access.forget_target)
         await app.state.manager.startup()
         try:
             yield
         finally:
             await app.state.manager.shutdown()
+            app.state.upstream_pool.close()
             await engine.dispose()
 
     app = FastAPI(
@@ -43,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.secret_key = settings.secret_key()
     install_error_handlers(app)
+    app.add_middleware(ComfyProxy, hub=app)
     app.include_router(api_router)
     app.include_router(health.router)
 

@@ -84,8 +84,12 @@ def cmd_serve(args) -> int:
     password = ensure_first_admin(settings)
     if password:
         _announce_admin(settings, password)
+    import logging
+
     import uvicorn
 
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(f"comfyhub: serving on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(
         "comfyhub.app:create_app",

@@ -22,7 +22,15 @@ class Check:
 
 
 def check_database(settings: Settings) -> Check:
-    from comfyhub.db import create_engine, current_revision, head_revision
+    from sqlalchemy.engine import make_url
+
+    from comfyhub.db import create_engine, current_revision, head_revision, is_sqlite
+
+    if is_sqlite(settings.database_url):
+        path = Path(make_url(settings.database_url).database or "")
+        if not path.exists():
+            # Connecting would create an empty file; say what to do instead.
+            return Check("database", "fail", f"{path} does not exist yet", "run `comfyhub serve` once (it creates and migrates it)")
 
     async def probe():
         engine = create_engine(settings.database_url)

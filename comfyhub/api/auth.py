@@ -52,6 +52,7 @@ async def login(body: LoginIn, request: Request, db: DbSession, settings: Settin
 async def logout(request: Request, user: CurrentUser, db: DbSession):
     token, _ = request_token(request)
     await auth.revoke_session(db, request.app.state.secret_key, token)
+    request.app.state.proxy_access.forget_token(token)
     response = envelope(None, "已退出登录")
     response.delete_cookie(auth.SESSION_COOKIE, path="/")
     return response

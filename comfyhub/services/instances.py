@@ -63,6 +63,18 @@ def mark_start(path: Path, port: int, argv: list[str]) -> None:
         f.write(f"===== command: {' '.join(argv)}\n")
 
 
+def mark_event(path: Path | str, what: str) -> None:
+    """Append a comfyhub line (stop, crash, failure) so the log tells the whole story."""
+    if not path:
+        return
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"===== comfyhub: {what} at {stamp} =====\n")
+    except OSError:
+        pass  # the log dir may be gone or read-only; the record still says what happened
+
+
 def tail(path: Path | str, lines: int, max_bytes: int = 1 << 20) -> str:
     """The last `lines` lines of a file, reading at most `max_bytes` from its end."""
     try:

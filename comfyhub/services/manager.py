@@ -53,6 +53,8 @@ LOG_TAIL_LINES = 20
 # Polling while a start waits: a refused connection costs ~0.1 ms, so polling often is
 # cheap and keeps the added start latency small (the seed's 1 s polling cost ~0.6 s).
 READY_POLL_SECONDS = 0.03
+# Proxied traffic marks activity; one write per instance per this many seconds at most.
+ACTIVITY_WRITE_SECONDS = 5.0
 
 NOT_CONFIGURED_HINT = "请在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON，然后重启 comfyhub"
 
@@ -77,6 +79,10 @@ class ServiceManager:
         self._flights: dict[int, _Flight] = {}
         self._port_lock = asyncio.Lock()
         self._loops: list[asyncio.Task] = []
+        self._touched: dict[int, float] = {}
+        # Called with a project id after its record changed (the proxy drops its cached route).
+        self.listeners: list = []
+        self._background: set[asyncio.Task] = set()
 
     # --- app lifespan ---------------------------------------------------------------------
 
@@ -90,7 +96,8 @@ class ServiceManager:
             task.cancel()
         for flight in list(self._flights.values()):
             flight.task.cancel()
-        await asyncio.gather(*self._loops, *(f.task for f in self._flights.values()), return_exceptions=True)
+        await asyncio.gather(*self._loops, *(f.task for f in self._flights.values()), *self._background,
+                             return_exceptions=True)
         self._loops.clear()
         if self.settings.comfyui_stop_instances_on_exit:
             await self.stop_all("后端退出")
@@ -113,6 +120,7 @@ class ServiceManager:
         if record is not None and record.status in WATCHED and await self._answers(record):
             if record.status != S.ONLINE:
                 await self._write(record.id, record.generation, WATCHED, status=S.ONLINE, last_error="")
+                self._changed(project.id)
                 record = await self.get(project.id)
             return record
         if not self.settings.comfyui_configured:
@@ -166,6 +174,8 @@ class ServiceManager:
                 if outcome == "ready":
                     if not await self._write_online(project_id, generation, handle):
                         await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
+                    else:
+                        log.info("project %s: online on port %s (pid %s)", project_id, port, handle.pid)
                     return
                 if outcome == "stop":
                     await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
@@ -214,7 +224,8 @@ class ServiceManager:
             record.last_activity = utcnow()
             record.launcher = self.launcher.name
             await db.commit()
-            return record.generation, old
+        self._changed(project_id)
+        return record.generation, old
 
     async def _reserve_port(self, project_id: int, generation: int, tried: set[int]) -> int | None:
         async with self._port_lock:
@@ -306,6 +317,8 @@ class ServiceManager:
             if last:
                 detail = f"{reason}\n--- 日志最后 {LOG_TAIL_LINES} 行 ---\n{last}"
         log.warning("project %s: start failed: %s", project_id, reason)
+        if log_path:
+            await asyncio.to_thread(instances.mark_event, log_path, f"start failed: {reason}")
         await self._write_any(project_id, generation, status=S.FAILED, status_detail="", last_error=detail)
 
     # --- stop ---------------------------------------------------------------------------
@@ -329,8 +342,11 @@ class ServiceManager:
             record.pid = None
             record.launcher_state = None
             await db.commit()
+        self._changed(project_id)
         if old is not None:
             await self.launcher.stop(old, self.settings.comfyui_stop_grace_seconds)
+            await asyncio.to_thread(instances.mark_event, record.log_path, f"stopped ({reason})")
+            log.info("project %s: stopped (%s)", project_id, reason)
         return record
 
     async def stop_all(self, reason: str) -> None:
@@ -360,27 +376,34 @@ class ServiceManager:
         results = await asyncio.gather(*(self._probe(r) for r in records))
         counts = {"online": 0, "offline": 0}
         now = utcnow()
-        for record, (healthy, why) in zip(records, results):
+        for record, (healthy, exited, why) in zip(records, results):
             counts["online" if healthy else "offline"] += 1
             if healthy:
                 values = dict(status=S.ONLINE, last_heartbeat=now, last_error="")
-            elif record.status == S.OFFLINE and record.last_error == why:
-                continue  # nothing new to say
+            elif record.status == S.OFFLINE and (exited is None or record.pid is None):
+                continue  # already offline: keep the first, most precise reason
             else:
                 values = dict(status=S.OFFLINE, last_error=why)
+                if exited is not None:
+                    # The process is gone: forget it, so nothing ever signals that pid again.
+                    values.update(pid=None, launcher_state=None)
+                    await asyncio.to_thread(instances.mark_event, record.log_path, why)
+                log.warning("project %s: offline: %s", record.project_id, why)
             await self._write(record.id, record.generation, WATCHED, **values)
+            self._changed(record.project_id)
         return counts
 
-    async def _probe(self, record: ComfyUIService) -> tuple[bool, str]:
+    async def _probe(self, record: ComfyUIService) -> tuple[bool, Exit | None, str]:
+        """(healthy, how it exited if it did, why not healthy)."""
         handle = self._handle(record)
         if handle is None:
-            return False, "没有进程记录"
+            return False, None, record.last_error or "没有进程记录"
         exit_info = self.launcher.poll(handle)
         if exit_info is not None:
-            return False, f"ComfyUI 已退出（{exit_info.reason}）"
+            return False, exit_info, f"ComfyUI 已退出（{exit_info.reason}）"
         if await self.health.is_ours(handle.host, handle.port, record.base_dir):
-            return True, ""
-        return False, "健康检查失败：/system_stats 无响应"
+            return True, None, ""
+        return False, None, "健康检查失败：/system_stats 无响应"
 
     # --- reading ------------------------------------------------------------------------
 
@@ -396,6 +419,33 @@ class ServiceManager:
     def comfy_url(self, project_id: int) -> str:
         """Where the browser opens the instance: through the authenticated proxy."""
         return f"/comfy/{project_id}/"
+
+    # --- activity -----------------------------------------------------------------------
+
+    def touch(self, project_id: int) -> None:
+        """Note proxied traffic for the idle culler; cheap enough to call per request."""
+        now = time.monotonic()
+        if now - self._touched.get(project_id, -ACTIVITY_WRITE_SECONDS) < ACTIVITY_WRITE_SECONDS:
+            return
+        self._touched[project_id] = now
+        task = asyncio.create_task(self._write_activity(project_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _write_activity(self, project_id: int) -> None:
+        try:
+            async with self.sessions() as db:
+                await db.execute(
+                    update(ComfyUIService).where(ComfyUIService.project_id == project_id).values(last_activity=utcnow())
+                )
+                await db.commit()
+        except Exception:  # noqa: BLE001 — activity is best effort; the next request retries
+            log.warning("could not record activity of project %s", project_id, exc_info=True)
+            self._touched.pop(project_id, None)
+
+    def _changed(self, project_id: int) -> None:
+        for listener in self.listeners:
+            listener(project_id)
 
     # --- record helpers -----------------------------------------------------------------
 
@@ -422,7 +472,8 @@ class ServiceManager:
                 .values(updated_at=utcnow(), **values)
             )
             await db.commit()
-            return result.rowcount == 1
+        self._changed(project_id)
+        return result.rowcount == 1
 
     async def _write(self, record_id: int, generation: int, statuses, **values) -> bool:
         """Update only if generation and status are still what the caller saw."""

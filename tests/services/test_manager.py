@@ -87,7 +87,10 @@ async def test_killed_instance_goes_offline_then_restarts(client, alice, manager
     await wait_for(lambda: not pid_alive(first["pid"]), what="instance to die")
     await manager.heartbeat_once()
     offline = await service(client, alice, pid)
-    assert offline["status"] == "offline" and "已退出" in offline["last_error"]
+    assert offline["status"] == "offline" and "SIGKILL" in offline["last_error"]
+    assert offline["pid"] is None  # a dead pid is forgotten, never signalled later
+    await manager.heartbeat_once()
+    assert (await service(client, alice, pid))["last_error"] == offline["last_error"]  # first reason kept
     r = await open_comfy(client, alice, pid)
     assert r.json()["data"]["status"] == "online"
     second = await service(client, alice, pid)
@@ -309,7 +312,8 @@ async def test_log_endpoint_tails_and_caps(client, alice, settings):
     r = await client.get(f"/api/projects/{pid}/comfy_log", params={"tail": 5}, headers=alice)
     assert r.status_code == 200
     lines = r.json()["data"]["lines"]
-    assert len(lines) == 5 and lines[-1] == "fatal: exiting with code 1"
+    assert len(lines) == 5 and lines[-2] == "fatal: exiting with code 1"
+    assert lines[-1].startswith("===== comfyhub: start failed: ComfyUI 启动失败（退出码 1）")
     assert "/" not in r.json()["data"]["log_file"]
     for bad in (0, -1, 100000, "x"):
         assert (await client.get(f"/api/projects/{pid}/comfy_log", params={"tail": bad}, headers=alice)).status_code == 422

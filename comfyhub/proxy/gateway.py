@@ -1,0 +1,360 @@
+"""/comfy/{project_id}/… : each instance reachable by its owner only (invariant 6).
+
+A pure ASGI middleware in front of the FastAPI routes: requests under /comfy/ never go
+through routing or dependency injection, which keeps the added latency small. For each
+request: authenticate (session cookie, or bearer), check ownership, then forward to the
+instance with the prefix stripped, the browser's Host kept (ComfyUI refuses a loopback
+Host with a foreign Origin), hop-by-hop headers dropped and X-Forwarded-* set.
+comfyhub's own credentials (its session cookie, Authorization) are never passed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import urlsplit
+
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from comfyhub.auth import SESSION_COOKIE
+from comfyhub.models import ServiceStatus
+from comfyhub.proxy.access import ProxyAccess, Target
+from comfyhub.proxy.pages import error_page, status_page
+from comfyhub.proxy.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+
+log = logging.getLogger("comfyhub.proxy")
+
+PREFIX = "/comfy/"
+_PATH = re.compile(r"^/comfy/(\d{1,10})(/.*)?$")
+_HOP_BY_HOP = frozenset(
+    b"connection keep-alive proxy-authenticate proxy-authorization te trailer trailers "
+    b"transfer-encoding upgrade proxy-connection".split()
+)
+_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"authorization", b"cookie", b"content-length", b"expect",
+                                b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
+                                b"x-forwarded-prefix"}
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_HEAD_TIMEOUT = 300.0  # ComfyUI answers quickly; only a wedged instance takes this long
+MAX_ID = 2**31 - 1
+
+
+class ComfyProxy:
+    """ASGI middleware: handles /comfy/…, passes everything else to `app`."""
+
+    def __init__(self, app, hub):
+        self.app = app
+        self.hub = hub  # the FastAPI app: its lifespan puts the parts below in hub.state
+
+    @property
+    def access(self) -> ProxyAccess:
+        return self.hub.state.proxy_access
+
+    @property
+    def pool(self) -> UpstreamPool:
+        return self.hub.state.upstream_pool
+
+    @property
+    def trusted_origins(self) -> set[str]:
+        return self.hub.state.settings.trusted_origins
+
+    def touch(self, project_id: int) -> None:
+        self.hub.state.manager.touch(project_id)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(PREFIX):
+            return await self.app(scope, receive, send)
+        match = _PATH.match(scope["path"])
+        if match is None or int(match.group(1)) > MAX_ID:
+            return await _deny(scope, send, 404, "页面不存在", "地址中的项目编号无效。")
+        project_id, rest = int(match.group(1)), match.group(2)
+        if rest is None and scope["type"] == "http":
+            # The ComfyUI front end resolves its assets relative to a trailing slash.
+            query = scope.get("query_string", b"")
+            location = f"{PREFIX}{project_id}/" + (f"?{query.decode('latin-1')}" if query else "")
+            return await _respond(send, 308, [(b"location", location.encode("latin-1"))], b"")
+        target, why = await self._authorize(scope, project_id)
+        if target is None:
+            status, title, message = why
+            return await _deny(scope, send, status, title, message)
+        upstream_path = _upstream_path(scope, project_id)
+        if scope["type"] == "websocket":
+            return await self._websocket(scope, receive, send, target, upstream_path)
+        return await self._http(scope, receive, send, target, upstream_path)
+
+    # --- access ---------------------------------------------------------------------------
+
+    async def _authorize(self, scope, project_id: int):
+        headers = _header_map(scope)
+        token, from_cookie = _credentials(headers)
+        user_id = await self.access.user_id(token)
+        if user_id is None:
+            return None, (401, "未登录", "请先登录 comfyhub，再打开 ComfyUI。")
+        target = await self.access.target(project_id)
+        if target is None:
+            return None, (404, "项目不存在", "该项目不存在或已被删除。")
+        if target.owner_user_id != user_id:
+            return None, (403, "无操作权限", "只有项目的所有者可以访问它的 ComfyUI。")
+        # Cookie-authenticated writes (and WebSocket handshakes, which browsers send
+        # cross-site with cookies) must come from a page of this site.
+        if from_cookie and (scope["type"] == "websocket" or scope["method"] not in _SAFE_METHODS):
+            if not _same_origin(headers, self.trusted_origins):
+                return None, (403, "跨站请求被拒绝", "请求来源与本站不一致。")
+        return target, None
+
+    # --- HTTP -------------------------------------------------------------------------------
+
+    async def _http(self, scope, receive, send, target: Target, path: bytes):
+        if target.status != ServiceStatus.ONLINE or not target.port:
+            code = 503 if target.status in (ServiceStatus.STARTING, ServiceStatus.OFFLINE) else 404
+            return await _respond(send, code, _html_headers(), status_page(target.status))
+        self.touch(target.project_id)
+        request_head, body_framing = _request_head(scope, path)
+        try:
+            conn = await self.pool.acquire(target.host, target.port)
+        except UpstreamError:
+            # Maybe stopped or moved since the route was cached: look again once.
+            self.access.forget_target(target.project_id)
+            fresh = await self.access.target(target.project_id)
+            if fresh is not None and fresh.status != ServiceStatus.ONLINE:
+                return await self._http(scope, receive, send, fresh, path)
+            return await _respond(send, 502, _html_headers(), status_page("unreachable"))
+        conn._head_request = scope["method"] == "HEAD"
+        pump = asyncio.create_task(self._pump_request(receive, conn, request_head, body_framing))
+        try:
+            status, headers = await conn.response_head(_HEAD_TIMEOUT)
+        except UpstreamError:
+            pump.cancel()
+            conn.close()
+            self.access.forget_target(target.project_id)
+            return await _respond(send, 502, _html_headers(), status_page("unreachable"))
+        await send({"type": "http.response.start", "status": status, "headers": _response_headers(headers)})
+        try:
+            async for chunk in conn.body_chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except UpstreamError:
+            conn.close()  # the instance (or the browser) broke off mid-body
+            pump.cancel()
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        pump.cancel()
+        if not conn.request_sent:
+            conn.close()  # the instance answered before reading the whole request
+        self.pool.release(conn)
+
+    async def _pump_request(self, receive, conn: UpstreamConnection, head: bytes, chunked: bool) -> None:
+        """Send the request head and stream the body, then watch for the browser leaving."""
+        try:
+            await conn.write(head)
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    conn.close()
+                    return
+                body = message.get("body", b"")
+                more = message.get("more_body", False)
+                if chunked:
+                    if body:
+                        await conn.write(b"%x\r\n%b\r\n" % (len(body), body))
+                    if not more:
+                        await conn.write(b"0\r\n\r\n")
+                elif body:
+                    await conn.write(body)
+            conn.request_sent = True
+            # A browser that goes away mid-download ends the transfer from the instance too.
+            if (await receive())["type"] == "http.disconnect" and not conn.complete:
+                conn.close()
+        except UpstreamError:
+            return
+
+    # --- WebSocket ------------------------------------------------------------------------
+
+    async def _websocket(self, scope, receive, send, target: Target, path: bytes):
+        if target.status != ServiceStatus.ONLINE or not target.port:
+            return await _deny(scope, send, 503, "ComfyUI 未就绪", "实例当前未在线。")
+        headers = _header_map(scope)
+        host = headers.get(b"host", b"localhost").decode("latin-1")
+        extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in _forwarded(scope, headers)]
+        subprotocols = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").decode().split(",") if p.strip()]
+        try:
+            # The browser's Host goes in the URI (kept as the Host header); the socket
+            # goes to the instance through host=/port=.
+            upstream = await ws_connect(
+                f"ws://{host}{path.decode('latin-1')}",
+                host=target.host,
+                port=target.port,
+                origin=headers.get(b"origin", b"").decode("latin-1") or None,
+                additional_headers=extra,
+                subprotocols=subprotocols or None,
+                compression=None,
+                max_size=None,
+                ping_interval=None,
+                open_timeout=10,
+                proxy=None,
+            )
+        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+            self.access.forget_target(target.project_id)
+            code = exc.response.status_code if isinstance(exc, InvalidStatus) else 502
+            return await _deny(scope, send, code, "ComfyUI 连接中断", "无法连接到实例。")
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            await upstream.close()
+            return
+        await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
+        self.touch(target.project_id)
+        to_client = asyncio.create_task(self._upstream_to_client(upstream, send, target.project_id))
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.receive":
+                    self.touch(target.project_id)
+                    data = message.get("bytes")
+                    await upstream.send(data if data is not None else message.get("text", ""))
+                elif message["type"] == "websocket.disconnect":
+                    await upstream.close(code=_passable(message.get("code", 1000)))
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(to_client, 5)
+            to_client.cancel()
+
+    async def _upstream_to_client(self, upstream, send, project_id: int) -> None:
+        try:
+            async for message in upstream:
+                self.touch(project_id)
+                if isinstance(message, bytes):
+                    await send({"type": "websocket.send", "bytes": message})
+                else:
+                    await send({"type": "websocket.send", "text": message})
+        except ConnectionClosed:
+            pass
+        code = upstream.close_code or 1000
+        with contextlib.suppress(Exception):
+            await send({"type": "websocket.close", "code": _passable(code), "reason": upstream.close_reason or ""})
+
+
+
+# --- helpers ---------------------------------------------------------------------------
+
+
+def _header_map(scope) -> dict[bytes, bytes]:
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope.get("headers", []):
+        name = name.lower()
+        headers[name] = headers[name] + b"; " + value if name == b"cookie" and name in headers else value
+    return headers
+
+
+def _credentials(headers: dict[bytes, bytes]) -> tuple[str | None, bool]:
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip(), False
+    raw = headers.get(b"cookie")
+    if raw:
+        try:
+            cookie = SimpleCookie(raw.decode("latin-1"))
+        except CookieError:
+            return None, False
+        if SESSION_COOKIE in cookie:
+            return cookie[SESSION_COOKIE].value, True
+    return None, False
+
+
+def _same_origin(headers: dict[bytes, bytes], trusted: set[str]) -> bool:
+    source = (headers.get(b"origin") or headers.get(b"referer") or b"").decode("latin-1")
+    if not source or source == "null":
+        return False
+    parts = urlsplit(source)
+    return parts.netloc == headers.get(b"host", b"").decode("latin-1") or f"{parts.scheme}://{parts.netloc}" in trusted
+
+
+def _upstream_path(scope, project_id: int) -> bytes:
+    raw = scope.get("raw_path") or scope["path"].encode()
+    prefix = f"{PREFIX}{project_id}".encode()
+    path = raw[len(prefix):] or b"/"
+    query = scope.get("query_string", b"")
+    if b"?" not in path and query:
+        path += b"?" + query
+    return path
+
+
+def _forwarded(scope, headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    client = scope.get("client")
+    proto = b"https" if scope.get("scheme") in ("https", "wss") else b"http"
+    out = [(b"x-forwarded-proto", proto), (b"x-forwarded-prefix", b"/comfy/%d" % _project_of(scope))]
+    if b"host" in headers:
+        out.append((b"x-forwarded-host", headers[b"host"]))
+    if client:
+        out.append((b"x-forwarded-for", client[0].encode()))
+    return out
+
+
+def _project_of(scope) -> int:
+    return int(_PATH.match(scope["path"]).group(1))
+
+
+def _without_session_cookie(raw: bytes) -> bytes | None:
+    kept = [c for c in raw.split(b";") if c.strip() and not c.strip().startswith(SESSION_COOKIE.encode() + b"=")]
+    return b";".join(kept).strip() or None
+
+
+def _request_head(scope, path: bytes) -> tuple[bytes, bool]:
+    """The request line and headers for the instance, and whether the body goes chunked."""
+    headers = _header_map(scope)
+    lines = [b"%s %s HTTP/1.1" % (scope["method"].encode(), path),
+             b"host: " + headers.get(b"host", b"localhost")]
+    for name, value in scope["headers"]:
+        if name.lower() not in _NOT_FORWARDED:
+            lines.append(name + b": " + value)
+    cookie = headers.get(b"cookie")
+    if cookie and (rest := _without_session_cookie(cookie)):
+        lines.append(b"cookie: " + rest)
+    lines.extend(k + b": " + v for k, v in _forwarded(scope, headers))
+    length = headers.get(b"content-length")
+    chunked = length is None and b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+    if length is not None:
+        lines.append(b"content-length: " + length)
+    elif chunked:
+        lines.append(b"transfer-encoding: chunked")
+    lines.append(b"connection: keep-alive")
+    return b"\r\n".join(lines) + b"\r\n\r\n", chunked
+
+
+def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    # Framing is redone by the server in front (content-length kept when known).
+    return [(k.lower(), v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
+
+
+def _html_headers() -> list[tuple[bytes, bytes]]:
+    return [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
+
+
+async def _respond(send, status: int, headers: list, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _deny(scope, send, status: int, title: str, message: str) -> None:
+    body = error_page(title, message)
+    if scope["type"] == "http":
+        return await _respond(send, status, _html_headers(), body)
+    # WebSocket: refuse the handshake with a real HTTP status where the server allows it.
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send({"type": "websocket.http.response.start", "status": status, "headers": _html_headers()})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
+def _passable(code: int) -> int:
+    """Close codes that may be sent on the wire (1005/1006/1015 are reserved)."""
+    return code if code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011) or 3000 <= code <= 4999 else 1000
