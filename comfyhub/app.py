@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 
 from comfyhub.api import api_router, health
 from comfyhub.api.errors import install_error_handlers
@@ -16,6 +18,7 @@ from comfyhub.proxy import ComfyProxy, ProxyAccess, UpstreamPool
 from comfyhub.services.manager import ServiceManager
 
 log = logging.getLogger("comfyhub")
+WEB_DIR = Path(__file__).parent / "web"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -52,8 +55,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api_router)
     app.include_router(health.router)
 
+    # The workbench: static files, no build step. One page; its script shows login,
+    # workbench or admin view by path.
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+
     @app.get("/", include_in_schema=False)
-    async def index():
-        return HTMLResponse("<!doctype html><meta charset=utf-8><title>comfyhub</title><p>comfyhub 运行中。</p>")
+    @app.get("/login", include_in_schema=False)
+    @app.get("/admin", include_in_schema=False)
+    async def page():
+        return FileResponse(WEB_DIR / "index.html", headers={"cache-control": "no-cache"})
 
     return app

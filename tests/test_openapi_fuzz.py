@@ -3,7 +3,18 @@
 import hypothesis
 import pytest
 import schemathesis
-from schemathesis.checks import not_a_server_error
+
+# 503 is part of the contract for these, and only these (DESIGN.md §2); any other 5xx is a bug.
+DOCUMENTED_503 = ("ComfyUI 未配置", "没有可用端口", "ComfyUI 启动失败")
+
+
+@schemathesis.check
+def no_undocumented_server_error(ctx, response, case):
+    if response.status_code < 500:
+        return None
+    if response.status_code == 503 and response.json().get("msg", "").startswith(DOCUMENTED_503):
+        return None
+    raise AssertionError(f"{response.status_code} from {case.method} {case.path}: {response.text[:300]}")
 
 from tests.support.server import LiveServer, initial_admin_password
 
@@ -40,7 +51,7 @@ def test_no_server_errors(case, fuzz_server):
         # logout would revoke the token the other examples use
         if case.path == "/api/auth/logout" and headers:
             continue
-        case.call_and_validate(base_url=fuzz_server.url, headers=headers, checks=[not_a_server_error])
+        case.call_and_validate(base_url=fuzz_server.url, headers=headers, checks=[no_undocumented_server_error])
 
 
 def test_schema_lists_every_route(fuzz_server):

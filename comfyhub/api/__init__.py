@@ -2,11 +2,12 @@
 
 from fastapi import APIRouter
 
-from comfyhub.api import admin, auth, health, projects
+from comfyhub.api import admin, auth, health, meta, projects
 
 api_router = APIRouter(prefix="/api")
 api_router.include_router(auth.router)
 api_router.include_router(projects.router)
 api_router.include_router(admin.router)
+api_router.include_router(meta.router)
 
 __all__ = ["api_router", "health"]
