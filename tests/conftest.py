@@ -93,6 +93,16 @@ def db_url(request, tmp_path):
     return admin.rsplit("/", 1)[0] + f"/{name}"
 
 
+@pytest.fixture
+def pg_url(request):
+    """A fresh, migrated PostgreSQL database (for tests that only make sense there)."""
+    admin = request.getfixturevalue("pg_admin_url")
+    request.getfixturevalue("pg_template")
+    name = f"t_{os.getpid()}_{next(_db_counter)}"
+    asyncio.run(_pg_exec(admin, f"CREATE DATABASE {name} TEMPLATE comfyhub_template"))
+    return admin.rsplit("/", 1)[0] + f"/{name}"
+
+
 # --- settings and app -----------------------------------------------------------------
 
 

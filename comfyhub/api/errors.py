@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from comfyhub.services.errors import ServiceError
@@ -21,6 +23,14 @@ log = logging.getLogger("comfyhub.api")
 NOT_LOGGED_IN = "未登录或登录已过期"
 FORBIDDEN = "无操作权限"
 PROJECT_NOT_FOUND = "项目不存在"
+DATABASE_AWAY = "数据库暂时不可用，请稍后再试"
+
+
+def _database_unreachable(exc: Exception) -> bool:
+    """Connection trouble (refused, dropped, pool exhausted), as opposed to a failing statement."""
+    if isinstance(exc, (SATimeoutError, ConnectionError, OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and (exc.connection_invalidated or exc.statement is None)
 
 
 class ApiError(Exception):
@@ -76,6 +86,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http_error(_request: Request, exc: StarletteHTTPException):
         msg = _STATUS_MESSAGES.get(exc.status_code, "请求失败")
         return envelope(None, msg, exc.status_code, getattr(exc, "headers", None))
+
+    @app.exception_handler(DBAPIError)
+    @app.exception_handler(SATimeoutError)
+    @app.exception_handler(ConnectionError)
+    async def _database_error(request: Request, exc: Exception):
+        if _database_unreachable(exc):
+            # The database (or its pool) is away for a moment: say so; it is not a bug here.
+            log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+            return envelope(None, DATABASE_AWAY, 503)
+        return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

@@ -100,3 +100,11 @@ def comfyui_argv(
         f"sqlite:///{base_dir / 'user' / 'comfyui.db'}",
         *extra_args,
     ]
+
+
+def argv_value(argv: list, name: str) -> str | None:
+    """The value after `name` in a command line, or None."""
+    for i, value in enumerate(argv[:-1]):
+        if value == name:
+            return str(argv[i + 1])
+    return None

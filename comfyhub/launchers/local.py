@@ -9,9 +9,11 @@ import signal
 import subprocess
 import time
 
+from pathlib import Path
+
 import psutil
 
-from comfyhub.launchers.base import Exit, Handle, LaunchError, LaunchSpec
+from comfyhub.launchers.base import Exit, Handle, LaunchError, LaunchSpec, argv_value
 
 # Creation times come from /proc with clock-tick resolution; allow for float rounding.
 _CREATE_TIME_TOLERANCE = 0.05
@@ -142,6 +144,28 @@ class LocalLauncher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
         return self.poll(handle) is not None
+
+    def discover(self, base_root: Path) -> list[Handle]:
+        """ComfyUI processes on this machine started for an instance folder under `base_root`.
+
+        Blocking (walks /proc): call it in a thread. Used after a restart to find
+        processes whose record was never written (the backend died right after spawning).
+        """
+        root = str(base_root).rstrip("/") + "/"
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline", "create_time", "status"]):
+            try:
+                cmdline = proc.info["cmdline"] or []
+                if proc.info["status"] == psutil.STATUS_ZOMBIE or "main.py" not in cmdline:
+                    continue
+                base_dir = argv_value(cmdline, "--base-directory") or ""
+                port = argv_value(cmdline, "--port")
+                if base_dir.startswith(root) and port and port.isdigit():
+                    found.append(Handle(pid=proc.info["pid"], create_time=proc.info["create_time"],
+                                        cmdline=cmdline, host=self.connect_host, port=int(port)))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
 
     def restore(self, state: dict) -> Handle:
         return Handle(

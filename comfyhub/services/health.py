@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import httpx
 
+from comfyhub.launchers.base import argv_value
+
 
 def _host_for_url(host: str) -> str:
     return f"[{host}]" if ":" in host else host
@@ -51,11 +53,4 @@ class HealthChecker:
 def argv_is_ours(argv: list, port: int, base_dir: str) -> bool:
     if not isinstance(argv, list):
         return False
-    return _flag(argv, "--port") == str(port) and _flag(argv, "--base-directory") == str(base_dir)
-
-
-def _flag(argv: list, name: str) -> str | None:
-    for i, value in enumerate(argv[:-1]):
-        if value == name:
-            return str(argv[i + 1])
-    return None
+    return argv_value(argv, "--port") == str(port) and argv_value(argv, "--base-directory") == str(base_dir)

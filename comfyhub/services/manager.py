@@ -36,9 +36,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.config import Settings
 from comfyhub.launchers import Exit, Handle, LaunchError, Launcher, LaunchSpec, make_launcher
-from comfyhub.launchers.base import comfyui_argv
+from comfyhub.launchers.base import argv_value, comfyui_argv
 from comfyhub.models import ComfyUIService, Project, ServiceStatus, utcnow
 from comfyhub.services import instances
+from comfyhub.services.coordination import HeartbeatLease, ProjectLocks
 from comfyhub.services.errors import FORBIDDEN, NO_FREE_PORT, NOT_CONFIGURED, ServiceError
 from comfyhub.services.health import HealthChecker
 from comfyhub.services.ports import candidate_ports, lost_bind_race, port_is_free
@@ -57,6 +58,17 @@ READY_POLL_SECONDS = 0.03
 ACTIVITY_WRITE_SECONDS = 5.0
 
 NOT_CONFIGURED_HINT = "请在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON，然后重启 comfyhub"
+
+
+def _project_of(handle: Handle, base_root) -> int | None:
+    """The project id from an instance folder BASE/u{user}/p{project} in a command line."""
+    base_dir = argv_value(handle.cmdline, "--base-directory")
+    if not base_dir:
+        return None
+    parts = os.path.relpath(base_dir, base_root).split(os.sep)
+    if len(parts) == 2 and parts[0].startswith("u") and parts[1].startswith("p") and parts[1][1:].isdigit():
+        return int(parts[1][1:])
+    return None
 
 
 @dataclass
@@ -79,6 +91,11 @@ class ServiceManager:
         self._flights: dict[int, _Flight] = {}
         self._port_lock = asyncio.Lock()
         self._loops: list[asyncio.Task] = []
+        self.locks = ProjectLocks(sessions.kw["bind"])
+        interval = settings.comfyui_heartbeat_interval_seconds
+        # The holder renews every sweep; a dead holder's lease lapses after a few missed sweeps.
+        self.lease = HeartbeatLease(sessions, "heartbeat", ttl_seconds=max(2.5 * interval, 3.0))
+        self._leading = False
         self._touched: dict[int, float] = {}
         # Called with a project id after its record changed (the proxy drops its cached route).
         self.listeners: list = []
@@ -87,7 +104,7 @@ class ServiceManager:
     # --- app lifespan ---------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Start the heartbeat."""
+        """Start the heartbeat; its first sweep (in the lease holder) reconciles the records."""
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="comfyhub-heartbeat"))
 
     async def shutdown(self) -> None:
@@ -101,6 +118,9 @@ class ServiceManager:
         self._loops.clear()
         if self.settings.comfyui_stop_instances_on_exit:
             await self.stop_all("后端退出")
+        if self._leading:
+            with contextlib.suppress(Exception):
+                await self.lease.release()  # let another worker take over at once
         await self.health.aclose()
 
     # --- open ---------------------------------------------------------------------------
@@ -128,7 +148,7 @@ class ServiceManager:
         flight = self._flights.get(project.id)
         if flight is None:
             flight = _Flight(
-                asyncio.create_task(self._start(user_id, project.id), name=f"comfyhub-start-{project.id}"),
+                asyncio.create_task(self._start_flight(user_id, project.id), name=f"comfyhub-start-{project.id}"),
                 asyncio.Event(),
             )
             self._flights[project.id] = flight
@@ -150,6 +170,18 @@ class ServiceManager:
         if handle is None or self.launcher.poll(handle) is not None:
             return False
         return await self.health.is_ours(handle.host, handle.port, record.base_dir)
+
+    async def _start_flight(self, user_id: int, project_id: int) -> None:
+        """One start at a time per project across all backend processes."""
+        async with self.locks.hold(project_id):
+            record = await self.get(project_id)
+            if record is not None and record.status in WATCHED and await self._answers(record):
+                # Another worker started it while this one waited for the lock.
+                if record.status != S.ONLINE:
+                    await self._write(record.id, record.generation, WATCHED, status=S.ONLINE, last_error="")
+                    self._changed(project_id)
+                return
+            await self._start(user_id, project_id)
 
     async def _start(self, user_id: int, project_id: int) -> None:
         deadline = time.monotonic() + self.settings.comfyui_startup_timeout_seconds
@@ -358,21 +390,45 @@ class ServiceManager:
     # --- heartbeat ----------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        """Sweep every interval while holding the lease; reconcile on taking it."""
         while True:
-            await asyncio.sleep(self.settings.comfyui_heartbeat_interval_seconds)
             try:
-                await self.heartbeat_once()
-            except Exception:  # noqa: BLE001 — one bad sweep must not end the heartbeat
-                log.exception("heartbeat sweep failed")
+                if await self.lease.acquire_or_renew():
+                    if not self._leading:
+                        log.info("heartbeat: this process leads (%s); reconciling", self.lease.holder)
+                        self._leading = True
+                        await self.reconcile()
+                    else:
+                        await self.heartbeat_once()
+                elif self._leading:
+                    log.warning("heartbeat: lease lost to another process")
+                    self._leading = False
+            except Exception:  # noqa: BLE001 — a failed sweep (database away...) must not end the loop
+                log.exception("heartbeat sweep failed; retrying next interval")
+            await asyncio.sleep(self.settings.comfyui_heartbeat_interval_seconds)
+
+    async def reconcile(self) -> None:
+        """Make the records match reality after a backend (re)start (invariant 5).
+
+        Running instances that are provably ours are adopted as they are; dead ones
+        become offline; starts abandoned by a crashed backend are resolved; processes
+        started for an instance folder but missing from their record are recorded
+        (or stopped, when the record already has a live process).
+        """
+        await self._adopt_orphans()
+        await self.heartbeat_once()
 
     async def heartbeat_once(self) -> dict[str, int]:
         """Check every watched instance concurrently; mark it online or offline.
 
         Each check is bounded by COMFYUI_HEALTH_TIMEOUT_SECONDS, so one hung instance
-        costs the sweep at most one timeout, whatever the number of instances.
+        costs the sweep at most one timeout, whatever the number of instances. Starts
+        that nobody is running any more (their backend died) are resolved too.
         """
         async with self.sessions() as db:
             records = (await db.execute(select(ComfyUIService).where(ComfyUIService.status.in_(WATCHED)))).scalars().all()
+            starting = (await db.execute(select(ComfyUIService.project_id).where(ComfyUIService.status == S.STARTING))).all()
+        await asyncio.gather(*(self._resolve_abandoned_start(pid) for (pid,) in starting))
         results = await asyncio.gather(*(self._probe(r) for r in records))
         counts = {"online": 0, "offline": 0}
         now = utcnow()
@@ -404,6 +460,63 @@ class ServiceManager:
         if await self.health.is_ours(handle.host, handle.port, record.base_dir):
             return True, None, ""
         return False, None, "健康检查失败：/system_stats 无响应"
+
+    async def _resolve_abandoned_start(self, project_id: int) -> None:
+        """A `starting` record whose start no process is running: finish it one way or the other."""
+        if project_id in self._flights:
+            return
+        async with self.locks.hold(project_id, wait=False) as free:
+            if not free or project_id in self._flights:
+                return  # a start is in progress (here or in another worker)
+            record = await self.get(project_id)
+            if record is None or record.status != S.STARTING:
+                return
+            handle = self._handle(record)
+            alive = handle is not None and self.launcher.poll(handle) is None
+            if alive and await self.health.is_ours(handle.host, handle.port, record.base_dir):
+                log.info("project %s: adopted an instance whose start outlived its backend", project_id)
+                await self._write_online(project_id, record.generation, handle)
+                return
+            if alive:
+                await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
+            await self._write_any(project_id, record.generation, status=S.FAILED, pid=None, launcher_state=None,
+                                  last_error="启动被中断：后端在启动过程中退出，请重新打开")
+
+    async def _adopt_orphans(self) -> None:
+        """Processes started for an instance folder that their record does not name."""
+        discover = getattr(self.launcher, "discover", None)
+        if discover is None:
+            return
+        for handle in await asyncio.to_thread(discover, self.settings.comfyui_instance_base_dir):
+            project_id = _project_of(handle, self.settings.comfyui_instance_base_dir)
+            if project_id is None or project_id in self._flights:
+                continue
+            async with self.locks.hold(project_id, wait=False) as free:
+                if free:
+                    await self._adopt_one(project_id, handle)
+
+    async def _adopt_one(self, project_id: int, handle: Handle) -> None:
+        record = await self.get(project_id)
+        recorded = self._handle(record) if record is not None else None
+        if recorded is not None and recorded.pid == handle.pid:
+            return  # not an orphan
+        recorded_alive = recorded is not None and self.launcher.poll(recorded) is None
+        base_dir = argv_value(handle.cmdline, "--base-directory")
+        if record is None or recorded_alive or not await self.health.is_ours(handle.host, handle.port, base_dir):
+            # A duplicate, an instance of a deleted project, or one that does not answer: stop it.
+            log.warning("project %s: stopping unrecorded instance pid %s", project_id, handle.pid)
+            await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
+            return
+        log.info("project %s: recording running instance pid %s found without a record", project_id, handle.pid)
+        try:
+            await self._write_any(
+                project_id, record.generation, status=S.ONLINE, status_detail="", pid=handle.pid,
+                launcher_state=handle.state(), port=handle.port, host=handle.host, base_dir=base_dir,
+                comfy_url=self.comfy_url(project_id), last_heartbeat=utcnow(), last_error="",
+                log_path=str(instances.log_path(self.settings, record.user_id, project_id, handle.port)),
+            )
+        except IntegrityError:
+            await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
 
     # --- reading ------------------------------------------------------------------------
 

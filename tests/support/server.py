@@ -35,7 +35,11 @@ class LiveServer:
             cwd=self.workdir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        wait_for_sync(self._ready, timeout=timeout, interval=0.1, what=f"comfyhub serve on {self.port}")
+        try:
+            wait_for_sync(self._ready, timeout=timeout, interval=0.1, what=f"comfyhub serve on {self.port}")
+        except BaseException:
+            self.stop(signal.SIGKILL)  # a server that never came up must not outlive the test
+            raise
         return self
 
     def _ready(self) -> bool:
@@ -51,6 +55,8 @@ class LiveServer:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
+            if self.proc is not None and not self._log.closed:
+                self._log.close()
             return self.proc.returncode if self.proc else None
         os.killpg(self.proc.pid, sig) if sig == signal.SIGKILL else self.proc.send_signal(sig)
         try:

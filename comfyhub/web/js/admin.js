@@ -1,0 +1,199 @@
+// 管理 (/admin): every user's ComfyUI instances, the users, and (later) the events.
+
+import { get, post } from "./api.js";
+import { confirmDialog } from "./dialogs.js";
+import { h, setText, show, syncKeyed, toast } from "./dom.js";
+import { RUNNING, formatAgo, formatDateTime, formatDuration, parseTime, stateOf } from "./format.js";
+
+export function renderAdmin(main, { me, meta }) {
+  document.title = "管理 · comfyhub";
+  if (!me.is_admin) {
+    main.append(h("section", { class: "panel notice" },
+      h("h1", { text: "无操作权限" }),
+      h("p", { class: "muted", text: "只有管理员可以查看此页面。" }),
+      h("a", { href: "/", class: "btn btn-primary" }, "返回个人工作台")));
+    return;
+  }
+  const refreshMs = Math.max(1, Number(meta.list_refresh_seconds) || 8) * 1000;
+
+  // --- ComfyUI 实例 ------------------------------------------------------------------------
+
+  const servicesBody = h("tbody");
+  const servicesCount = h("span", { class: "count" });
+  const servicesEmpty = h("p", { class: "muted table-empty", text: "还没有任何实例。", hidden: true });
+  const servicesError = h("p", { class: "list-error", role: "alert", hidden: true });
+  const serviceRows = new Map();
+  const th = (text) => h("th", { scope: "col", text });
+
+  const servicesPanel = h("section", { class: "panel", "aria-labelledby": "services-title", id: "admin-services" },
+    h("div", { class: "panel-head" }, h("h2", { id: "services-title", text: "ComfyUI 实例" }), servicesCount),
+    servicesError,
+    h("div", { class: "table-wrap" },
+      h("table", { class: "table" },
+        h("thead", {}, h("tr", {},
+          th("用户"), th("项目"), th("状态"), th("端口"), th("PID"), th("运行时长"), th("最近活动"),
+          h("th", { scope: "col" }, h("span", { class: "sr-only", text: "操作" })))),
+        servicesBody)),
+    servicesEmpty);
+
+  function createServiceRow(initial) {
+    const cells = {
+      user: h("td"), project: h("td"), state: h("td"), port: h("td", { class: "num" }), pid: h("td", { class: "num" }),
+      uptime: h("td"), activity: h("td"), action: h("td", { class: "actions-cell" }),
+    };
+    const projectName = h("span", { class: "strong" });
+    const projectCode = h("span", { class: "muted small" });
+    cells.project.append(projectName, h("br"), projectCode);
+    const badgeLabel = h("span", { class: "badge-label" });
+    const badge = h("span", { class: "badge" }, h("span", { class: "dot", "aria-hidden": "true" }), badgeLabel);
+    cells.state.append(badge);
+    const stopButton = h("button", { type: "button", class: "btn btn-sm" }, "停止");
+    cells.action.append(stopButton);
+    const el = h("tr", { dataset: { projectId: initial.project_id } }, Object.values(cells));
+    let current = initial;
+    stopButton.addEventListener("click", () => stopService(current, stopButton));
+
+    function tick() {
+      const now = Date.now();
+      const started = parseTime(current.started_at);
+      setText(cells.uptime, RUNNING.has(current.status) && started ? formatDuration((now - started) / 1000) : "—");
+      const activity = parseTime(current.last_activity);
+      setText(cells.activity, activity ? formatAgo(activity, now) : "—");
+      cells.activity.title = activity ? formatDateTime(activity) : "";
+    }
+
+    function update(s) {
+      current = s;
+      const look = stateOf(s.status);
+      setText(cells.user, s.username);
+      setText(projectName, s.project_name);
+      setText(projectCode, s.project_code);
+      badge.className = `badge tone-${look.tone}`;
+      badge.dataset.state = s.status || "none";
+      setText(badgeLabel, look.label);
+      const running = RUNNING.has(s.status);
+      setText(cells.port, running && s.port ? String(s.port) : "—");
+      setText(cells.pid, running && s.pid ? String(s.pid) : "—");
+      show(stopButton, running);
+      stopButton.setAttribute("aria-label", `停止 ${s.username} 的 ${s.project_name}`);
+      tick();
+    }
+
+    return { el, update, tick };
+  }
+
+  async function stopService(s, button) {
+    const ok = await confirmDialog({
+      title: "停止实例",
+      message: `确定停止 ${s.username} 的项目“${s.project_name}”的 ComfyUI 吗？未完成的任务会中断，文件会保留。`,
+      confirmText: "停止",
+      danger: true,
+    });
+    if (!ok) return;
+    button.disabled = true;
+    try {
+      await post(`/api/admin/services/${s.project_id}/stop`);
+      toast("实例已停止", "success");
+    } catch (error) {
+      if (error.status !== 401) toast(error.message, "error");
+    }
+    button.disabled = false;
+    refresh();
+  }
+
+  // --- 用户 ----------------------------------------------------------------------------------
+
+  const usersBody = h("tbody");
+  const usersCount = h("span", { class: "count" });
+  const userRows = new Map();
+  const usersPanel = h("section", { class: "panel", "aria-labelledby": "users-title", id: "admin-users" },
+    h("div", { class: "panel-head" }, h("h2", { id: "users-title", text: "用户" }), usersCount),
+    h("div", { class: "table-wrap" },
+      h("table", { class: "table" },
+        h("thead", {}, h("tr", {}, th("用户名"), th("角色"), th("创建时间"))),
+        usersBody)));
+
+  function createUserRow() {
+    const name = h("td", { class: "strong" });
+    const role = h("td");
+    const created = h("td");
+    const el = h("tr", {}, name, role, created);
+    return {
+      el,
+      update(u) {
+        setText(name, u.username);
+        setText(role, u.is_admin ? "管理员" : "用户");
+        setText(created, formatDateTime(parseTime(u.created_at)));
+      },
+    };
+  }
+
+  // --- 事件 (PLACEHOLDER) --------------------------------------------------------------------
+  // A later issue adds GET /api/admin/events. Until then it answers 404 and this section
+  // hides itself. When it exists, each item is shown as "time · text".
+  const eventsList = h("ul", { class: "events" });
+  const eventsNote = h("p", { class: "muted", text: "正在读取事件…" });
+  const eventsPanel = h("section", {
+    class: "panel", "aria-labelledby": "events-title", id: "admin-events", dataset: { placeholder: "events" },
+  },
+  h("div", { class: "panel-head" }, h("h2", { id: "events-title", text: "事件" })),
+  eventsNote,
+  eventsList);
+
+  async function loadEvents() {
+    try {
+      const data = await get("/api/admin/events");
+      const items = Array.isArray(data) ? data : (data && data.items) || [];
+      setText(eventsNote, items.length ? "" : "暂无事件。");
+      show(eventsNote, !items.length);
+      eventsList.replaceChildren(...items.slice(0, 100).map((e) => {
+        const when = parseTime(e.time || e.created_at || e.at);
+        const text = e.message || e.msg || e.text || e.kind || JSON.stringify(e);
+        return h("li", {}, h("span", { class: "muted small", text: when ? formatDateTime(when) : "" }), " ", text);
+      }));
+    } catch (error) {
+      if (error.status === 404) show(eventsPanel, false); // events are not available yet
+      else setText(eventsNote, `读取事件失败：${error.message}`);
+    }
+  }
+
+  main.append(
+    h("div", { class: "page-head" },
+      h("div", {},
+        h("h1", { text: "管理" }),
+        h("p", { class: "muted", text: "所有用户的 ComfyUI 实例与账户。" }))),
+    servicesPanel,
+    usersPanel,
+    eventsPanel,
+  );
+
+  let timer = null;
+  let seq = 0;
+  async function refresh() {
+    clearTimeout(timer);
+    const mine = ++seq;
+    try {
+      const [services, users] = await Promise.all([get("/api/admin/services"), get("/api/admin/users")]);
+      if (mine !== seq) return;
+      syncKeyed(servicesBody, services, (s) => s.project_id, createServiceRow, serviceRows);
+      show(servicesEmpty, services.length === 0);
+      const live = services.filter((s) => RUNNING.has(s.status)).length;
+      setText(servicesCount, `共 ${services.length} 个 · 运行中 ${live} 个`);
+      syncKeyed(usersBody, users, (u) => u.id, createUserRow, userRows);
+      setText(usersCount, `共 ${users.length} 人`);
+      show(servicesError, false);
+    } catch (error) {
+      if (mine !== seq) return;
+      setText(servicesError, `刷新失败：${error.message}`);
+      show(servicesError, true);
+    } finally {
+      if (mine === seq) timer = setTimeout(refresh, refreshMs);
+    }
+  }
+
+  setInterval(() => {
+    for (const row of serviceRows.values()) row.tick();
+  }, 1000);
+  refresh();
+  loadEvents();
+}

@@ -1,0 +1,111 @@
+// Modal dialogs built on <dialog>: focus is trapped, Esc closes, focus returns afterwards.
+
+import { get } from "./api.js";
+import { h, setText } from "./dom.js";
+
+/**
+ * Open a modal dialog. `build(close)` returns the body; `close(value)` ends it.
+ * Resolves with the value passed to close (undefined on Esc or 关闭).
+ */
+export function modal({ title, className = "", build, onClose }) {
+  const opener = document.activeElement;
+  return new Promise((resolve) => {
+    let done = false;
+    const titleId = `dlg-${Math.random().toString(36).slice(2, 9)}`;
+    const dialog = h("dialog", { class: `dialog ${className}`.trim(), "aria-labelledby": titleId });
+    const close = (value) => {
+      if (done) return;
+      done = true;
+      if (onClose) onClose();
+      if (dialog.open) dialog.close();
+      dialog.remove();
+      if (opener && opener.isConnected && typeof opener.focus === "function") opener.focus();
+      resolve(value);
+    };
+    dialog.addEventListener("cancel", (event) => {
+      event.preventDefault();
+      close(undefined);
+    });
+    const header = h(
+      "div",
+      { class: "dialog-head" },
+      h("h2", { id: titleId, text: title }),
+      h("button", { type: "button", class: "icon-btn", "aria-label": "关闭", onclick: () => close(undefined) }, "×"),
+    );
+    dialog.append(header, build(close));
+    document.body.append(dialog);
+    dialog.showModal();
+    const first = dialog.querySelector("[autofocus]");
+    if (first) first.focus();
+  });
+}
+
+/** Ask before something that cannot be undone. Resolves true on 确认. */
+export function confirmDialog({ title, message, confirmText = "确认", danger = false }) {
+  return modal({
+    title,
+    className: "dialog-narrow",
+    build: (close) =>
+      h(
+        "div",
+        { class: "dialog-body" },
+        h("p", { class: "confirm-text", text: message }),
+        h(
+          "div",
+          { class: "dialog-actions" },
+          h("button", { type: "button", class: "btn", autofocus: true, onclick: () => close(false) }, "取消"),
+          h(
+            "button",
+            { type: "button", class: danger ? "btn btn-danger" : "btn btn-primary", onclick: () => close(true) },
+            confirmText,
+          ),
+        ),
+      ),
+  }).then((value) => value === true);
+}
+
+const LOG_REFRESH_MS = 2000;
+
+/** The last 200 lines of a project's ComfyUI log, refreshed every 2 s while open. */
+export function logDialog(project) {
+  let timer = null;
+  let stopped = false;
+  const pre = h("pre", { class: "log", tabindex: "0", "aria-label": "日志内容" });
+  const info = h("p", { class: "log-info muted" });
+  const load = async (first) => {
+    try {
+      const data = await get(`/api/projects/${project.id}/comfy_log?tail=200`);
+      if (stopped) return;
+      const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 24;
+      const lines = data.lines || [];
+      setText(pre, lines.length ? lines.join("\n") : "（暂无日志）");
+      setText(info, `${data.log_file ? `${data.log_file} · ` : ""}最后 ${lines.length} 行 · 每 2 秒刷新`);
+      if (first || atBottom) pre.scrollTop = pre.scrollHeight;
+    } catch (error) {
+      if (!stopped) setText(info, `读取日志失败：${error.message}`);
+    }
+    if (!stopped) timer = setTimeout(() => load(false), LOG_REFRESH_MS);
+  };
+  const done = modal({
+    title: `日志 · ${project.name}`,
+    className: "dialog-wide",
+    onClose: () => {
+      stopped = true;
+      clearTimeout(timer);
+    },
+    build: (close) =>
+      h(
+        "div",
+        { class: "dialog-body" },
+        info,
+        pre,
+        h(
+          "div",
+          { class: "dialog-actions" },
+          h("button", { type: "button", class: "btn", autofocus: true, onclick: () => close() }, "关闭"),
+        ),
+      ),
+  });
+  load(true);
+  return done;
+}

@@ -1,0 +1,69 @@
+// Entry point: decide the view from the path and from "who am I".
+//   /login → login form (or / when already logged in)
+//   /      → 个人工作台        /admin → 管理 (admins)
+// Any page while logged out shows the login form and comes back after logging in.
+
+import { ApiError, get, setUnauthorizedHandler } from "./api.js";
+import { h } from "./dom.js";
+import { renderAdmin } from "./admin.js";
+import { renderLogin, safeNext } from "./login.js";
+import { renderShell } from "./shell.js";
+import { renderWorkbench } from "./workbench.js";
+
+const root = document.getElementById("app");
+const path = location.pathname.replace(/\/+$/, "") || "/";
+
+function showLogin(next) {
+  const target = safeNext(next);
+  const url = target === "/" ? "/login" : `/login?next=${encodeURIComponent(target)}`;
+  if (location.pathname + location.search !== url) history.replaceState(null, "", url);
+  renderLogin(root, target);
+}
+
+function fatal(message) {
+  root.replaceChildren(h("main", { id: "main", class: "login-wrap" },
+    h("div", { class: "login-card" },
+      h("h1", { text: "无法加载工作台" }),
+      h("p", { class: "form-error", role: "alert", text: message }),
+      h("button", { type: "button", class: "btn btn-primary btn-block", onclick: () => location.reload() }, "重试"))));
+}
+
+async function boot() {
+  let me = null;
+  try {
+    me = await get("/api/auth/me", { allow401: true });
+  } catch (error) {
+    if (!(error instanceof ApiError) || error.status !== 401) {
+      fatal(error.message);
+      return;
+    }
+  }
+  if (!me) {
+    const next = path === "/login" ? new URLSearchParams(location.search).get("next") : path;
+    showLogin(next);
+    return;
+  }
+  if (path === "/login") {
+    location.replace(safeNext(new URLSearchParams(location.search).get("next")));
+    return;
+  }
+  // From now on a 401 means the session ended (logout elsewhere, expiry): log in again.
+  let redirected = false;
+  setUnauthorizedHandler(() => {
+    if (redirected) return;
+    redirected = true;
+    location.assign(path === "/" ? "/login" : `/login?next=${encodeURIComponent(path)}`);
+  });
+  let meta = { list_refresh_seconds: 8, comfyui_configured: true, comfyui_hint: null };
+  try {
+    meta = { ...meta, ...(await get("/api/meta")) };
+  } catch (error) {
+    if (error.status === 401) return;
+  }
+  const current = path === "/admin" ? "admin" : "workbench";
+  const main = renderShell(root, { me, meta, current });
+  if (current === "admin") renderAdmin(main, { me, meta });
+  else renderWorkbench(main, { me, meta });
+}
+
+boot().finally(() => root.removeAttribute("aria-busy"));

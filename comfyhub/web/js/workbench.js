@@ -1,0 +1,484 @@
+// 个人工作台 (/): the caller's project cards, 数据生成, 停止, logs, create / edit / delete.
+
+import { del, get, post, put } from "./api.js";
+import { confirmDialog, logDialog, modal } from "./dialogs.js";
+import { h, setText, show, syncKeyed, toast } from "./dom.js";
+import { RUNNING, formatAgo, formatDateTime, formatDuration, parseTime, splitError, stateOf } from "./format.js";
+
+const SCOPE_KEY = "comfyhub.scope";
+
+const LABELS = { name: "名称", code: "项目号", note: "备注" };
+
+const ICONS = {
+  edit: "M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4",
+  delete: "M4 7h16M9 7V4h6v3M6 7l1 13h10l1-13M10 11v6M14 11v6",
+};
+
+/** A small line icon (inline SVG: no external resources). */
+function icon(name) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  svg.setAttribute("focusable", "false");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("d", ICONS[name]);
+  path.setAttribute("fill", "none");
+  path.setAttribute("stroke", "currentColor");
+  path.setAttribute("stroke-width", "1.8");
+  path.setAttribute("stroke-linecap", "round");
+  path.setAttribute("stroke-linejoin", "round");
+  svg.append(path);
+  return svg;
+}
+
+function savedScope() {
+  try {
+    return localStorage.getItem(SCOPE_KEY) === "mine" ? "mine" : "all";
+  } catch {
+    return "all";
+  }
+}
+
+function saveScope(scope) {
+  try {
+    localStorage.setItem(SCOPE_KEY, scope);
+  } catch {
+    /* private mode: the choice lasts for this page only */
+  }
+}
+
+export function renderWorkbench(main, { me, meta }) {
+  document.title = "个人工作台 · comfyhub";
+  const refreshMs = Math.max(1, Number(meta.list_refresh_seconds) || 8) * 1000;
+  const state = {
+    scope: me.is_admin ? savedScope() : "mine",
+    projects: [],
+    loaded: false,
+    flights: new Map(), // project id → {since}: an open_comfy request in flight
+    failures: new Map(), // project id → {error}: the last 数据生成 failed here
+    busy: new Set(), // project ids with a stop request in flight
+  };
+  const cards = new Map();
+  let timer = null;
+  let listSeq = 0;
+
+  // --- page head -------------------------------------------------------------------------
+
+  const scopeButtons = ["mine", "all"].map((scope) =>
+    h("button", {
+      type: "button",
+      class: "seg",
+      dataset: { scope },
+      onclick: () => {
+        if (state.scope === scope) return;
+        state.scope = scope;
+        saveScope(scope);
+        syncScope();
+        refresh();
+      },
+    }, scope === "mine" ? "我的项目" : "全部项目"));
+  const syncScope = () => {
+    for (const button of scopeButtons) {
+      button.setAttribute("aria-pressed", String(button.dataset.scope === state.scope));
+    }
+  };
+  syncScope();
+  const scopeSwitch = me.is_admin
+    ? h("div", { class: "segmented", role: "group", "aria-label": "项目范围" }, scopeButtons)
+    : null;
+  const createButton = h("button", { type: "button", class: "btn btn-primary", onclick: () => editProject(null) },
+    h("span", { "aria-hidden": "true", text: "+" }), "新建项目");
+
+  const listError = h("p", { class: "list-error", role: "alert", hidden: true });
+  const grid = h("div", { class: "cards", id: "project-cards" });
+  const loading = h("p", { class: "muted loading", text: "正在加载项目…" });
+  const emptyText = h("p", { class: "muted" });
+  const empty = h("div", { class: "empty", hidden: true },
+    h("div", { class: "empty-art", "aria-hidden": "true" }),
+    h("h2", { text: "还没有项目" }),
+    emptyText,
+    h("button", { type: "button", class: "btn btn-primary", onclick: () => editProject(null) }, "新建项目"));
+
+  main.append(
+    h("div", { class: "page-head" },
+      h("div", {},
+        h("h1", { text: "个人工作台" }),
+        h("p", { class: "muted", text: "每个项目一个专属 ComfyUI：点击“数据生成”即可打开，需要时自动启动。" })),
+      h("div", { class: "page-tools" }, scopeSwitch, createButton)),
+    listError,
+    loading,
+    grid,
+    empty,
+  );
+
+  // --- the list --------------------------------------------------------------------------
+
+  async function refresh() {
+    clearTimeout(timer);
+    const seq = ++listSeq; // a newer refresh (e.g. after an action) wins over older answers
+    try {
+      const query = me.is_admin ? `?scope=${state.scope}` : "";
+      const projects = await get(`/api/projects${query}`);
+      if (seq !== listSeq) return;
+      state.projects = projects;
+      state.loaded = true;
+      show(listError, false);
+      renderCards();
+    } catch (error) {
+      if (seq !== listSeq) return;
+      setText(listError, `刷新项目列表失败：${error.message}`);
+      show(listError, true);
+    } finally {
+      if (seq === listSeq) timer = setTimeout(refresh, refreshMs);
+    }
+  }
+
+  function renderCards() {
+    show(loading, !state.loaded);
+    syncKeyed(grid, state.projects, (p) => p.id, createCard, cards);
+    const none = state.loaded && state.projects.length === 0;
+    show(empty, none);
+    setText(emptyText, state.scope === "all" && me.is_admin
+      ? "系统中还没有任何项目。"
+      : "新建一个项目，然后点击“数据生成”打开它的 ComfyUI。");
+  }
+
+  function project(id) {
+    return state.projects.find((p) => p.id === id);
+  }
+
+  /** Apply what an action answered, so the card is right before the next list arrives. */
+  function patchService(id, values) {
+    const p = project(id);
+    if (p) p.service = { ...(p.service || {}), ...values };
+  }
+
+  // --- one card --------------------------------------------------------------------------
+
+  /** What the card shows: the server's state, overridden by what this page is doing. */
+  function cardState(p) {
+    const s = p.service;
+    const status = s ? s.status : null;
+    const flight = state.flights.get(p.id);
+    if (flight) return { status: "starting", since: flight.since };
+    if (status === "starting") {
+      const started = parseTime(s.started_at);
+      return { status, since: started ? started.getTime() : null };
+    }
+    if (status === "online") return { status };
+    const local = state.failures.get(p.id);
+    if (status === "failed") return { status, error: s.last_error || (local && local.error) };
+    if (local) return { status: "failed", error: local.error };
+    return { status };
+  }
+
+  function createCard(initial) {
+    const id = initial.id;
+    const nameId = `project-${id}-name`;
+    const name = h("h2", { class: "card-title", id: nameId });
+    const code = h("span", { class: "code" });
+    const badgeLabel = h("span", { class: "badge-label" });
+    const badge = h("span", { class: "badge" }, h("span", { class: "dot", "aria-hidden": "true" }), badgeLabel);
+    const elapsed = h("span", { class: "elapsed", hidden: true });
+    const note = h("p", { class: "note" });
+
+    const row = (label, field) => {
+      const dd = h("dd");
+      const el = h("div", { class: "meta-row", dataset: { field } }, h("dt", { text: label }), dd);
+      return { el, dd };
+    };
+    const rows = {
+      owner: row("所有者", "owner"),
+      port: row("端口", "port"),
+      started: row("启动时间", "started"),
+      heartbeat: row("最近心跳", "heartbeat"),
+      gpu: row("GPU", "gpu"),
+    };
+    const detail = h("p", { class: "detail" });
+    const failReason = h("p", { class: "failure-reason" });
+    const failTail = h("pre", { class: "failure-tail" });
+    const failure = h("div", { class: "failure", role: "alert" },
+      h("span", { class: "failure-title", text: "启动失败原因" }), failReason, failTail);
+
+    const openButton = h("button", { type: "button", class: "btn btn-primary", dataset: { action: "open" } }, "数据生成");
+    const stopButton = h("button", { type: "button", class: "btn", dataset: { action: "stop" } }, "停止");
+    const logButton = h("button", { type: "button", class: "btn", dataset: { action: "log" } }, "查看日志");
+    const editButton = h("button", {
+      type: "button", class: "btn btn-ghost btn-icon", "aria-label": "编辑", title: "编辑项目", dataset: { action: "edit" },
+    }, icon("edit"));
+    const deleteButton = h("button", {
+      type: "button", class: "btn btn-ghost btn-ghost-danger btn-icon", "aria-label": "删除", title: "删除项目",
+      dataset: { action: "delete" },
+    }, icon("delete"));
+
+    openButton.addEventListener("click", () => openComfy(id));
+    stopButton.addEventListener("click", () => stopComfy(id));
+    logButton.addEventListener("click", () => { const p = project(id); if (p) logDialog(p); });
+    editButton.addEventListener("click", () => { const p = project(id); if (p) editProject(p); });
+    deleteButton.addEventListener("click", () => deleteProject(id));
+
+    const el = h("article", { class: "card", dataset: { projectId: id }, "aria-labelledby": nameId },
+      h("div", { class: "card-head" },
+        h("div", { class: "card-heading" }, name, h("div", { class: "code-line" }, "项目号 ", code)),
+        h("div", { class: "state" }, badge, elapsed)),
+      note,
+      h("dl", { class: "meta" }, Object.values(rows).map((r) => r.el)),
+      detail,
+      failure,
+      h("div", { class: "card-actions" },
+        h("div", { class: "actions-main" }, openButton, stopButton, logButton),
+        h("div", { class: "actions-side" }, editButton, deleteButton)));
+
+    let current = initial;
+    let since = null;
+
+    function tick() {
+      const now = Date.now();
+      if (since !== null) setText(elapsed, `已用 ${formatDuration((now - since) / 1000)}`);
+      const s = current.service;
+      const beat = s && RUNNING.has(s.status) && parseTime(s.last_heartbeat);
+      setText(rows.heartbeat.dd, beat ? formatAgo(beat, now) : "—");
+      if (beat) rows.heartbeat.dd.title = formatDateTime(beat);
+    }
+
+    function update(p) {
+      current = p;
+      const s = p.service;
+      const view = cardState(p);
+      const look = stateOf(view.status);
+      const mine = p.owner_user_id === me.id;
+
+      setText(name, p.name);
+      setText(code, p.code);
+      setText(note, p.note);
+      show(note, Boolean(p.note));
+
+      badge.className = `badge tone-${look.tone}`;
+      badge.dataset.state = view.status || "none";
+      setText(badgeLabel, look.label);
+      el.dataset.state = view.status || "none";
+      since = view.status === "starting" ? view.since : null;
+      show(elapsed, since !== null);
+
+      show(rows.owner.el, me.is_admin);
+      setText(rows.owner.dd, p.owner_username || `#${p.owner_user_id}`);
+      const running = RUNNING.has(view.status);
+      setText(rows.port.dd, running && s && s.port ? String(s.port) : "—");
+      setText(rows.started.dd, s && s.started_at ? formatDateTime(parseTime(s.started_at)) : "—");
+      show(rows.gpu.el, Boolean(s && s.gpu));
+      setText(rows.gpu.dd, s && s.gpu ? String(s.gpu) : "");
+
+      let text = "";
+      if (s && s.status_detail && s.status_detail !== look.label) text = s.status_detail;
+      else if (view.status === "offline") {
+        const why = s && s.last_error ? splitError(s.last_error).reason : "健康检查失败";
+        text = `${why}。点击“数据生成”重新连接。`;
+      } else if (view.status === "stopped" && s && s.stopped_reason) text = `停止原因：${s.stopped_reason}`;
+      else if (view.status === null || view.status === "none") text = mine ? "尚未启动。点击“数据生成”启动 ComfyUI。" : "尚未启动。";
+      setText(detail, text);
+      show(detail, Boolean(text));
+      detail.classList.toggle("detail-warn", view.status === "offline");
+
+      const failed = view.status === "failed";
+      show(failure, failed);
+      if (failed) {
+        const { reason, tail } = splitError(view.error);
+        setText(failReason, reason);
+        setText(failTail, tail.join("\n"));
+        show(failTail, tail.length > 0);
+      }
+
+      const inFlight = state.flights.has(p.id);
+      const stopping = state.busy.has(p.id);
+      show(openButton, mine);
+      openButton.disabled = inFlight || stopping;
+      openButton.classList.toggle("is-busy", inFlight);
+      openButton.setAttribute("aria-busy", String(inFlight));
+      show(stopButton, mine && (running || inFlight));
+      stopButton.disabled = stopping;
+      show(logButton, Boolean(s));
+      deleteButton.disabled = stopping;
+      tick();
+    }
+
+    return { el, update, tick };
+  }
+
+  setInterval(() => {
+    for (const card of cards.values()) card.tick();
+  }, 1000);
+
+  // --- actions ---------------------------------------------------------------------------
+
+  /** A tab opened synchronously in the click (so pop-up blockers allow it), saying "启动中". */
+  function openPendingTab(p) {
+    let tab = null;
+    try {
+      tab = window.open("", "_blank");
+    } catch {
+      tab = null;
+    }
+    if (!tab) return null;
+    try {
+      tab.opener = null;
+      const doc = tab.document;
+      doc.documentElement.lang = "zh-CN";
+      doc.title = "ComfyUI 启动中…";
+      const style = doc.createElement("style");
+      style.textContent = "body{margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center;"
+        + "font-family:system-ui,-apple-system,'PingFang SC','Microsoft YaHei','Noto Sans CJK SC',sans-serif;"
+        + "background:#f5f7fa;color:#1f2937}main{text-align:center;padding:24px}h1{font-size:20px;margin:0 0 8px}"
+        + "p{color:#6b7280;margin:0}";
+      doc.head.append(style);
+      const box = doc.createElement("main");
+      const title = doc.createElement("h1");
+      title.textContent = "ComfyUI 启动中…";
+      const text = doc.createElement("p");
+      text.textContent = `项目“${p.name}”的 ComfyUI 就绪后，本页会自动打开它。`;
+      box.append(title, text);
+      doc.body.replaceChildren(box);
+    } catch {
+      /* the tab is still usable for navigation */
+    }
+    return tab;
+  }
+
+  async function openComfy(id) {
+    const p = project(id);
+    if (!p || state.flights.has(id)) return; // one start per card at a time
+    const tab = openPendingTab(p);
+    state.flights.set(id, { since: Date.now() });
+    state.failures.delete(id);
+    renderCards();
+    try {
+      const data = await post(`/api/projects/${id}/open_comfy`);
+      state.flights.delete(id);
+      patchService(id, { status: data.status, port: data.port, started_at: data.started_at,
+        comfy_url: data.comfy_url, last_error: data.last_error || "", status_detail: "" });
+      if (tab && !tab.closed) {
+        tab.location.replace(data.comfy_url);
+      } else {
+        toast("ComfyUI 已就绪", "success",
+          h("a", { href: data.comfy_url, target: "_blank", rel: "noopener" }, "打开 ComfyUI"));
+      }
+    } catch (error) {
+      state.flights.delete(id);
+      if (tab && !tab.closed) tab.close();
+      if (error.status === 409) {
+        toast(error.message, "info"); // the start was cancelled (停止 while starting)
+      } else if (error.status !== 401) {
+        const data = error.data || {};
+        const reason = data.last_error || (data.hint ? `${error.message}：${data.hint}` : error.message);
+        state.failures.set(id, { error: reason });
+        if (data.last_error) patchService(id, { status: "failed", last_error: data.last_error });
+        toast(error.message, "error");
+      }
+    }
+    renderCards();
+    refresh();
+  }
+
+  async function stopComfy(id) {
+    if (state.busy.has(id)) return;
+    state.busy.add(id);
+    renderCards();
+    try {
+      const service = await post(`/api/projects/${id}/stop_comfy`);
+      state.failures.delete(id);
+      if (service) patchService(id, service);
+      toast("ComfyUI 已停止", "success");
+    } catch (error) {
+      if (error.status !== 401) toast(error.message, "error");
+    }
+    state.busy.delete(id);
+    renderCards();
+    refresh();
+  }
+
+  async function deleteProject(id) {
+    const p = project(id);
+    if (!p) return;
+    const ok = await confirmDialog({
+      title: "删除项目",
+      message: `确定删除项目“${p.name}”（${p.code}）吗？正在运行的 ComfyUI 会被停止；实例文件保留在服务器上。`,
+      confirmText: "删除",
+      danger: true,
+    });
+    if (!ok) return;
+    try {
+      await del(`/api/projects/${id}`);
+      state.projects = state.projects.filter((x) => x.id !== id);
+      state.flights.delete(id);
+      state.failures.delete(id);
+      renderCards();
+      toast("项目已删除", "success");
+    } catch (error) {
+      if (error.status !== 401) toast(error.message, "error");
+    }
+    refresh();
+  }
+
+  /** Create (`p` null) or edit a project; the API's validation message is shown in the form. */
+  async function editProject(p) {
+    const creating = p === null;
+    const field = (key, label, input, help) => {
+      const helpEl = help ? h("p", { class: "help", id: `pf-${key}-help`, text: help }) : null;
+      if (helpEl) input.setAttribute("aria-describedby", helpEl.id);
+      return { key, input, el: h("div", { class: "field" }, h("label", { for: input.id, text: label }), input, helpEl) };
+    };
+    const fields = [
+      field("name", LABELS.name, h("input", { id: "pf-name", name: "name", maxlength: "100", autocomplete: "off", autofocus: true })),
+      field("code", LABELS.code, h("input", { id: "pf-code", name: "code", maxlength: "64", autocomplete: "off", spellcheck: "false" }),
+        "字母、数字、下划线、点和短横线；全局唯一。"),
+      field("note", LABELS.note, h("textarea", { id: "pf-note", name: "note", rows: "3", maxlength: "2000" })),
+    ];
+    for (const f of fields) f.input.value = p ? p[f.key] || "" : "";
+
+    const saved = await modal({
+      title: creating ? "新建项目" : "编辑项目",
+      build: (close) => {
+        const error = h("p", { class: "form-error", role: "alert", hidden: true });
+        const submit = h("button", { type: "submit", class: "btn btn-primary" }, creating ? "创建" : "保存");
+        const form = h("form", { class: "dialog-body", novalidate: true },
+          fields.map((f) => f.el),
+          error,
+          h("div", { class: "dialog-actions" },
+            h("button", { type: "button", class: "btn", onclick: () => close(null) }, "取消"),
+            submit));
+        form.addEventListener("submit", async (event) => {
+          event.preventDefault();
+          for (const f of fields) f.input.removeAttribute("aria-invalid");
+          show(error, false);
+          const body = Object.fromEntries(fields.map((f) => [f.key, f.input.value]));
+          submit.disabled = true;
+          try {
+            const result = creating ? await post("/api/projects", body) : await put(`/api/projects/${p.id}`, body);
+            close(result);
+          } catch (err) {
+            const bad = (err.data && err.data.errors && err.data.errors[0] && err.data.errors[0].field)
+              || (/项目号/.test(err.message) ? "code" : null);
+            const target = fields.find((f) => f.key === bad);
+            // "请求参数无效：code" names the field as the API spells it; say it as the form does.
+            setText(error, target ? err.message.replace(new RegExp(`：${bad}$`), `：${LABELS[bad]}`) : err.message);
+            show(error, true);
+            if (target) {
+              target.input.setAttribute("aria-invalid", "true");
+              target.input.focus();
+            }
+            submit.disabled = false;
+          }
+        });
+        return form;
+      },
+    });
+    if (saved) {
+      toast(creating ? "项目已创建" : "项目已更新", "success");
+      refresh();
+    }
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible") refresh();
+  });
+  refresh();
+}
