@@ -47,3 +47,30 @@ async def test_sqlite_uses_wal_and_foreign_keys(tmp_path):
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
     finally:
         await engine.dispose()
+
+
+async def test_a_port_belongs_to_one_live_record(db_url):
+    """Invariant 3 at the database level: two live rows cannot hold the same port."""
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    from comfyhub.db import session_factory
+    from comfyhub.models import ComfyUIService, Project, User
+
+    engine = create_engine(db_url)
+    try:
+        async with session_factory(engine)() as db:
+            user = User(username="u", password_hash="x")
+            db.add(user)
+            await db.flush()
+            projects = [Project(name=f"p{i}", code=f"C{i}", owner_user_id=user.id) for i in range(3)]
+            db.add_all(projects)
+            await db.flush()
+            db.add(ComfyUIService(user_id=user.id, project_id=projects[0].id, port=8200, status="online"))
+            db.add(ComfyUIService(user_id=user.id, project_id=projects[1].id, port=8200, status="stopped"))
+            await db.commit()  # a stopped row may remember the port
+            db.add(ComfyUIService(user_id=user.id, project_id=projects[2].id, port=8200, status="starting"))
+            with pytest.raises(IntegrityError):
+                await db.commit()
+    finally:
+        await engine.dispose()

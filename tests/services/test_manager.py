@@ -50,6 +50,10 @@ async def test_open_starts_and_reuse_keeps_pid_and_port(client, alice, settings)
     log = settings.comfyui_log_dir / f"comfy_u{uid}_p{pid}_{data['port']}.log"
     assert "comfyhub: starting ComfyUI on port" in log.read_text()
 
+    # invariant 6: ComfyUI listens on loopback only; the proxy is the way in
+    listening = [c.laddr for c in psutil.Process(svc["pid"]).net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+
     again = await open_comfy(client, alice, pid)
     assert again.status_code == 200
     assert again.json()["data"]["port"] == data["port"]

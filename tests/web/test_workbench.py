@@ -439,20 +439,41 @@ async def test_phone_width_has_no_horizontal_overflow(hub, browse):
     assert await admin.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"]
 
 
-# --- the login page on its own -------------------------------------------------------------------
+# --- keyboard login, the "not configured" banner, an error without a log, logout ----------------
 
 
-async def test_logout_and_keyboard_login(hub, browse):
+async def test_keyboard_login_unconfigured_banner_and_logout(hub, browse):
+    async with hub.api("bob") as api:
+        project_id = await new_project(api, "键盘项目", "KEYS-1")
     context, page = await browse()
+    # This server has ComfyUI configured; play a deployment without it.
+    hint = "请在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON"
+    meta = {"code": 200, "msg": "成功", "data": {"version": "x", "list_refresh_seconds": 1,
+                                                "comfyui_configured": False, "comfyui_hint": hint}}
+    refused = {"code": 503, "msg": "ComfyUI 未配置", "data": {"hint": hint}}
+    await page.route("**/api/meta", lambda route: route.fulfill(status=200, json=meta))
+    await page.route("**/open_comfy", lambda route: route.fulfill(status=503, json=refused))
+
     await page.goto("/login")
-    await page.keyboard.type("alice")  # the user name field has focus
+    await page.keyboard.type("bob")  # the user name field has focus
     await page.keyboard.press("Tab")
     await page.keyboard.type(PASSWORD)
     await page.keyboard.press("Enter")
     await expect(page.get_by_role("heading", name="个人工作台")).to_be_visible()
+    await expect(page.get_by_role("note")).to_have_text(re.compile(f"ComfyUI 尚未配置.*{re.escape(hint)}"))
+
+    async with context.expect_page() as tab_info:
+        await card(page, project_id).get_by_role("button", name="数据生成").press("Enter")
+    tab = await tab_info.value
+    if not tab.is_closed():
+        await tab.wait_for_event("close")
+    await expect(badge(page, project_id)).to_have_text("启动失败")
+    await expect(card(page, project_id).locator(".failure-reason")).to_have_text(f"ComfyUI 未配置：{hint}")
+    await expect(card(page, project_id).get_by_role("button", name="查看日志")).to_have_count(0)  # no log yet
+
     await page.goto("/login")  # already logged in: back to the workbench
     await expect(page).to_have_url(hub.url + "/")
     await page.get_by_role("button", name="退出").click()
     await expect(page).to_have_url(re.compile(r"/login$"))
-    await page.goto("/")
-    await expect(page.get_by_role("button", name="登录")).to_be_visible()
+    await page.goto("/admin")  # logged out: the login form, which comes back here afterwards
+    await expect(page).to_have_url(re.compile(r"/login\?next=%2Fadmin$"))
