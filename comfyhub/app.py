@@ -14,6 +14,7 @@ from comfyhub.api import api_router, health
 from comfyhub.api.errors import install_error_handlers
 from comfyhub.config import Settings, get_settings
 from comfyhub.db import create_engine, session_factory
+from comfyhub.metrics import Metrics
 from comfyhub.proxy import ComfyProxy, ProxyAccess, UpstreamPool
 from comfyhub.services.manager import ServiceManager
 
@@ -30,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = create_engine(settings.database_url)
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
-        app.state.manager = ServiceManager(settings, app.state.sessions)
+        app.state.manager = ServiceManager(settings, app.state.sessions, metrics=app.state.metrics)
         app.state.proxy_access = ProxyAccess(app.state.sessions, app.state.secret_key)
         app.state.upstream_pool = UpstreamPool()
         app.state.manager.listeners.append(app.state.proxy_access.forget_target)
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.secret_key = settings.secret_key()
+    app.state.metrics = Metrics()
     install_error_handlers(app)
     app.add_middleware(ComfyProxy, hub=app)
     app.include_router(api_router)

@@ -1,4 +1,4 @@
-"""The `comfyhub` command: serve, user create, doctor, services list|stop."""
+"""The `comfyhub` command: serve, user create, doctor, services list|stop|events."""
 
 from __future__ import annotations
 
@@ -130,6 +130,53 @@ def cmd_doctor(args) -> int:
     return run_checks()
 
 
+def _manager_for_cli(settings: Settings):
+    """A manager on the deployment's database, without heartbeat: for one command."""
+    from comfyhub.services.manager import ServiceManager
+
+    engine = create_engine(settings.database_url)
+    return engine, ServiceManager(settings, session_factory(engine))
+
+
+def cmd_services(args) -> int:
+    settings = _settings()
+
+    async def run() -> int:
+        from comfyhub.models import ComfyUIService, Project
+
+        engine, manager = _manager_for_cli(settings)
+        try:
+            if args.services_command == "list":
+                async with manager.sessions() as db:
+                    rows = (await db.execute(
+                        select(ComfyUIService, Project.code, User.username)
+                        .join(Project, Project.id == ComfyUIService.project_id)
+                        .join(User, User.id == ComfyUIService.user_id)
+                        .order_by(ComfyUIService.project_id))).all()
+                print(f"{'project':>7}  {'code':<14} {'user':<12} {'status':<9} {'port':>5} {'pid':>7} {'gpu':<4} started")
+                for svc, code, username in rows:
+                    started = svc.start_time.strftime("%Y-%m-%d %H:%M:%S") if svc.start_time else "-"
+                    print(f"{svc.project_id:>7}  {code:<14} {username:<12} {svc.status:<9} {svc.port or '-':>5} "
+                          f"{svc.pid or '-':>7} {svc.gpu or '-':<4} {started}")
+                return 0
+            if args.services_command == "stop":
+                record = await manager.stop(args.project_id, reason="命令行停止", actor="cli")
+                if record is None:
+                    print(f"comfyhub: project {args.project_id} has no instance", file=sys.stderr)
+                    return 1
+                print(f"stopped the instance of project {args.project_id}")
+                return 0
+            for event in reversed(await manager.events(args.limit)):
+                print(f"{event.at:%Y-%m-%d %H:%M:%S}  {event.actor:<12} {event.action:<7} "
+                      f"project {event.project_id or '-':<5} {event.outcome:<9} {event.detail.splitlines()[0] if event.detail else ''}")
+            return 0
+        finally:
+            await manager.health.aclose()
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -156,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check settings, database, folders and ComfyUI")
     doctor.set_defaults(func=cmd_doctor)
+
+    services = sub.add_parser("services", help="instances of a running deployment (same database)")
+    services_sub = services.add_subparsers(dest="services_command", required=True)
+    services_sub.add_parser("list", help="every instance with owner, status, port, pid").set_defaults(func=cmd_services)
+    stop = services_sub.add_parser("stop", help="stop one project's instance (on this machine)")
+    stop.add_argument("project_id", type=int)
+    stop.set_defaults(func=cmd_services)
+    events = services_sub.add_parser("events", help="the audit trail, oldest first")
+    events.add_argument("--limit", type=int, default=50)
+    events.set_defaults(func=cmd_services)
     return parser
 
 

@@ -117,10 +117,25 @@ class Settings(BaseSettings):
     comfyui_max_instances_per_user: int = Field(
         0, ge=0, description="Live instances per user (0 = no limit)."
     )
+    comfyui_max_concurrent_starts: int = Field(
+        2, ge=1, description="Starts running at once per backend process; more wait their turn (排队中)."
+    )
+    comfyui_auto_restart: bool = Field(
+        False, description="Restart instances that died (not stopped by a user or the culler)."
+    )
+    comfyui_restart_max_failures: int = Field(
+        5, ge=1, description="Automatic restarts allowed within COMFYUI_RESTART_WINDOW_SECONDS before giving up."
+    )
+    comfyui_restart_window_seconds: float = Field(
+        600, gt=0, description="Window in which automatic restarts are counted."
+    )
+    comfyui_restart_backoff_seconds: float = Field(
+        2, gt=0, description="Delay before the first automatic restart; doubles with each further one."
+    )
     comfyui_launcher: Literal["local", "ray"] = Field(
         "local", description="How instances run: local subprocesses or Ray actors."
     )
-    comfyui_gpus: str = Field("none", description="auto | none | comma-separated GPU ids.")
+    comfyui_gpus: str = Field("auto", description="auto (NVML; CPU when none found) | none (CPU) | GPU ids like 0,1.")
     comfyui_stop_instances_on_exit: bool = Field(
         False, description="Stop every instance when the backend shuts down (default: keep them running)."
     )

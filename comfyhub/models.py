@@ -149,6 +149,10 @@ class ComfyUIService(Base):
     last_activity: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
     stopped_reason: Mapped[str] = mapped_column(String(64), default="")
+    # Automatic restarts (COMFYUI_AUTO_RESTART): how many in the current window, and when next.
+    restart_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    restart_window_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    next_restart_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Bumped at every start: a start that finishes late sees it moved on and gives up.
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -163,3 +167,18 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(255), default="")
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Event(Base):
+    """Audit trail: who started, stopped, culled or restarted what, when, and how it ended."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(64), default="system")
+    action: Mapped[str] = mapped_column(String(32))
+    project_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str] = mapped_column(String(32), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")

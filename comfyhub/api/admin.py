@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from sqlalchemy import select
 
 from comfyhub.api.deps import AdminUser, DbSession, Manager, ProjectId
 from comfyhub.api.errors import ApiError, envelope
-from comfyhub.api.views import service_view, user_view
+from comfyhub.api.views import event_view, service_view, user_view
 from comfyhub.models import ComfyUIService, Project, User
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -41,5 +41,10 @@ async def stop_service(project_id: ProjectId, admin: AdminUser, db: DbSession, m
     await db.commit()  # the admin check's transaction: release it while the process stops
     if await manager.get(project_id) is None:
         raise ApiError(404, "实例不存在")
-    record = await manager.stop(project_id, reason=f"管理员 {admin.username} 停止")
+    record = await manager.stop(project_id, reason=f"管理员 {admin.username} 停止", actor=admin.username)
     return envelope(service_view(record), "实例已停止")
+
+
+@router.get("/events", summary="审计事件（管理员）")
+async def list_events(_admin: AdminUser, manager: Manager, limit: int = Query(100, ge=1, le=1000)):
+    return envelope([event_view(e) for e in await manager.events(limit)])

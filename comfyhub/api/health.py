@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from comfyhub.api.deps import DbSession
@@ -18,3 +20,10 @@ async def healthz(db: DbSession):
     except Exception:  # noqa: BLE001 — any database failure means "not healthy"
         return envelope({"database": "unreachable"}, "数据库不可用", 503)
     return envelope({"database": "ok"})
+
+
+@router.get("/metrics", summary="Prometheus 指标", response_class=Response)
+async def metrics(request: Request):
+    state = request.app.state
+    state.metrics.set_instances(await state.manager.count_by_status())
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

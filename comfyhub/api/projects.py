@@ -106,7 +106,7 @@ async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession
     project = await load_project(db, project_id, user)
     await db.commit()
     # The instance goes first: no ComfyUI may outlive its project. Its files stay on disk.
-    await manager.stop(project_id, reason="项目已删除")
+    await manager.stop(project_id, reason="项目已删除", actor=user.username)
     await db.delete(project)
     await db.commit()
     return envelope({"id": project_id}, "项目已删除")
@@ -116,7 +116,7 @@ async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession
 async def open_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
     project = await load_project(db, project_id, user, owner_only=True)
     await db.commit()  # hand the connection back: a start can take minutes
-    record = await manager.ensure(user.id, project)
+    record = await manager.ensure(user.id, project, actor=user.username)
     if record.status == ServiceStatus.ONLINE:
         return envelope(open_view(record), "ComfyUI 已就绪")
     if record.status == ServiceStatus.FAILED:
@@ -129,7 +129,7 @@ async def open_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, ma
 async def stop_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
     await load_project(db, project_id, user, owner_only=True)
     await db.commit()  # hand the connection back while the process stops
-    record = await manager.stop(project_id, reason="用户停止")
+    record = await manager.stop(project_id, reason="用户停止", actor=user.username)
     return envelope(service_view(record), "ComfyUI 已停止")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from comfyhub.models import ComfyUIService, Project, User
+from comfyhub.models import ComfyUIService, Event, Project, User
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -63,3 +63,16 @@ def project_view(project: Project, service: ComfyUIService | None, owner: User |
     if owner is not None:
         view["owner_username"] = owner.username
     return view
+
+
+def event_view(event: Event) -> dict:
+    return {
+        "id": event.id,
+        "at": _iso(event.at),
+        "actor": event.actor,
+        "action": event.action,
+        "project_id": event.project_id,
+        "user_id": event.user_id,
+        "outcome": event.outcome,
+        "detail": event.detail,
+    }

@@ -65,6 +65,10 @@ class ComfyProxy:
     def touch(self, project_id: int) -> None:
         self.hub.state.manager.touch(project_id)
 
+    @property
+    def metrics(self):
+        return self.hub.state.metrics
+
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(PREFIX):
             return await self.app(scope, receive, send)
@@ -134,8 +138,11 @@ class ComfyProxy:
             return await _respond(send, 502, _html_headers(), status_page("unreachable"))
         await send({"type": "http.response.start", "status": status, "headers": _response_headers(headers)})
         try:
+            sent = 0
             async for chunk in conn.body_chunks():
+                sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self.metrics.proxy_bytes.labels("out").inc(sent)
         except UpstreamError:
             conn.close()  # the instance (or the browser) broke off mid-body
             pump.cancel()
@@ -165,6 +172,7 @@ class ComfyProxy:
                         await conn.write(b"0\r\n\r\n")
                 elif body:
                     await conn.write(body)
+                self.metrics.proxy_bytes.labels("in").inc(len(body))
             conn.request_sent = True
             # A browser that goes away mid-download ends the transfer from the instance too.
             if (await receive())["type"] == "http.disconnect" and not conn.complete:
@@ -207,6 +215,7 @@ class ComfyProxy:
             return
         await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
         self.touch(target.project_id)
+        self.metrics.websockets.inc()
         to_client = asyncio.create_task(self._upstream_to_client(upstream, send, target.project_id))
         try:
             while True:
@@ -221,6 +230,7 @@ class ComfyProxy:
         except ConnectionClosed:
             pass
         finally:
+            self.metrics.websockets.dec()
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 await asyncio.wait_for(to_client, 5)
             to_client.cancel()

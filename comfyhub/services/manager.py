@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -37,10 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from comfyhub.config import Settings
 from comfyhub.launchers import Exit, Handle, LaunchError, Launcher, LaunchSpec, make_launcher
 from comfyhub.launchers.base import argv_value, comfyui_argv
-from comfyhub.models import ComfyUIService, Project, ServiceStatus, utcnow
+from comfyhub.metrics import Metrics, failure_reason
+from comfyhub.models import ComfyUIService, Event, Project, ServiceStatus, utcnow
 from comfyhub.services import instances
 from comfyhub.services.coordination import HeartbeatLease, ProjectLocks
 from comfyhub.services.errors import FORBIDDEN, NO_FREE_PORT, NOT_CONFIGURED, ServiceError
+from comfyhub.services.gpus import GpuPicker
 from comfyhub.services.health import HealthChecker
 from comfyhub.services.ports import candidate_ports, lost_bind_race, port_is_free
 
@@ -58,6 +61,10 @@ READY_POLL_SECONDS = 0.03
 ACTIVITY_WRITE_SECONDS = 5.0
 
 NOT_CONFIGURED_HINT = "请在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON，然后重启 comfyhub"
+# Lock id for admission (limits + claim); project ids start at 1, so 0 is free.
+ADMISSION_LOCK = 0
+QUEUED = "排队中"
+IDLE_REASON = "空闲超时"
 
 
 def _project_of(handle: Handle, base_root) -> int | None:
@@ -83,8 +90,14 @@ class ServiceManager:
         settings: Settings,
         sessions: async_sessionmaker[AsyncSession],
         launcher: Launcher | None = None,
+        metrics: Metrics | None = None,
     ):
         self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.gpus = GpuPicker(settings.comfyui_gpus)
+        self._admission = asyncio.Lock()
+        # Starts running at once in this process; the rest wait (排队中).
+        self._start_slots = asyncio.Semaphore(settings.comfyui_max_concurrent_starts)
         self.sessions = sessions
         self.launcher = launcher or make_launcher(settings)
         self.health = HealthChecker(settings.comfyui_health_timeout_seconds)
@@ -125,11 +138,12 @@ class ServiceManager:
 
     # --- open ---------------------------------------------------------------------------
 
-    async def ensure(self, user_id: int, project: Project) -> ComfyUIService:
+    async def ensure(self, user_id: int, project: Project, actor: str = "") -> ComfyUIService:
         """Return the project's online instance, starting it if needed (the seed's ensure).
 
         Raises ServiceError 403 for anyone but the owner (both of the seed's checks,
-        before anything starts), 503 when ComfyUI is not configured or no port is free.
+        before anything starts), 429 over COMFYUI_MAX_INSTANCES(_PER_USER), 503 when
+        ComfyUI is not configured or no port is free.
         A start that fails returns the record with status `failed` and `last_error`.
         """
         if project.owner_user_id != user_id:
@@ -145,20 +159,26 @@ class ServiceManager:
             return record
         if not self.settings.comfyui_configured:
             raise ServiceError(503, NOT_CONFIGURED, {"hint": NOT_CONFIGURED_HINT})
-        flight = self._flights.get(project.id)
-        if flight is None:
-            flight = _Flight(
-                asyncio.create_task(self._start_flight(user_id, project.id), name=f"comfyhub-start-{project.id}"),
-                asyncio.Event(),
-            )
-            self._flights[project.id] = flight
-            flight.task.add_done_callback(lambda _t, pid=project.id, f=flight: self._forget(pid, f))
+        flight = self._flight(user_id, project.id, actor or f"user:{user_id}", manual=True)
         # shield: a client that disconnects must not abort a start other clicks wait for.
         await asyncio.shield(flight.task)
         record = await self.get(project.id)
         if record is not None and record.last_error == NO_FREE_PORT and record.status == S.FAILED:
             raise ServiceError(503, NO_FREE_PORT)
         return record
+
+    def _flight(self, user_id: int, project_id: int, actor: str, manual: bool) -> _Flight:
+        """Join the project's start in this process, or begin one."""
+        flight = self._flights.get(project_id)
+        if flight is None:
+            flight = _Flight(
+                asyncio.create_task(self._start_flight(user_id, project_id, actor, manual),
+                                    name=f"comfyhub-start-{project_id}"),
+                asyncio.Event(),
+            )
+            self._flights[project_id] = flight
+            flight.task.add_done_callback(lambda _t, pid=project_id, f=flight: self._forget(pid, f))
+        return flight
 
     def _forget(self, project_id: int, flight: _Flight) -> None:
         if self._flights.get(project_id) is flight:
@@ -171,7 +191,7 @@ class ServiceManager:
             return False
         return await self.health.is_ours(handle.host, handle.port, record.base_dir)
 
-    async def _start_flight(self, user_id: int, project_id: int) -> None:
+    async def _start_flight(self, user_id: int, project_id: int, actor: str, manual: bool) -> None:
         """One start at a time per project across all backend processes."""
         async with self.locks.hold(project_id):
             record = await self.get(project_id)
@@ -181,11 +201,59 @@ class ServiceManager:
                     await self._write(record.id, record.generation, WATCHED, status=S.ONLINE, last_error="")
                     self._changed(project_id)
                 return
-            await self._start(user_id, project_id)
+            # Limits and the claim together, so that concurrent starts cannot both pass a limit.
+            async with self._admission, self.locks.hold(ADMISSION_LOCK):
+                await self._check_limits(user_id, project_id)
+                generation, old = await self._claim(user_id, project_id, manual, queued=self._start_slots.locked())
+            if not await self._take_start_slot(project_id, generation):
+                return  # stopped while queued
+            try:
+                outcome, detail = await self._start(user_id, project_id, generation, old)
+            finally:
+                self._start_slots.release()
+            await self.record_event("start", project_id, user_id, actor, outcome, detail)
 
-    async def _start(self, user_id: int, project_id: int) -> None:
+    async def _check_limits(self, user_id: int, project_id: int) -> None:
+        s = self.settings
+        if not (s.comfyui_max_instances or s.comfyui_max_instances_per_user):
+            return
+        async with self.sessions() as db:
+            rows = (await db.execute(
+                select(ComfyUIService.user_id).where(ComfyUIService.status.in_(LIVE),
+                                                     ComfyUIService.project_id != project_id)
+            )).all()
+        if s.comfyui_max_instances and len(rows) >= s.comfyui_max_instances:
+            raise ServiceError(429, f"实例总数已达上限（COMFYUI_MAX_INSTANCES={s.comfyui_max_instances}），请稍后再试")
+        mine = sum(1 for (uid,) in rows if uid == user_id)
+        if s.comfyui_max_instances_per_user and mine >= s.comfyui_max_instances_per_user:
+            raise ServiceError(
+                429, f"您的实例数已达上限（COMFYUI_MAX_INSTANCES_PER_USER={s.comfyui_max_instances_per_user}），"
+                     "请先停止其他项目的 ComfyUI")
+
+    async def _take_start_slot(self, project_id: int, generation: int) -> bool:
+        """Wait for a start slot (the record says 排队中 meanwhile); False if stopped while waiting."""
+        if not self._start_slots.locked():
+            await self._start_slots.acquire()
+            return True
+        flight = self._flights.get(project_id)
+        acquire = asyncio.ensure_future(self._start_slots.acquire())
+        stopped = asyncio.ensure_future(flight.stop_requested.wait()) if flight else asyncio.Future()
+        try:
+            await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if acquire.done() and not acquire.cancelled():
+            if flight is not None and flight.stop_requested.is_set():
+                self._start_slots.release()
+                return False
+            await self._write_any(project_id, generation, status_detail="启动中")
+            return True
+        acquire.cancel()
+        return False
+
+    async def _start(self, user_id: int, project_id: int, generation: int, old: Handle | None) -> tuple[str, str]:
+        """Run one claimed start to its end; returns (outcome, detail) for the audit trail."""
         deadline = time.monotonic() + self.settings.comfyui_startup_timeout_seconds
-        generation, old = await self._claim(user_id, project_id)
         handle: Handle | None = None
         log_path = None
         try:
@@ -196,47 +264,46 @@ class ServiceManager:
             for _attempt in range(MAX_BIND_ATTEMPTS):
                 port = await self._reserve_port(project_id, generation, tried)
                 if port is None:
-                    await self._fail(project_id, generation, NO_FREE_PORT)
-                    return
+                    return await self._fail(project_id, generation, NO_FREE_PORT)
                 tried.add(port)
+                spawned_at = time.monotonic()
                 handle, log_path = await self._spawn(user_id, project_id, generation, port, base_dir)
                 if handle is None:
-                    return  # overtaken while spawning; _spawn cleaned up
+                    return "overtaken", "启动已被其他操作取代"
                 outcome = await self._wait_ready(handle, str(base_dir), deadline, project_id)
                 if outcome == "ready":
                     if not await self._write_online(project_id, generation, handle):
                         await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
-                    else:
-                        log.info("project %s: online on port %s (pid %s)", project_id, port, handle.pid)
-                    return
+                        return "overtaken", "启动已被其他操作取代"
+                    self.metrics.start_seconds.observe(time.monotonic() - spawned_at)
+                    log.info("project %s: online on port %s (pid %s)", project_id, port, handle.pid)
+                    return "online", f"端口 {port}，pid {handle.pid}"
                 if outcome == "stop":
                     await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
-                    return
+                    return "cancelled", "启动中被停止"
                 if outcome == "timeout":
                     await self.launcher.stop(handle, 2.0)
                     limit = int(self.settings.comfyui_startup_timeout_seconds)
-                    await self._fail(project_id, generation, f"启动超时（{limit} 秒内未就绪）", log_path)
-                    return
+                    return await self._fail(project_id, generation, f"启动超时（{limit} 秒内未就绪）", log_path)
                 last_words = await asyncio.to_thread(instances.tail, log_path, LOG_TAIL_LINES)
                 if lost_bind_race(last_words):
                     log.warning("project %s: port %s was taken during start, retrying", project_id, port)
                     continue
-                await self._fail(project_id, generation, f"ComfyUI 启动失败（{outcome.reason}）", log_path)
-                return
-            await self._fail(project_id, generation, "端口反复被占用，启动失败", log_path)
+                return await self._fail(project_id, generation, f"ComfyUI 启动失败（{outcome.reason}）", log_path)
+            return await self._fail(project_id, generation, "端口反复被占用，启动失败", log_path)
         except LaunchError as exc:
-            await self._fail(project_id, generation, str(exc))
+            return await self._fail(project_id, generation, str(exc))
         except OSError as exc:
-            await self._fail(project_id, generation, f"无法准备实例目录：{exc.strerror}")
+            return await self._fail(project_id, generation, f"无法准备实例目录：{exc.strerror}")
         except asyncio.CancelledError:
             raise  # backend shutting down: the record keeps the pid; start-up reconciles it
         except Exception:
             log.exception("project %s: start failed unexpectedly", project_id)
             if handle is not None:
                 await self.launcher.stop(handle, 2.0)
-            await self._fail(project_id, generation, "内部错误，启动失败")
+            return await self._fail(project_id, generation, "内部错误，启动失败")
 
-    async def _claim(self, user_id: int, project_id: int) -> tuple[int, Handle | None]:
+    async def _claim(self, user_id: int, project_id: int, manual: bool, queued: bool) -> tuple[int, Handle | None]:
         """Mark the record `starting` under a new generation; return it and the old process."""
         async with self.sessions() as db:
             record = await self._load(db, project_id)
@@ -247,7 +314,10 @@ class ServiceManager:
             old = self._handle(record)
             record.generation += 1
             record.status = S.STARTING
-            record.status_detail = "启动中"
+            record.status_detail = QUEUED if queued else "启动中"
+            record.gpu = ""
+            if manual:  # a user's own click starts the automatic-restart count afresh
+                record.restart_attempts, record.next_restart_at = 0, None
             record.last_error = ""
             record.stopped_reason = ""
             record.port = None
@@ -283,17 +353,25 @@ class ServiceManager:
 
     async def _spawn(self, user_id, project_id, generation, port, base_dir) -> tuple[Handle | None, Any]:
         s = self.settings
-        argv = comfyui_argv(s.comfyui_python, s.comfyui_listen, port, base_dir, s.extra_args)
+        gpu = await self._pick_gpu()
+        extra = list(s.extra_args)
+        env = self._child_env()
+        if gpu is None:
+            if "--cpu" not in extra:
+                extra.append("--cpu")  # no GPU for it: ComfyUI would fail looking for CUDA
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        argv = comfyui_argv(s.comfyui_python, s.comfyui_listen, port, base_dir, extra)
         log_path = instances.log_path(s, user_id, project_id, port)
         try:
             await asyncio.to_thread(instances.mark_start, log_path, port, argv)
         except OSError as exc:
             raise LaunchError(f"无法写入日志目录：{exc.strerror}") from None
-        spec = LaunchSpec(argv=argv, cwd=s.comfyui_repo_path, env=self._child_env(), log_path=log_path,
+        spec = LaunchSpec(argv=argv, cwd=s.comfyui_repo_path, env=env, log_path=log_path,
                           port=port, base_dir=base_dir)
         # Spawning and recording belong together: once spawned, the pid must reach the
         # record even if this task is cancelled, or the process would be an orphan.
-        work = asyncio.ensure_future(self._spawn_and_record(spec, project_id, generation, log_path))
+        work = asyncio.ensure_future(self._spawn_and_record(spec, project_id, generation, log_path, gpu or ""))
         try:
             handle = await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -302,16 +380,29 @@ class ServiceManager:
             raise
         return handle, log_path
 
-    async def _spawn_and_record(self, spec: LaunchSpec, project_id: int, generation: int, log_path) -> Handle | None:
+    async def _spawn_and_record(self, spec: LaunchSpec, project_id: int, generation: int, log_path,
+                                gpu: str) -> Handle | None:
         handle = await self.launcher.start(spec)
         recorded = await self._write_any(
             project_id, generation, pid=handle.pid, launcher_state=handle.state(), log_path=str(log_path),
-            base_dir=str(spec.base_dir), host=handle.host, comfy_url=self.comfy_url(project_id),
+            base_dir=str(spec.base_dir), host=handle.host, comfy_url=self.comfy_url(project_id), gpu=gpu,
         )
         if not recorded:
             await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
             return None
         return handle
+
+    async def _pick_gpu(self) -> str | None:
+        if self.settings.comfyui_gpus == "none":
+            return None
+        async with self.sessions() as db:
+            rows = (await db.execute(
+                select(ComfyUIService.gpu).where(ComfyUIService.status.in_(LIVE), ComfyUIService.gpu != "")
+            )).all()
+        per_gpu: dict[str, int] = {}
+        for (gpu,) in rows:
+            per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
+        return await asyncio.to_thread(self.gpus.pick, per_gpu)
 
     def _child_env(self) -> dict[str, str]:
         # comfyhub's own secrets (database URL, secret key) stay out of ComfyUI, which runs user workflows.
@@ -342,7 +433,7 @@ class ServiceManager:
             project_id, generation, status=S.ONLINE, status_detail="", last_heartbeat=now, last_activity=now,
         )
 
-    async def _fail(self, project_id: int, generation: int, reason: str, log_path=None) -> None:
+    async def _fail(self, project_id: int, generation: int, reason: str, log_path=None) -> tuple[str, str]:
         detail = reason
         if log_path:
             last = await asyncio.to_thread(instances.tail, log_path, LOG_TAIL_LINES)
@@ -352,10 +443,12 @@ class ServiceManager:
         if log_path:
             await asyncio.to_thread(instances.mark_event, log_path, f"start failed: {reason}")
         await self._write_any(project_id, generation, status=S.FAILED, status_detail="", last_error=detail)
+        self.metrics.start_failures.labels(failure_reason(reason)).inc()
+        return "failed", reason
 
     # --- stop ---------------------------------------------------------------------------
 
-    async def stop(self, project_id: int, reason: str = "用户停止") -> ComfyUIService | None:
+    async def stop(self, project_id: int, reason: str = "用户停止", actor: str = "system") -> ComfyUIService | None:
         """Stop the project's instance (waiting for the process to end). Files are kept."""
         flight = self._flights.get(project_id)
         if flight is not None:
@@ -373,12 +466,15 @@ class ServiceManager:
             record.stopped_reason = reason
             record.pid = None
             record.launcher_state = None
+            record.next_restart_at = None
             await db.commit()
         self._changed(project_id)
         if old is not None:
             await self.launcher.stop(old, self.settings.comfyui_stop_grace_seconds)
             await asyncio.to_thread(instances.mark_event, record.log_path, f"stopped ({reason})")
             log.info("project %s: stopped (%s)", project_id, reason)
+        await self.record_event("cull" if reason == IDLE_REASON else "stop", project_id, record.user_id, actor,
+                                "stopped", reason)
         return record
 
     async def stop_all(self, reason: str) -> None:
@@ -432,22 +528,132 @@ class ServiceManager:
         results = await asyncio.gather(*(self._probe(r) for r in records))
         counts = {"online": 0, "offline": 0}
         now = utcnow()
+        idle_candidates = []
         for record, (healthy, exited, why) in zip(records, results):
             counts["online" if healthy else "offline"] += 1
             if healthy:
                 values = dict(status=S.ONLINE, last_heartbeat=now, last_error="")
+                if self._idle_too_long(record, now):
+                    idle_candidates.append(record)
             elif record.status == S.OFFLINE and (exited is None or record.pid is None):
                 continue  # already offline: keep the first, most precise reason
             else:
+                self.metrics.health_failures.inc()
                 values = dict(status=S.OFFLINE, last_error=why)
                 if exited is not None:
                     # The process is gone: forget it, so nothing ever signals that pid again.
                     values.update(pid=None, launcher_state=None)
+                    values.update(self._restart_plan(record, now))
                     await asyncio.to_thread(instances.mark_event, record.log_path, why)
+                    await self.record_event("crash", record.project_id, record.user_id, "system", "offline", why)
                 log.warning("project %s: offline: %s", record.project_id, why)
             await self._write(record.id, record.generation, WATCHED, **values)
             self._changed(record.project_id)
+        await asyncio.gather(*(self._cull_if_idle(r) for r in idle_candidates))
+        await self._run_due_restarts(now)
         return counts
+
+    # --- idle culling ---------------------------------------------------------------------
+
+    def _idle_too_long(self, record: ComfyUIService, now) -> bool:
+        timeout = self.settings.comfyui_idle_timeout_seconds
+        if not timeout:
+            return False
+        last = record.last_activity or record.start_time
+        return last is not None and (now - last).total_seconds() >= timeout
+
+    async def _cull_if_idle(self, record: ComfyUIService) -> None:
+        """Stop an idle instance — unless ComfyUI has queued or running work."""
+        queue = await self.health.get_json(record.host or "127.0.0.1", record.port, "/queue")
+        if queue is None:
+            return  # cannot tell: never cull on a guess
+        if queue.get("queue_running") or queue.get("queue_pending"):
+            await self._write_activity(record.project_id)  # a job is activity too
+            return
+        log.info("project %s: idle for %ss, stopping", record.project_id, self.settings.comfyui_idle_timeout_seconds)
+        self.metrics.culls.inc()
+        await self.stop(record.project_id, reason=IDLE_REASON, actor="system")
+
+    # --- automatic restarts -------------------------------------------------------------
+
+    def _restart_plan(self, record: ComfyUIService, now) -> dict:
+        """When a died instance is restarted (COMFYUI_AUTO_RESTART), or that we give up."""
+        s = self.settings
+        if not s.comfyui_auto_restart:
+            return {}
+        window_start, attempts = record.restart_window_start, record.restart_attempts or 0
+        if window_start is None or (now - window_start).total_seconds() > s.comfyui_restart_window_seconds:
+            window_start, attempts = now, 0
+        if attempts >= s.comfyui_restart_max_failures:
+            return dict(status=S.FAILED, next_restart_at=None, restart_window_start=window_start,
+                        last_error=self._gave_up(attempts))
+        delay = s.comfyui_restart_backoff_seconds * (2 ** attempts)
+        return dict(next_restart_at=now + timedelta(seconds=delay), restart_window_start=window_start,
+                    restart_attempts=attempts)
+
+    def _gave_up(self, attempts: int) -> str:
+        window = int(self.settings.comfyui_restart_window_seconds)
+        return f"{window} 秒内自动重启 {attempts} 次仍失败，已放弃；请查看日志后手动打开"
+
+    async def _run_due_restarts(self, now) -> None:
+        if not self.settings.comfyui_auto_restart:
+            return
+        async with self.sessions() as db:
+            due = (await db.execute(
+                select(ComfyUIService).where(ComfyUIService.next_restart_at.is_not(None),
+                                             ComfyUIService.next_restart_at <= now,
+                                             ComfyUIService.status.in_((S.OFFLINE, S.FAILED)))
+            )).scalars().all()
+        for record in due:
+            if record.project_id in self._flights:
+                continue
+            await self._write_any(record.project_id, record.generation, next_restart_at=None,
+                                  restart_attempts=(record.restart_attempts or 0) + 1)
+            self.metrics.restarts.inc()
+            log.info("project %s: automatic restart %s", record.project_id, (record.restart_attempts or 0) + 1)
+            flight = self._flight(record.user_id, record.project_id, "自动重启", manual=False)
+            flight.task.add_done_callback(
+                lambda _t, pid=record.project_id: self._spawn_background(self._after_restart(pid)))
+
+    async def _after_restart(self, project_id: int) -> None:
+        """A restart that failed is tried again later, until the limit."""
+        record = await self.get(project_id)
+        if record is None or record.status != S.FAILED:
+            return
+        plan = self._restart_plan(record, utcnow())
+        if plan.get("status") == S.FAILED:
+            plan["last_error"] = f"{plan['last_error']}\n{record.last_error}"
+        await self._write_any(project_id, record.generation, **plan)
+        self._changed(project_id)
+
+    def _spawn_background(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- audit and metrics --------------------------------------------------------------
+
+    async def record_event(self, action: str, project_id: int | None, user_id: int | None, actor: str,
+                           outcome: str, detail: str = "") -> None:
+        try:
+            async with self.sessions() as db:
+                db.add(Event(action=action, project_id=project_id, user_id=user_id, actor=actor[:64],
+                             outcome=outcome[:32], detail=detail[:2000]))
+                await db.commit()
+        except Exception:  # noqa: BLE001 — the audit trail must never break the lifecycle
+            log.warning("could not record event %s for project %s", action, project_id, exc_info=True)
+
+    async def events(self, limit: int = 100) -> list[Event]:
+        async with self.sessions() as db:
+            return list((await db.execute(select(Event).order_by(Event.id.desc()).limit(limit))).scalars())
+
+    async def count_by_status(self) -> dict[str, int]:
+        from sqlalchemy import func
+
+        async with self.sessions() as db:
+            rows = (await db.execute(
+                select(ComfyUIService.status, func.count()).group_by(ComfyUIService.status))).all()
+        return {status: n for status, n in rows}
 
     async def _probe(self, record: ComfyUIService) -> tuple[bool, Exit | None, str]:
         """(healthy, how it exited if it did, why not healthy)."""
@@ -541,9 +747,7 @@ class ServiceManager:
         if now - self._touched.get(project_id, -ACTIVITY_WRITE_SECONDS) < ACTIVITY_WRITE_SECONDS:
             return
         self._touched[project_id] = now
-        task = asyncio.create_task(self._write_activity(project_id))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn_background(self._write_activity(project_id))
 
     async def _write_activity(self, project_id: int) -> None:
         try:
