@@ -8,6 +8,7 @@ import getpass
 import os
 import secrets
 import sys
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -177,6 +178,23 @@ def cmd_services(args) -> int:
     return asyncio.run(run())
 
 
+def cmd_comfyui_install(args) -> int:
+    from comfyhub.comfyui_install import InstallError, Installer
+    from comfyhub.services.gpus import GpuPicker
+
+    settings = _settings()
+    torch = args.torch or ("cuda" if GpuPicker("auto").list_gpus() else "cpu")
+    extras = args.extra_packages.split() if args.extra_packages else []
+    installer = Installer(Path(args.dir), args.git_url or settings.comfyui_git_url, args.ref, torch, extras,
+                          env_file=Path.cwd() / ".env")
+    try:
+        installer.run()
+    except InstallError as exc:
+        print(f"comfyhub: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -203,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="check settings, database, folders and ComfyUI")
     doctor.set_defaults(func=cmd_doctor)
+
+    comfyui = sub.add_parser("comfyui", help="set up ComfyUI itself").add_subparsers(dest="comfyui_command", required=True)
+    install = comfyui.add_parser("install", help="clone (or update) ComfyUI with its own venv and point .env at it")
+    install.add_argument("--dir", default="runtime/ComfyUI", help="where the checkout goes (default runtime/ComfyUI)")
+    install.add_argument("--ref", help="tag, branch or commit to check out (default: the default branch)")
+    install.add_argument("--torch", choices=("cpu", "cuda", "skip"),
+                         help="torch build (default: cuda when an NVIDIA GPU is visible, else cpu)")
+    install.add_argument("--git-url", help="repository to clone (default COMFYUI_GIT_URL)")
+    install.add_argument("--extra-packages", default="requests",
+                         help="packages ComfyUI imports without listing them (default: requests)")
+    install.set_defaults(func=cmd_comfyui_install)
 
     services = sub.add_parser("services", help="instances of a running deployment (same database)")
     services_sub = services.add_subparsers(dest="services_command", required=True)

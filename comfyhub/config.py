@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     comfyui_repo_path: Path | None = Field(
         None, description="ComfyUI checkout (holds main.py). Required to start instances."
     )
+    comfyui_git_url: str = Field(
+        "https://github.com/comfyanonymous/ComfyUI",
+        description="Where `comfyhub comfyui install` clones ComfyUI from (any git URL or local path).",
+    )
     comfyui_python: Path | None = Field(
         None, description="Python interpreter that runs ComfyUI. Required to start instances."
     )

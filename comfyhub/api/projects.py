@@ -114,9 +114,19 @@ async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession
 
 @router.post("/{project_id}/open_comfy", summary="数据生成：打开（必要时启动）ComfyUI")
 async def open_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
-    project = await load_project(db, project_id, user, owner_only=True)
+    # Project and service in one query: the reuse path must stay within milliseconds.
+    row = (await db.execute(
+        select(Project, ComfyUIService)
+        .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
+        .where(Project.id == project_id)
+    )).first()
     await db.commit()  # hand the connection back: a start can take minutes
-    record = await manager.ensure(user.id, project, actor=user.username)
+    if row is None:
+        raise ApiError(404, PROJECT_NOT_FOUND)
+    project, service = row
+    if project.owner_user_id != user.id:
+        raise ApiError(403, FORBIDDEN)
+    record = await manager.ensure(user.id, project, actor=user.username, record=service)
     if record.status == ServiceStatus.ONLINE:
         return envelope(open_view(record), "ComfyUI 已就绪")
     if record.status == ServiceStatus.FAILED:

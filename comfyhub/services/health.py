@@ -3,54 +3,72 @@
 A port squatter can answer /system_stats too (DESIGN.md §3: while our child loses a
 bind race, the other process answers 200). `system.argv` tells them apart: it must
 carry our --port and --base-directory.
+
+The checks ride on the proxy's small HTTP client (keep-alive connections per
+instance, httptools parsing): a generic client adds milliseconds per check, and one
+shared pool for hundreds of instances made a heartbeat sweep CPU-bound (measured:
+healthy instances timed out behind the pool's own bookkeeping).
 """
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+import json
 
 from comfyhub.launchers.base import argv_value
+from comfyhub.proxy.upstream import UpstreamError, UpstreamPool
 
-
-def _host_for_url(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+_MAX_BODY = 4 << 20
 
 
 class HealthChecker:
     def __init__(self, timeout: float):
         self.timeout = timeout
-        # trust_env=False: an HTTP(S)_PROXY in the environment must not divert loopback checks.
-        self._client = httpx.AsyncClient(
-            trust_env=False,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=500, max_keepalive_connections=200),
-        )
+        self._pool = UpstreamPool(connect_timeout=timeout)
 
     async def is_ours(self, host: str, port: int, base_dir: str, timeout: float | None = None) -> bool:
         """True when the instance answers 200 within the timeout and its argv is ours."""
-        try:
-            r = await self._client.get(
-                f"http://{_host_for_url(host)}:{port}/system_stats", timeout=timeout or self.timeout
-            )
-            if r.status_code != 200:
-                return False
-            argv = r.json().get("system", {}).get("argv", [])
-        except (httpx.HTTPError, ValueError, AttributeError):
+        stats = await self.get_json(host, port, "/system_stats", timeout)
+        if not isinstance(stats, dict):
             return False
-        return argv_is_ours(argv, port, base_dir)
+        system = stats.get("system")
+        return isinstance(system, dict) and argv_is_ours(system.get("argv"), port, base_dir)
 
-    async def get_json(self, host: str, port: int, path: str) -> dict | None:
+    async def get_json(self, host: str, port: int | None, path: str, timeout: float | None = None):
+        """The JSON of a 200 answer, or None (refused, timed out, not 200, not JSON)."""
+        if not port:
+            return None
         try:
-            r = await self._client.get(f"http://{_host_for_url(host)}:{port}{path}")
-            return r.json() if r.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
+            return await asyncio.wait_for(self._get(host, port, path), timeout or self.timeout)
+        except (asyncio.TimeoutError, UpstreamError, OSError, ValueError):
             return None
 
+    async def _get(self, host: str, port: int, path: str):
+        conn = await self._pool.acquire(host, port)
+        ok = False
+        try:
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            await conn.write(f"GET {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\n\r\n".encode())
+            conn.request_sent = True
+            status, _headers = await conn.response_head(self.timeout)
+            body = bytearray()
+            async for chunk in conn.body_chunks():
+                body += chunk
+                if len(body) > _MAX_BODY:
+                    raise ValueError("health answer too large")
+            ok = True
+            return json.loads(body) if status == 200 else None
+        finally:
+            if ok:
+                self._pool.release(conn)
+            else:
+                conn.close()  # cancelled or broken mid-answer: never reuse it
+
     async def aclose(self) -> None:
-        await self._client.aclose()
+        self._pool.close()
 
 
-def argv_is_ours(argv: list, port: int, base_dir: str) -> bool:
+def argv_is_ours(argv, port: int, base_dir: str) -> bool:
     if not isinstance(argv, list):
         return False
     return argv_value(argv, "--port") == str(port) and argv_value(argv, "--base-directory") == str(base_dir)

@@ -56,7 +56,7 @@ MAX_BIND_ATTEMPTS = 5
 LOG_TAIL_LINES = 20
 # Polling while a start waits: a refused connection costs ~0.1 ms, so polling often is
 # cheap and keeps the added start latency small (the seed's 1 s polling cost ~0.6 s).
-READY_POLL_SECONDS = 0.03
+READY_POLL_SECONDS = 0.01
 # Proxied traffic marks activity; one write per instance per this many seconds at most.
 ACTIVITY_WRITE_SECONDS = 5.0
 
@@ -138,7 +138,8 @@ class ServiceManager:
 
     # --- open ---------------------------------------------------------------------------
 
-    async def ensure(self, user_id: int, project: Project, actor: str = "") -> ComfyUIService:
+    async def ensure(self, user_id: int, project: Project, actor: str = "",
+                     record: ComfyUIService | None | bool = False) -> ComfyUIService:
         """Return the project's online instance, starting it if needed (the seed's ensure).
 
         Raises ServiceError 403 for anyone but the owner (both of the seed's checks,
@@ -148,7 +149,8 @@ class ServiceManager:
         """
         if project.owner_user_id != user_id:
             raise ServiceError(403, FORBIDDEN)
-        record = await self.get(project.id)
+        if record is False:  # the caller did not load it along with the project
+            record = await self.get(project.id)
         if record is not None and record.user_id != user_id:
             raise ServiceError(403, FORBIDDEN)
         if record is not None and record.status in WATCHED and await self._answers(record):
@@ -529,6 +531,7 @@ class ServiceManager:
         counts = {"online": 0, "offline": 0}
         now = utcnow()
         idle_candidates = []
+        updates: list[tuple[ComfyUIService, dict]] = []
         for record, (healthy, exited, why) in zip(records, results):
             counts["online" if healthy else "offline"] += 1
             if healthy:
@@ -547,8 +550,8 @@ class ServiceManager:
                     await asyncio.to_thread(instances.mark_event, record.log_path, why)
                     await self.record_event("crash", record.project_id, record.user_id, "system", "offline", why)
                 log.warning("project %s: offline: %s", record.project_id, why)
-            await self._write(record.id, record.generation, WATCHED, **values)
-            self._changed(record.project_id)
+            updates.append((record, values))
+        await self._write_many(updates)
         await asyncio.gather(*(self._cull_if_idle(r) for r in idle_candidates))
         await self._run_due_restarts(now)
         return counts
@@ -791,6 +794,22 @@ class ServiceManager:
             await db.commit()
         self._changed(project_id)
         return result.rowcount == 1
+
+    async def _write_many(self, updates: list[tuple[ComfyUIService, dict]]) -> None:
+        """A sweep's results in one transaction, each still conditional on what was seen."""
+        if not updates:
+            return
+        async with self.sessions() as db:
+            for record, values in updates:
+                await db.execute(
+                    update(ComfyUIService)
+                    .where(ComfyUIService.id == record.id, ComfyUIService.generation == record.generation,
+                           ComfyUIService.status.in_(WATCHED))
+                    .values(updated_at=utcnow(), **values)
+                )
+            await db.commit()
+        for record, _values in updates:
+            self._changed(record.project_id)
 
     async def _write(self, record_id: int, generation: int, statuses, **values) -> bool:
         """Update only if generation and status are still what the caller saw."""

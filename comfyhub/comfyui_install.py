@@ -1,0 +1,164 @@
+"""`comfyhub comfyui install`: a ComfyUI checkout with its own venv, ready for comfyhub.
+
+Steps, each shown with its progress: clone (or update) the repository, create the
+venv, install torch (CPU or CUDA build), install ComfyUI's requirements, create
+custom_nodes/ and models/, and write COMFYUI_REPO_PATH / COMFYUI_PYTHON into .env.
+Running it again updates the checkout and the packages instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+from rich.console import Console
+
+TORCH_CHOICES = ("cpu", "cuda", "skip")
+# The CPU build of torch comes from PyTorch's own index; the default PyPI build is CUDA's.
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+class InstallError(Exception):
+    """A step failed; the message says what to do."""
+
+
+class Installer:
+    def __init__(self, target: Path, git_url: str, ref: str | None, torch: str, extra_packages: list[str],
+                 env_file: Path, console: Console | None = None):
+        self.target = target.resolve()
+        self.git_url = git_url
+        self.ref = ref
+        self.torch = torch
+        self.extra_packages = extra_packages
+        self.env_file = env_file
+        self.console = console or Console(highlight=False)
+        self.python = self.target / "venv" / "bin" / "python"
+        self._steps = 6
+        self._step = 0
+
+    # --- steps ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        self._checkout()
+        self._venv()
+        self._torch()
+        self._requirements()
+        self._folders()
+        self._write_env()
+        self.console.print(f"[bold green]ComfyUI is ready[/] at {self.target}")
+        self.console.print("Start comfyhub with [bold]./scripts/serve.sh[/] (or restart it) to use it.")
+
+    def _checkout(self) -> None:
+        if (self.target / ".git").is_dir():
+            self._header(f"Updating the ComfyUI checkout in {self.target}")
+            self._run(["git", "-C", str(self.target), "fetch", "--tags", "--prune", "origin"], "git fetch")
+            if self.ref:
+                self._run(["git", "-C", str(self.target), "checkout", "--quiet", self.ref], f"git checkout {self.ref}")
+            else:
+                self._run(["git", "-C", str(self.target), "pull", "--ff-only", "--quiet"], "git pull")
+            return
+        if self.target.exists() and any(self.target.iterdir()):
+            raise InstallError(f"{self.target} exists and is not a git checkout: choose another --dir or remove it")
+        self._header(f"Cloning {self.git_url}")
+        # Clone next to the target and move it in place: a failed clone leaves nothing behind.
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".comfyui-clone-", dir=self.target.parent))
+        try:
+            self._run(["git", "clone", "--quiet", self.git_url, str(staging / "repo")], "git clone",
+                      hint="check COMFYUI_GIT_URL (or --git-url) and the network")
+            if self.ref:
+                self._run(["git", "-C", str(staging / "repo"), "checkout", "--quiet", self.ref], f"git checkout {self.ref}",
+                          hint="check --ref: a tag, branch or commit of that repository")
+            if self.target.exists():
+                self.target.rmdir()
+            shutil.move(str(staging / "repo"), self.target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not (self.target / "main.py").is_file():
+            raise InstallError(f"{self.git_url} has no main.py: it does not look like ComfyUI")
+
+    def _venv(self) -> None:
+        if self.python.exists():
+            self._header("Virtual environment exists", done=True)
+            return
+        self._header(f"Creating a virtual environment with {sys.executable}")
+        self._run([sys.executable, "-m", "venv", str(self.target / "venv")], "python -m venv",
+                  hint="on Debian: apt-get install -y python3-venv")
+
+    def _torch(self) -> None:
+        pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check", "--upgrade"]
+        if self.torch == "skip":
+            self._header("torch: skipped (--torch skip)", done=True)
+        elif self.torch == "cpu":
+            self._header("Installing torch (CPU build; a few hundred MB)")
+            self._run([*pip, "torch", "torchvision", "torchaudio", "--index-url", TORCH_CPU_INDEX], "pip install torch")
+        else:
+            self._header("Installing torch (CUDA build; several GB)")
+            self._run([*pip, "torch", "torchvision", "torchaudio"], "pip install torch")
+
+    def _requirements(self) -> None:
+        requirements = self.target / "requirements.txt"
+        pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check", "--upgrade"]
+        self._header("Installing ComfyUI's requirements")
+        if requirements.is_file():
+            self._run([*pip, "-r", str(requirements)], "pip install -r requirements.txt")
+        if self.extra_packages:
+            # ComfyUI imports these without listing them.
+            self._run([*pip, *self.extra_packages], f"pip install {' '.join(self.extra_packages)}")
+
+    def _folders(self) -> None:
+        self._header("Creating custom_nodes/ and models/")
+        for name in ("custom_nodes", "models"):
+            (self.target / name).mkdir(exist_ok=True)
+
+    def _write_env(self) -> None:
+        self._header(f"Writing COMFYUI_REPO_PATH and COMFYUI_PYTHON into {self.env_file}")
+        update_env_file(self.env_file, {"COMFYUI_REPO_PATH": str(self.target), "COMFYUI_PYTHON": str(self.python)})
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _header(self, text: str, done: bool = False) -> None:
+        self._step += 1
+        mark = "[green]✓[/]" if done else "[cyan]→[/]"
+        self.console.print(f"{mark} [bold][{self._step}/{self._steps}][/] {text}")
+
+    def _run(self, cmd: list[str], what: str, hint: str = "") -> None:
+        """Run a step's command, showing elapsed time and its latest output line."""
+        started = time.monotonic()
+        last: deque[str] = deque(maxlen=15)
+        env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "PIP_PROGRESS_BAR": "off"}
+        with self.console.status(f"{what} …") as status:
+            try:
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                        errors="replace")
+            except FileNotFoundError:
+                raise InstallError(f"{cmd[0]} not found: install it first (apt-get install -y {cmd[0]})") from None
+            for line in proc.stdout:
+                line = line.rstrip()
+                if line:
+                    last.append(line)
+                    status.update(f"{what} … {int(time.monotonic() - started)} s  [dim]{line[:90]}[/]")
+            code = proc.wait()
+        if code != 0:
+            tail = "\n".join(f"    {line}" for line in last)
+            raise InstallError(f"{what} failed (exit {code}){': ' + hint if hint else ''}\n{tail}")
+        self.console.print(f"    [dim]{what}: done in {time.monotonic() - started:.1f} s[/]")
+
+
+def update_env_file(path: Path, values: dict[str, str]) -> None:
+    """Set KEY=value lines in a .env file, keeping every other line as it was."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    seen = set()
+    for i, line in enumerate(lines):
+        key = line.split("=", 1)[0].strip()
+        if key in values:
+            lines[i] = f"{key}={values[key]}"
+            seen.add(key)
+    lines.extend(f"{k}={v}" for k, v in values.items() if k not in seen)
+    path.write_text("\n".join(lines) + "\n")
