@@ -75,13 +75,13 @@ class Installer:
             if self.ref:
                 self._run(["git", "-C", str(staging / "repo"), "checkout", "--quiet", self.ref], f"git checkout {self.ref}",
                           hint="check --ref: a tag, branch or commit of that repository")
+            if not (staging / "repo" / "main.py").is_file():
+                raise InstallError(f"{self.git_url} has no main.py: it does not look like ComfyUI")
             if self.target.exists():
                 self.target.rmdir()
             shutil.move(str(staging / "repo"), self.target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        if not (self.target / "main.py").is_file():
-            raise InstallError(f"{self.git_url} has no main.py: it does not look like ComfyUI")
 
     def _venv(self) -> None:
         if self.python.exists():

@@ -148,6 +148,12 @@ class Settings(BaseSettings):
     )
 
     # --- validation -------------------------------------------------------------------
+    @field_validator("comfyui_repo_path", "comfyui_python", "comfyui_custom_nodes_dir", "comfyui_models_dir",
+                     mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        # `COMFYUI_PYTHON=` in .env means "not set", not "the current directory".
+        return None if isinstance(value, str) and not value.strip() else value
     @field_validator("comfyui_port_range")
     @classmethod
     def _check_port_range(cls, value: str) -> str:

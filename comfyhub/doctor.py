@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import os
 import socket
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,21 +66,63 @@ def check_writable_dir(name: str, path: Path) -> Check:
 def check_comfyui(settings: Settings) -> list[Check]:
     if not settings.comfyui_configured:
         return [Check("comfyui", "fail", "COMFYUI_REPO_PATH / COMFYUI_PYTHON not set",
-                      "set both in .env to a ComfyUI checkout and its python")]
+                      "run `comfyhub comfyui install` (or set both in .env to a ComfyUI checkout and its python)")]
     checks = []
     main_py = settings.comfyui_repo_path / "main.py"
     if main_py.is_file():
         checks.append(Check("comfyui repo", "ok", f"{main_py} exists"))
     else:
         checks.append(Check("comfyui repo", "fail", f"{main_py} not found",
-                            "point COMFYUI_REPO_PATH at a ComfyUI checkout"))
+                            "point COMFYUI_REPO_PATH at a ComfyUI checkout, or run `comfyhub comfyui install`"))
     python = settings.comfyui_python
     if python.is_file() and os.access(python, os.X_OK):
         checks.append(Check("comfyui python", "ok", f"{python} is executable"))
+        checks.append(check_torch(python))
     else:
         checks.append(Check("comfyui python", "fail", f"{python} is not an executable file",
                             "point COMFYUI_PYTHON at the python of ComfyUI's venv"))
     return checks
+
+
+TORCH_TIMEOUT = 60
+
+
+def check_torch(python: Path) -> Check:
+    """Its python runs and imports torch (ComfyUI's first need), within a time limit."""
+    code = "import torch; print(torch.__version__, torch.cuda.is_available())"
+    try:
+        r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=TORCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return Check("comfyui torch", "fail", f"importing torch took over {TORCH_TIMEOUT} s",
+                     "check the venv (a broken CUDA setup can hang the import)")
+    except OSError as exc:
+        return Check("comfyui torch", "fail", f"cannot run {python}: {exc.strerror}", "reinstall: comfyhub comfyui install")
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        return Check("comfyui torch", "fail", f"import torch failed: {last[:200]}",
+                     "install it: comfyhub comfyui install (or pip install torch in that venv)")
+    version, cuda = (r.stdout.split() + ["?", "?"])[:2]
+    return Check("comfyui torch", "ok", f"torch {version}, CUDA available: {cuda}")
+
+
+def check_gpus(settings: Settings) -> Check:
+    if settings.comfyui_gpus == "none":
+        return Check("gpus", "ok", "COMFYUI_GPUS=none: instances run on the CPU (--cpu)")
+    from comfyhub.services.gpus import GpuPicker
+
+    found = GpuPicker("auto").list_gpus()
+    if settings.comfyui_gpus == "auto":
+        if found:
+            names = ", ".join(f"{g.id}: {g.name} ({g.memory_free >> 30} GiB free)" for g in found)
+            return Check("gpus", "ok", f"NVML sees {names}")
+        return Check("gpus", "warn", "NVML sees no GPU: instances run on the CPU (--cpu)",
+                     "install the NVIDIA driver, or set COMFYUI_GPUS=none to silence this")
+    wanted = settings.comfyui_gpus.split(",")
+    missing = [g for g in wanted if g not in {x.id for x in found}]
+    if missing:
+        return Check("gpus", "fail", f"COMFYUI_GPUS names {','.join(missing)}, NVML sees "
+                     f"{','.join(x.id for x in found) or 'no GPU'}", "fix COMFYUI_GPUS or the driver")
+    return Check("gpus", "ok", f"GPUs {settings.comfyui_gpus} visible")
 
 
 def check_listen(settings: Settings) -> Check:
@@ -120,6 +163,7 @@ def collect(settings: Settings) -> list[Check]:
     checks.extend(check_comfyui(settings))
     checks.append(check_listen(settings))
     checks.append(check_ports(settings))
+    checks.append(check_gpus(settings))
     return checks
 
 

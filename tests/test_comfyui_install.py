@@ -1,0 +1,106 @@
+"""`comfyhub comfyui install` against a local git repository (no network)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def git(*args, cwd):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
+                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                        "GIT_COMMITTER_EMAIL": "t@t"})
+
+
+@pytest.fixture
+def comfy_repo(tmp_path) -> Path:
+    """A tiny stand-in repository: main.py and a requirements file pip can satisfy offline."""
+    repo = tmp_path / "upstream"
+    repo.mkdir()
+    (repo / "main.py").write_text("print('fake comfyui')\n")
+    (repo / "requirements.txt").write_text("# nothing to download\n")
+    git("init", "-q", "-b", "master", cwd=repo)
+    git("add", ".", cwd=repo)
+    git("commit", "-q", "-m", "v1", cwd=repo)
+    git("tag", "v1", cwd=repo)
+    return repo
+
+
+def install(workdir, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip", "--extra-packages", "",
+         *args], cwd=workdir, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PIP_NO_INDEX": "1", "COLUMNS": "120"})
+
+
+def env_values(path: Path) -> dict:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def test_fresh_install_then_rerun_updates(tmp_path, comfy_repo):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / ".env").write_text("COMFYUI_PORT_RANGE=9100-9110\n")
+    r = install(work, "--git-url", str(comfy_repo), "--ref", "v1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    target = work / "runtime" / "ComfyUI"
+    assert (target / "main.py").is_file()
+    assert (target / "custom_nodes").is_dir() and (target / "models").is_dir()
+    python = target / "venv" / "bin" / "python"
+    assert python.exists()
+    values = env_values(work / ".env")
+    assert values == {"COMFYUI_PORT_RANGE": "9100-9110", "COMFYUI_REPO_PATH": str(target),
+                      "COMFYUI_PYTHON": str(python)}
+    for step in ("[1/6]", "[2/6]", "[6/6]", "ComfyUI is ready"):
+        assert step in r.stdout
+
+    # upstream moves on; a second run updates the checkout instead of failing
+    (comfy_repo / "main.py").write_text("print('fake comfyui v2')\n")
+    git("commit", "-q", "-am", "v2", cwd=comfy_repo)
+    git("tag", "v2", cwd=comfy_repo)
+    r = install(work, "--git-url", str(comfy_repo), "--ref", "v2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "v2" in (target / "main.py").read_text()
+    assert "Virtual environment exists" in r.stdout
+    assert env_values(work / ".env")["COMFYUI_PYTHON"] == str(python)
+
+    # doctor now finds main.py and the interpreter
+    doctor = subprocess.run([sys.executable, "-m", "comfyhub.cli", "doctor"], cwd=work, capture_output=True,
+                            text=True, timeout=120)
+    assert "ok    comfyui repo" in doctor.stdout and "ok    comfyui python" in doctor.stdout
+
+
+def test_broken_url_is_a_clear_error_and_leaves_nothing(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    r = install(work, "--git-url", str(tmp_path / "no-such-repo"))
+    assert r.returncode == 1
+    assert "git clone failed" in r.stderr and "COMFYUI_GIT_URL" in r.stderr
+    assert not (work / "runtime" / "ComfyUI").exists()
+    assert list((work / "runtime").iterdir()) == []  # no half-cloned leftovers
+    assert not (work / ".env").exists()
+
+
+def test_target_that_is_not_a_checkout_is_refused(tmp_path, comfy_repo):
+    work = tmp_path / "work"
+    (work / "runtime" / "ComfyUI").mkdir(parents=True)
+    (work / "runtime" / "ComfyUI" / "precious.txt").write_text("keep me")
+    r = install(work, "--git-url", str(comfy_repo))
+    assert r.returncode == 1 and "not a git checkout" in r.stderr
+    assert (work / "runtime" / "ComfyUI" / "precious.txt").read_text() == "keep me"
+
+
+def test_repository_without_main_py_is_rejected(tmp_path):
+    repo = tmp_path / "notcomfy"
+    repo.mkdir()
+    (repo / "README").write_text("x")
+    git("init", "-q", cwd=repo)
+    git("add", ".", cwd=repo)
+    git("commit", "-q", "-m", "x", cwd=repo)
+    work = tmp_path / "work"
+    work.mkdir()
+    r = install(work, "--git-url", str(repo))
+    assert r.returncode == 1 and "does not look like ComfyUI" in r.stderr
+    assert not (work / "runtime" / "ComfyUI").exists()
