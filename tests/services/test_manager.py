@@ -196,7 +196,6 @@ async def test_foreign_listener_on_first_ports_is_skipped(client, alice, setting
 
 async def test_port_squatter_answering_system_stats_is_not_ours(client, alice, settings, tmp_path):
     """Our child loses the bind race to a ComfyUI-like squatter: retried on another port."""
-    low, _ = settings.port_range
     pid = await new_project(client, alice)
     set_knobs(settings, await user_id(client, alice), pid, start_delay=2.5)
     opening = asyncio.create_task(open_comfy(client, alice, pid))
@@ -206,22 +205,53 @@ async def test_port_squatter_answering_system_stats_is_not_ours(client, alice, s
         return svc and svc["status"] == "starting" and svc["port"]
 
     chosen = await wait_for(port_recorded, what="port chosen")
-    squat_dir = tmp_path / "squatter"
-    (squat_dir / "custom_nodes").mkdir(parents=True)
-    squatter = subprocess.Popen([sys.executable, "main.py", "--port", str(chosen), "--base-directory", str(squat_dir)],
-                                cwd=FAKE_COMFYUI, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The squatter binds at once (our child only binds after its 2.5 s of "loading") and
+    # answers /system_stats with somebody else's argv, as a foreign ComfyUI would.
+    squatter = _SystemStatsSquatter(chosen, ["main.py", "--port", str(chosen), "--base-directory", "/elsewhere"])
     try:
-        await wait_for(lambda: system_argv(chosen), what="squatter up")
         r = await opening
         data = r.json()["data"]
         assert data["status"] == "online"
         assert data["port"] != chosen
         argv = system_argv(data["port"])
-        assert argv[argv.index("--base-directory") + 1] != str(squat_dir)
-        assert squatter.poll() is None  # the squatter was not touched
+        assert argv[argv.index("--base-directory") + 1] != "/elsewhere"
+        assert squatter.answered > 0  # it was asked, and not believed
+        assert system_argv(chosen)[-1] == "/elsewhere"  # and it was left alone
     finally:
-        squatter.kill()
-        squatter.wait()
+        squatter.close()
+
+
+class _SystemStatsSquatter:
+    """A foreign HTTP server on `port` that answers /system_stats like a ComfyUI would."""
+
+    def __init__(self, port: int, argv: list[str]):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.answered = 0
+        body = json.dumps({"system": {"argv": argv}, "devices": []}).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.answered += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 async def test_recorded_pid_reused_by_stranger_is_never_signalled(client, alice, manager):

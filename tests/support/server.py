@@ -26,7 +26,7 @@ class LiveServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"serve-{self.port}.out"
 
-    def start(self, timeout: float = 60) -> "LiveServer":
+    def start(self, timeout: float = 180) -> "LiveServer":
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
