@@ -65,26 +65,22 @@ async def test_repeated_failures_lock_out_then_recover(client, settings):
     assert (await client.post("/api/auth/login", json={"username": "ghost", "password": "x"})).status_code == 429
 
 
-async def test_lockout_expires(client, settings, tmp_path, db_url):
-    from comfyhub.app import create_app
-    from tests.conftest import make_settings
-    import httpx
+async def test_lockout_expires(db_url, tmp_path):
+    from tests.support.app import running_app
     from tests.support.net import wait_for
 
-    quick = make_settings(db_url, tmp_path, comfyhub_login_lockout_seconds=0.5, comfyhub_login_max_failures=2)
-    app = create_app(quick)
-    await add_user(quick, "carol")
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
-            for _ in range(2):
-                await c.post("/api/auth/login", json={"username": "carol", "password": "bad-password"})
-            good = {"username": "carol", "password": "password-123"}
-            assert (await c.post("/api/auth/login", json=good)).status_code == 429
+    async with running_app(
+        db_url, tmp_path, users=("carol",), comfyhub_login_lockout_seconds=1, comfyhub_login_max_failures=2
+    ) as c:
+        for _ in range(2):
+            await c.post("/api/auth/login", json={"username": "carol", "password": "bad-password"})
+        good = {"username": "carol", "password": "password-123"}
+        assert (await c.post("/api/auth/login", json=good)).status_code == 429
 
-            async def unlocked():
-                return (await c.post("/api/auth/login", json=good)).status_code == 200
+        async def unlocked():
+            return (await c.post("/api/auth/login", json=good)).status_code == 200
 
-            await wait_for(unlocked, timeout=5, interval=0.2, what="lock-out to expire")
+        await wait_for(unlocked, timeout=15, interval=0.3, what="lock-out to expire")
 
 
 @pytest.mark.parametrize("origin", [None, "http://evil.example", "http://testserver:9999"])
@@ -108,8 +104,11 @@ async def test_cookie_write_from_same_origin_passes(client, settings):
 
 async def test_login_from_foreign_origin_refused(client, settings):
     await add_user(settings, "alice")
-    r = await client.post("/api/auth/login", json={"username": "alice", "password": "password-123"},
-                          headers={"Origin": "http://evil.example"})
+    r = await client.post(
+        "/api/auth/login",
+        json={"username": "alice", "password": "password-123"},
+        headers={"Origin": "http://evil.example"},
+    )
     assert r.status_code == 403
 
 

@@ -8,12 +8,10 @@ import subprocess
 import sys
 import time
 
-import httpx
 import psutil
 import pytest
 
 from comfyhub.services.instances import instance_dir
-from tests.conftest import FAKE_COMFYUI
 from tests.support.comfy import (
     instance_processes,
     new_project,
@@ -23,6 +21,7 @@ from tests.support.comfy import (
     system_argv,
     user_id,
 )
+from tests.support.app import running_app
 from tests.support.net import wait_for
 
 
@@ -72,8 +71,12 @@ async def test_concurrent_opens_start_one_process(client, alice, settings):
 
 
 async def test_users_opening_at_once_get_distinct_ports_and_their_own_instance(client, settings, alice, bob):
-    projects = [(alice, await new_project(client, alice, "A-1")), (alice, await new_project(client, alice, "A-2")),
-                (bob, await new_project(client, bob, "B-1")), (bob, await new_project(client, bob, "B-2"))]
+    projects = [
+        (alice, await new_project(client, alice, "A-1")),
+        (alice, await new_project(client, alice, "A-2")),
+        (bob, await new_project(client, bob, "B-1")),
+        (bob, await new_project(client, bob, "B-2")),
+    ]
     replies = await asyncio.gather(*(open_comfy(client, h, p) for h, p in projects))
     ports = [r.json()["data"]["port"] for r in replies]
     assert len(set(ports)) == 4
@@ -102,30 +105,23 @@ async def test_killed_instance_goes_offline_then_restarts(client, alice, manager
 
 
 async def test_heartbeat_loop_marks_offline_by_itself(db_url, tmp_path, alice):
-    from comfyhub.app import create_app
-    from tests.conftest import ORIGIN, add_user, login, make_settings
+    async with running_app(db_url, tmp_path / "hb", users=("hb-user",), comfyui_heartbeat_interval_seconds=0.2) as c:
+        h = c.headers_of["hb-user"]
+        pid = await new_project(c, h, "HB-1")
+        assert (await open_comfy(c, h, pid)).json()["data"]["status"] == "online"
+        before = (await service(c, h, pid))["last_heartbeat"]
+        await wait_for(lambda: service(c, h, pid), what="record")
 
-    quick = make_settings(db_url, tmp_path / "hb", comfyui_heartbeat_interval_seconds=0.2)
-    app = create_app(quick)
-    await add_user(quick, "hb-user")
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
-            h = await login(c, "hb-user")
-            pid = await new_project(c, h, "HB-1")
-            assert (await open_comfy(c, h, pid)).json()["data"]["status"] == "online"
-            before = (await service(c, h, pid))["last_heartbeat"]
-            await wait_for(lambda: service(c, h, pid), what="record")
+        async def heartbeat_moved():
+            return (await service(c, h, pid))["last_heartbeat"] != before
 
-            async def heartbeat_moved():
-                return (await service(c, h, pid))["last_heartbeat"] != before
+        await wait_for(heartbeat_moved, timeout=5, what="a heartbeat")
+        os.kill((await service(c, h, pid))["pid"], signal.SIGKILL)
 
-            await wait_for(heartbeat_moved, timeout=5, what="a heartbeat")
-            os.kill((await service(c, h, pid))["pid"], signal.SIGKILL)
+        async def offline():
+            return (await service(c, h, pid))["status"] == "offline"
 
-            async def offline():
-                return (await service(c, h, pid))["status"] == "offline"
-
-            await wait_for(offline, timeout=5, what="offline after kill")
+        await wait_for(offline, timeout=5, what="offline after kill")
 
 
 async def test_crash_after_ready_is_offline_at_next_sweep(client, alice, settings, manager):
@@ -156,24 +152,17 @@ async def test_early_exit_fails_fast_with_log_tail(client, alice, settings):
 
 
 async def test_hang_fails_at_timeout_and_leaves_no_process(db_url, tmp_path):
-    from comfyhub.app import create_app
-    from tests.conftest import ORIGIN, add_user, login, make_settings
-
-    quick = make_settings(db_url, tmp_path, comfyui_startup_timeout_seconds=1.5)
-    app = create_app(quick)
-    await add_user(quick, "hang")
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
-            h = await login(c, "hang")
-            pid = await new_project(c, h)
-            base = set_knobs(quick, await user_id(c, h), pid, hang=True)
-            t0 = time.monotonic()
-            r = await open_comfy(c, h, pid)
-            assert 1.5 <= time.monotonic() - t0 < 6
-            assert r.status_code == 503
-            svc = await service(c, h, pid)
-            assert svc["status"] == "failed" and "启动超时" in svc["last_error"]
-            assert instance_processes(base) == []
+    async with running_app(db_url, tmp_path, users=("hang",), comfyui_startup_timeout_seconds=1.5) as c:
+        h = c.headers_of["hang"]
+        pid = await new_project(c, h)
+        base = set_knobs(c.settings, await user_id(c, h), pid, hang=True)
+        t0 = time.monotonic()
+        r = await open_comfy(c, h, pid)
+        assert 1.5 <= time.monotonic() - t0 < 6
+        assert r.status_code == 503
+        svc = await service(c, h, pid)
+        assert svc["status"] == "failed" and "启动超时" in svc["last_error"]
+        assert instance_processes(base) == []
 
 
 async def test_foreign_listener_on_first_ports_is_skipped(client, alice, settings):
@@ -270,8 +259,9 @@ async def test_recorded_pid_reused_by_stranger_is_never_signalled(client, alice,
         async with manager.sessions() as db:
             rec = await manager._load(db, pid)
             state = dict(rec.launcher_state, pid=stranger.pid)
-            await db.execute(update(ComfyUIService).where(ComfyUIService.id == rec.id)
-                             .values(pid=stranger.pid, launcher_state=state))
+            await db.execute(
+                update(ComfyUIService).where(ComfyUIService.id == rec.id).values(pid=stranger.pid, launcher_state=state)
+            )
             await db.commit()
         await manager.heartbeat_once()
         assert (await service(client, alice, pid))["status"] == "offline"
@@ -350,7 +340,9 @@ async def test_log_endpoint_tails_and_caps(client, alice, settings):
     assert lines[-1].startswith("===== comfyhub: start failed: ComfyUI 启动失败（退出码 1）")
     assert "/" not in r.json()["data"]["log_file"]
     for bad in (0, -1, 100000, "x"):
-        assert (await client.get(f"/api/projects/{pid}/comfy_log", params={"tail": bad}, headers=alice)).status_code == 422
+        assert (
+            await client.get(f"/api/projects/{pid}/comfy_log", params={"tail": bad}, headers=alice)
+        ).status_code == 422
 
 
 async def test_log_is_appended_across_restarts(client, alice, settings):
@@ -364,43 +356,29 @@ async def test_log_is_appended_across_restarts(client, alice, settings):
 
 
 async def test_not_configured_is_503(db_url, tmp_path):
-    from comfyhub.app import create_app
-    from tests.conftest import ORIGIN, add_user, login, make_settings
-
-    bare = make_settings(db_url, tmp_path, comfyui_repo_path=None, comfyui_python=None)
-    app = create_app(bare)
-    await add_user(bare, "u")
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
-            h = await login(c, "u")
-            pid = await new_project(c, h)
-            r = await open_comfy(c, h, pid)
-            assert r.status_code == 503 and r.json()["msg"] == "ComfyUI 未配置"
-            assert "COMFYUI_REPO_PATH" in r.json()["data"]["hint"]
-            assert await service(c, h, pid) is None
+    async with running_app(db_url, tmp_path, users=("u",), comfyui_repo_path=None, comfyui_python=None) as c:
+        h = c.headers_of["u"]
+        pid = await new_project(c, h)
+        r = await open_comfy(c, h, pid)
+        assert r.status_code == 503 and r.json()["msg"] == "ComfyUI 未配置"
+        assert "COMFYUI_REPO_PATH" in r.json()["data"]["hint"]
+        assert await service(c, h, pid) is None
 
 
 @pytest.mark.parametrize("python", ["/nonexistent/python", "NOT_EXECUTABLE"])
 async def test_missing_or_unexecutable_python_fails_clearly(db_url, tmp_path, python):
-    from comfyhub.app import create_app
-    from tests.conftest import ORIGIN, add_user, login, make_settings
-
     if python == "NOT_EXECUTABLE":
         python = tmp_path / "python"
         python.write_text("#!/bin/sh\n")
         python.chmod(0o644)
-    broken = make_settings(db_url, tmp_path, comfyui_python=python)
-    app = create_app(broken)
-    await add_user(broken, "u")
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
-            h = await login(c, "u")
-            pid = await new_project(c, h)
-            r = await open_comfy(c, h, pid)
-            assert r.status_code == 503
-            svc = await service(c, h, pid)
-            assert svc["status"] == "failed"
-            assert "COMFYUI_PYTHON" in svc["last_error"]
+    async with running_app(db_url, tmp_path, users=("u",), comfyui_python=python) as c:
+        h = c.headers_of["u"]
+        pid = await new_project(c, h)
+        r = await open_comfy(c, h, pid)
+        assert r.status_code == 503
+        svc = await service(c, h, pid)
+        assert svc["status"] == "failed"
+        assert "COMFYUI_PYTHON" in svc["last_error"]
 
 
 async def test_heartbeat_checks_concurrently(client, alice, settings, manager):

@@ -10,29 +10,20 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
-import pytest
 from sqlalchemy import update
 
-from comfyhub.app import create_app
 from comfyhub.models import ComfyUIService, utcnow
 from comfyhub.services.instances import instance_dir
-from tests.conftest import ORIGIN, add_user, login, make_settings
-from tests.support.comfy import instance_processes, new_project, pid_alive, service, set_knobs, system_argv, user_id
+from tests.support.app import running_app
+from tests.support.comfy import new_project, pid_alive, service, set_knobs, system_argv, user_id
 from tests.support.net import wait_for
 
 
 @asynccontextmanager
 async def hub(db_url, tmp_path, **overrides):
-    settings = make_settings(db_url, tmp_path, **overrides)
-    app = create_app(settings)
-    await add_user(settings, "alice")
-    await add_user(settings, "bob")
-    await add_user(settings, "root", admin=True)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
-            c.alice, c.bob, c.root = await login(c, "alice"), await login(c, "bob"), await login(c, "root")
-            c.app, c.settings, c.manager = app, settings, app.state.manager
-            yield c
+    async with running_app(db_url, tmp_path, users=("alice", "bob"), admins=("root",), **overrides) as c:
+        c.alice, c.bob, c.root = (c.headers_of[n] for n in ("alice", "bob", "root"))
+        yield c
 
 
 async def open_comfy(c, headers, pid):
@@ -41,8 +32,11 @@ async def open_comfy(c, headers, pid):
 
 async def age_activity(c, pid, seconds):
     async with c.manager.sessions() as db:
-        await db.execute(update(ComfyUIService).where(ComfyUIService.project_id == pid)
-                         .values(last_activity=utcnow() - timedelta(seconds=seconds)))
+        await db.execute(
+            update(ComfyUIService)
+            .where(ComfyUIService.project_id == pid)
+            .values(last_activity=utcnow() - timedelta(seconds=seconds))
+        )
         await db.commit()
 
 
@@ -120,8 +114,14 @@ async def test_starts_beyond_the_cap_wait_their_turn(db_url, tmp_path):
 
 
 async def test_auto_restart_with_backoff_then_gives_up(db_url, tmp_path):
-    async with hub(db_url, tmp_path, comfyui_auto_restart=True, comfyui_restart_backoff_seconds=0.2,
-                   comfyui_restart_max_failures=2, comfyui_restart_window_seconds=600) as c:
+    async with hub(
+        db_url,
+        tmp_path,
+        comfyui_auto_restart=True,
+        comfyui_restart_backoff_seconds=0.2,
+        comfyui_restart_max_failures=2,
+        comfyui_restart_window_seconds=600,
+    ) as c:
         p = await new_project(c, c.alice, "AUTO")
         await open_comfy(c, c.alice, p)
         first = (await service(c, c.alice, p))["pid"]
@@ -133,6 +133,7 @@ async def test_auto_restart_with_backoff_then_gives_up(db_url, tmp_path):
                 await c.manager.heartbeat_once()
                 await asyncio.gather(*(f.task for f in list(c.manager._flights.values())), return_exceptions=True)
                 return await predicate()
+
             return await wait_for(step, timeout=20, interval=0.1, what=what)
 
         async def restarted():
@@ -192,6 +193,7 @@ async def test_without_gpu_comfyui_gets_cpu_flag(db_url, tmp_path):
 
 async def test_metrics_move_with_starts_and_failures(db_url, tmp_path):
     async with hub(db_url, tmp_path) as c:
+
         def value(text, name):
             for line in text.splitlines():
                 if line.startswith(name + " "):
@@ -220,13 +222,25 @@ async def test_events_show_who_did_what(db_url, tmp_path):
         await c.post(f"/api/admin/services/{p}/stop", headers=c.root)
         events = (await c.get("/api/admin/events", headers=c.root)).json()["data"]
         assert [(e["action"], e["actor"], e["outcome"]) for e in events[:2]] == [
-            ("stop", "root", "stopped"), ("start", "alice", "online")]
+            ("stop", "root", "stopped"),
+            ("start", "alice", "online"),
+        ]
         assert (await c.get("/api/admin/events", headers=c.alice)).status_code == 403
-        out = subprocess.run([sys.executable, "-m", "comfyhub.cli", "services", "events"], capture_output=True,
-                             text=True, env={**os.environ, "COMFYHUB_DATABASE_URL": db_url}, timeout=60)
+        out = subprocess.run(
+            [sys.executable, "-m", "comfyhub.cli", "services", "events"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COMFYHUB_DATABASE_URL": db_url},
+            timeout=60,
+        )
         assert out.returncode == 0 and "alice" in out.stdout and "root" in out.stdout
-        listed = subprocess.run([sys.executable, "-m", "comfyhub.cli", "services", "list"], capture_output=True,
-                                text=True, env={**os.environ, "COMFYHUB_DATABASE_URL": db_url}, timeout=60)
+        listed = subprocess.run(
+            [sys.executable, "-m", "comfyhub.cli", "services", "list"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COMFYHUB_DATABASE_URL": db_url},
+            timeout=60,
+        )
         assert "EV" in listed.stdout and "stopped" in listed.stdout
 
 
@@ -236,8 +250,13 @@ async def test_cli_stops_a_running_instance(db_url, tmp_path):
         await open_comfy(c, c.alice, p)
         pid = (await service(c, c.alice, p))["pid"]
         out = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "comfyhub.cli", "services", "stop", str(p)], capture_output=True,
-            text=True, env={**os.environ, "COMFYHUB_DATABASE_URL": db_url}, timeout=60)
+            subprocess.run,
+            [sys.executable, "-m", "comfyhub.cli", "services", "stop", str(p)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "COMFYHUB_DATABASE_URL": db_url},
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         assert not pid_alive(pid)
         assert (await service(c, c.alice, p))["status"] == "stopped"

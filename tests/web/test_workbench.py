@@ -1,7 +1,7 @@
 """The workbench page in a real Chromium against a real `comfyhub serve` and the fake ComfyUI.
 
 Every wait is a condition (Playwright's expect / wait_for_*), never a fixed sleep. Each
-test has its own users, so the tests do not depend on each other's order. Every page
+test makes its own projects and does not depend on the others' order. Every page
 the tests drive has its console watched: an error (or an uncaught exception) fails the
 test. Screenshots for the README are written only with COMFYHUB_SCREENSHOTS=1.
 """
@@ -146,12 +146,11 @@ async def browse(hub):
 
     async def open_page(viewport=LAPTOP):
         context = await hub.browser.new_context(base_url=hub.url, viewport=viewport, locale="zh-CN",
-                                            timezone_id="Asia/Shanghai")
+                                                timezone_id="Asia/Shanghai")
         contexts.append(context)
         page = errors.watch(await context.new_page())
         return context, page
 
-    open_page.errors = errors
     yield open_page
     for context in contexts:
         await context.close()
@@ -257,8 +256,8 @@ async def test_login_create_open_and_reconnect_after_a_crash(hub, browse):
         assert r.status_code == 200, r.text
     await tab.close()
     await second_tab.close()
-    await expect(page.locator("article.card")).to_have_count(3)
     await expect(badge(page, stopped)).to_have_text("已停止")
+    await expect(page.locator("article.card", has_text="STYLE-2").locator(".badge")).to_have_text("未启动")
     await page.mouse.move(0, 0)
     await screenshot(page, "workbench.png")
 
@@ -276,11 +275,11 @@ async def test_a_second_click_while_starting_sends_no_second_request(hub, browse
     async with context.expect_page() as tab_info:
         await button.click()
     tab = await tab_info.value
+    await expect(tab.locator("h1")).to_have_text("ComfyUI 启动中…")
     await expect(badge(page, project_id)).to_have_text("启动中")
     await expect(button).to_be_disabled()
     await button.dispatch_event("click")  # a script-level click is ignored too
     await expect(card(page, project_id).locator(".elapsed")).to_have_text(re.compile(r"^已用 [1-9]\d* 秒$"))
-    await expect(tab.locator("h1")).to_have_text("ComfyUI 启动中…")
     await expect(badge(page, project_id)).to_have_text("已连接")
     await expect(button).to_be_enabled()
     await expect(tab.locator("#ws")).to_have_text("ws: connected")
@@ -321,12 +320,13 @@ async def test_start_failure_shows_the_reason_and_the_log(hub, browse):
     async with context.expect_page() as tab_info:
         await card(page, failing).get_by_role("button", name="数据生成").click()
     tab = await tab_info.value
-    await tab.wait_for_event("close")  # the pending tab is closed again
+    await expect(page.locator(".toast-error")).to_contain_text("ComfyUI 启动失败")
+    if not tab.is_closed():
+        await tab.wait_for_event("close")  # the pending tab is closed again
     failed = card(page, failing)
     await expect(failed.locator(".badge")).to_have_text("启动失败")
     await expect(failed.locator(".failure-reason")).to_contain_text("启动失败")
     await expect(failed.locator(".failure-tail")).to_contain_text("fatal: exiting with code 3")
-    await expect(page.locator(".toast-error")).to_contain_text("ComfyUI 启动失败")
     await expect(failed.get_by_role("button", name="停止")).to_have_count(0)
     await page.evaluate("document.getElementById('toasts').replaceChildren()")
     await page.mouse.move(0, 0)
@@ -399,13 +399,14 @@ async def test_stop_delete_and_the_admin_page(hub, browse):
     users = admin.locator("#admin-users")
     for name in ("admin", "alice", "bob", "erin"):
         await expect(users.get_by_role("cell", name=name, exact=True)).to_have_count(1)
-    await expect(admin.locator("#admin-events")).to_be_hidden()  # no events API yet (404)
 
     await row.get_by_role("button", name=re.compile("^停止")).click()
     stop_dialog = admin.get_by_role("dialog", name="停止实例")
     await stop_dialog.get_by_role("button", name="停止").click()
     await expect(row.locator(".badge")).to_have_text("已停止")
     await expect(badge(page, second)).to_have_text("已停止")  # erin's page follows
+    event = admin.locator("#admin-events tbody tr", has_text=f"#{second}").filter(has_text="admin")
+    await expect(event.first).to_contain_text("停止")
     assert not pid_alive(second_pid)
 
     # A non-admin asking for /admin is told no.
@@ -433,9 +434,13 @@ async def test_phone_width_has_no_horizontal_overflow(hub, browse):
     await page.keyboard.press("Escape")
 
     admin_context, admin = await browse(PHONE)
+    # A deployment without the events API: that section hides itself.
+    await admin.route("**/api/admin/events*", lambda route: route.fulfill(
+        status=404, json={"code": 404, "msg": "接口不存在", "data": None}))
     await login(admin, "admin", ADMIN_PASSWORD, start="/admin")
     await expect(admin).to_have_url(hub.url + "/admin")
     await expect(admin.locator(f'#admin-services tr[data-project-id="{online}"] .badge')).to_have_text("已连接")
+    await expect(admin.locator("#admin-events")).to_be_hidden()
     assert await admin.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"]
 
 
@@ -443,7 +448,7 @@ async def test_phone_width_has_no_horizontal_overflow(hub, browse):
 
 
 async def test_keyboard_login_unconfigured_banner_and_logout(hub, browse):
-    async with hub.api("bob") as api:
+    async with hub.api("alice") as api:
         project_id = await new_project(api, "键盘项目", "KEYS-1")
     context, page = await browse()
     # This server has ComfyUI configured; play a deployment without it.
@@ -455,7 +460,8 @@ async def test_keyboard_login_unconfigured_banner_and_logout(hub, browse):
     await page.route("**/open_comfy", lambda route: route.fulfill(status=503, json=refused))
 
     await page.goto("/login")
-    await page.keyboard.type("bob")  # the user name field has focus
+    await expect(page.get_by_label("用户名")).to_be_focused()  # ready to type at once
+    await page.keyboard.type("alice")
     await page.keyboard.press("Tab")
     await page.keyboard.type(PASSWORD)
     await page.keyboard.press("Enter")
