@@ -70,7 +70,7 @@ async def test_lockout_expires(db_url, tmp_path):
     from tests.support.net import wait_for
 
     async with running_app(
-        db_url, tmp_path, users=("carol",), comfyhub_login_lockout_seconds=1, comfyhub_login_max_failures=2
+        db_url, tmp_path, users=("carol",), comfyhub_login_lockout_seconds=3, comfyhub_login_max_failures=2
     ) as c:
         for _ in range(2):
             await c.post("/api/auth/login", json={"username": "carol", "password": "bad-password"})
