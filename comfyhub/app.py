@@ -22,6 +22,15 @@ log = logging.getLogger("comfyhub")
 WEB_DIR = Path(__file__).parent / "web"
 
 
+class _RevalidatedStaticFiles(StaticFiles):
+    """The page's files, revalidated on every load: after an upgrade no browser runs old scripts."""
+
+    def file_response(self, *args, **kwargs):
+        response = super().file_response(*args, **kwargs)
+        response.headers["cache-control"] = "no-cache"
+        return response
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The database must already be migrated (`comfyhub serve` does it)."""
     settings = settings or get_settings()
@@ -59,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # The workbench: static files, no build step. One page; its script shows login,
     # workbench or admin view by path.
-    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    app.mount("/static", _RevalidatedStaticFiles(directory=WEB_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
     @app.get("/login", include_in_schema=False)

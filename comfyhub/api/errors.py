@@ -77,6 +77,9 @@ def install_error_handlers(app: FastAPI) -> None:
         first = errors[0] if errors else {}
         field = _field_name(tuple(first.get("loc", ())))
         msg = f"请求参数无效：{field}"
+        if first.get("type") == "value_error":
+            # Our own validators speak Chinese: pass their reason on.
+            msg += f"（{str(first.get('msg', '')).removeprefix('Value error, ')}）"
         if first.get("type") == "json_invalid":
             msg = "请求参数无效：JSON 格式错误"
         details = [{"field": _field_name(tuple(e.get("loc", ()))), "type": e.get("type")} for e in errors[:20]]

@@ -17,7 +17,6 @@ import re
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import urlsplit
 
-import websockets
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 

@@ -1,9 +1,11 @@
-// 管理 (/admin): every user's ComfyUI instances, the users, and (later) the events.
+// 管理 (/admin): every user's ComfyUI instances, the users, and the audit events.
 
 import { get, post } from "./api.js";
 import { confirmDialog } from "./dialogs.js";
 import { h, setText, show, syncKeyed, toast } from "./dom.js";
-import { RUNNING, formatAgo, formatDateTime, formatDuration, parseTime, stateOf } from "./format.js";
+import { RUNNING, STATES, formatAgo, formatDateTime, formatDuration, parseTime, stateOf } from "./format.js";
+
+const ACTIONS = { start: "启动", stop: "停止", cull: "空闲回收", crash: "异常退出", restart: "自动重启" };
 
 export function renderAdmin(main, { me, meta }) {
   document.title = "管理 · comfyhub";
@@ -128,31 +130,56 @@ export function renderAdmin(main, { me, meta }) {
     };
   }
 
-  // --- 事件 (PLACEHOLDER) --------------------------------------------------------------------
-  // A later issue adds GET /api/admin/events. Until then it answers 404 and this section
-  // hides itself. When it exists, each item is shown as "time · text".
-  const eventsList = h("ul", { class: "events" });
-  const eventsNote = h("p", { class: "muted", text: "正在读取事件…" });
+  // --- 事件 ----------------------------------------------------------------------------------
+  // GET /api/admin/events (the audit trail). A deployment without it answers 404: then
+  // this section hides itself.
+  const eventsBody = h("tbody");
+  const eventsNote = h("p", { class: "muted table-empty", text: "正在读取事件…" });
+  const eventsTable = h("div", { class: "table-wrap", hidden: true },
+    h("table", { class: "table" },
+      h("thead", {}, h("tr", {}, th("时间"), th("操作者"), th("动作"), th("项目"), th("结果"), th("详情"))),
+      eventsBody));
   const eventsPanel = h("section", {
     class: "panel", "aria-labelledby": "events-title", id: "admin-events", dataset: { placeholder: "events" },
   },
-  h("div", { class: "panel-head" }, h("h2", { id: "events-title", text: "事件" })),
+  h("div", { class: "panel-head" }, h("h2", { id: "events-title", text: "事件" }),
+    h("span", { class: "count", text: "最近 100 条" })),
   eventsNote,
-  eventsList);
+  eventsTable);
+  const eventRows = new Map();
+
+  function createEventRow() {
+    const cells = [h("td"), h("td"), h("td"), h("td"), h("td"), h("td", { class: "detail-cell" })];
+    return {
+      el: h("tr", {}, cells),
+      update(e) {
+        const when = parseTime(e.at);
+        setText(cells[0], when ? formatDateTime(when) : "—");
+        setText(cells[1], e.actor || "—");
+        setText(cells[2], ACTIONS[e.action] || e.action || "—");
+        const project = projectNames.get(e.project_id);
+        setText(cells[3], e.project_id ? `${project ? `${project} ` : ""}#${e.project_id}` : "—");
+        const look = STATES[e.outcome];
+        cells[4].replaceChildren(look
+          ? h("span", { class: `badge tone-${look.tone}` }, h("span", { class: "dot", "aria-hidden": "true" }), look.label)
+          : (e.outcome || "—"));
+        const detail = String(e.detail || "");
+        setText(cells[5], detail.split("\n")[0] || "—");
+        cells[5].title = detail;
+      },
+    };
+  }
 
   async function loadEvents() {
     try {
-      const data = await get("/api/admin/events");
-      const items = Array.isArray(data) ? data : (data && data.items) || [];
-      setText(eventsNote, items.length ? "" : "暂无事件。");
-      show(eventsNote, !items.length);
-      eventsList.replaceChildren(...items.slice(0, 100).map((e) => {
-        const when = parseTime(e.time || e.created_at || e.at);
-        const text = e.message || e.msg || e.text || e.kind || JSON.stringify(e);
-        return h("li", {}, h("span", { class: "muted small", text: when ? formatDateTime(when) : "" }), " ", text);
-      }));
+      const events = await get("/api/admin/events?limit=100");
+      const items = Array.isArray(events) ? events : [];
+      syncKeyed(eventsBody, items, (e) => e.id, createEventRow, eventRows);
+      setText(eventsNote, "暂无事件。");
+      show(eventsNote, items.length === 0);
+      show(eventsTable, items.length > 0);
     } catch (error) {
-      if (error.status === 404) show(eventsPanel, false); // events are not available yet
+      if (error.status === 404) show(eventsPanel, false); // no events API in this deployment
       else setText(eventsNote, `读取事件失败：${error.message}`);
     }
   }
@@ -161,12 +188,13 @@ export function renderAdmin(main, { me, meta }) {
     h("div", { class: "page-head" },
       h("div", {},
         h("h1", { text: "管理" }),
-        h("p", { class: "muted", text: "所有用户的 ComfyUI 实例与账户。" }))),
+        h("p", { class: "muted", text: "所有用户的 ComfyUI 实例、账户和事件。" }))),
     servicesPanel,
     usersPanel,
     eventsPanel,
   );
 
+  const projectNames = new Map();
   let timer = null;
   let seq = 0;
   async function refresh() {
@@ -175,6 +203,7 @@ export function renderAdmin(main, { me, meta }) {
     try {
       const [services, users] = await Promise.all([get("/api/admin/services"), get("/api/admin/users")]);
       if (mine !== seq) return;
+      for (const s of services) projectNames.set(s.project_id, s.project_name);
       syncKeyed(servicesBody, services, (s) => s.project_id, createServiceRow, serviceRows);
       show(servicesEmpty, services.length === 0);
       const live = services.filter((s) => RUNNING.has(s.status)).length;
@@ -182,6 +211,7 @@ export function renderAdmin(main, { me, meta }) {
       syncKeyed(usersBody, users, (u) => u.id, createUserRow, userRows);
       setText(usersCount, `共 ${users.length} 人`);
       show(servicesError, false);
+      if (!eventsPanel.hidden) await loadEvents();
     } catch (error) {
       if (mine !== seq) return;
       setText(servicesError, `刷新失败：${error.message}`);
@@ -195,5 +225,4 @@ export function renderAdmin(main, { me, meta }) {
     for (const row of serviceRows.values()) row.tick();
   }, 1000);
   refresh();
-  loadEvents();
 }

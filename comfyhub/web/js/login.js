@@ -3,9 +3,9 @@
 import { post } from "./api.js";
 import { h, show } from "./dom.js";
 
-/** Where to go after logging in: a local path only (never another site). */
+/** Where to go after logging in: one of this site's pages, never another site. */
 export function safeNext(value) {
-  return value && value.startsWith("/") && !value.startsWith("//") && !value.startsWith("/login") ? value : "/";
+  return value === "/admin" ? "/admin" : "/";
 }
 
 export function renderLogin(root, next) {
