@@ -63,17 +63,12 @@ def test_serve_refuses_many_workers_on_sqlite(tmp_path):
 
 
 def test_doctor_reports_each_check(tmp_path):
+    """A fresh folder: each check prints its line, failures with a fix (tests/test_doctor.py has them all)."""
     r = comfyhub("doctor", cwd=tmp_path)
     assert r.returncode == 1
     assert "fail  comfyui: COMFYUI_REPO_PATH / COMFYUI_PYTHON not set" in r.stdout
-    assert "fix:" in r.stdout
+    assert "fail  database:" in r.stdout and "fix:" in r.stdout
     assert "ok    instance dir" in r.stdout
-    fake = tmp_path / "comfy"
-    fake.mkdir()
-    (fake / "main.py").write_text("")
-    comfyhub("user", "create", "x", "--password-stdin", cwd=tmp_path, input="x-password\n")  # migrates
-    r = comfyhub("doctor", cwd=tmp_path, env={"COMFYUI_REPO_PATH": str(fake), "COMFYUI_PYTHON": sys.executable})
-    assert r.returncode == 0, r.stdout
-    assert "ok    database: reachable" in r.stdout
+    assert not (tmp_path / "runtime" / "comfyhub.db").exists()  # checking creates nothing
     r = comfyhub("doctor", cwd=tmp_path, env={"COMFYUI_PORT_RANGE": "9-1"})
     assert r.returncode == 1 and "COMFYUI_PORT_RANGE" in r.stdout

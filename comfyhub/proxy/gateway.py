@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import re
-from http.cookies import CookieError, SimpleCookie
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect as ws_connect
@@ -40,6 +39,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"authorization", b"cookie", b"content-
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HEAD_TIMEOUT = 300.0  # ComfyUI answers quickly; only a wedged instance takes this long
 MAX_ID = 2**31 - 1
+_SESSION_COOKIE_B = SESSION_COOKIE.encode()
 
 
 class ComfyProxy:
@@ -268,12 +268,17 @@ def _credentials(headers: dict[bytes, bytes]) -> tuple[str | None, bool]:
         return value.strip(), False
     raw = headers.get(b"cookie")
     if raw:
-        try:
-            cookie = SimpleCookie(raw.decode("latin-1"))
-        except CookieError:
-            return None, False
-        if SESSION_COOKIE in cookie:
-            return cookie[SESSION_COOKIE].value, True
+        # Lenient, like Starlette's parser that the API uses: another site's cookie on this
+        # host with a space, a quote or JSON in it must not hide the session (SimpleCookie
+        # gives up on the whole header then — measured: 401 on the proxy, 200 on the API).
+        for part in raw.split(b";"):
+            name, eq, value = part.partition(b"=")
+            if eq and name.strip() == _SESSION_COOKIE_B:
+                value = value.strip()
+                if len(value) > 1 and value[:1] == value[-1:] == b'"':
+                    value = value[1:-1]
+                if value:
+                    return value.decode("latin-1"), True
     return None, False
 
 

@@ -137,6 +137,16 @@ async def test_cross_site_websocket_is_refused(hub):
     assert err.value.response.status_code == 403
 
 
+@pytest.mark.parametrize("others", ["ui=dark mode", 'prefs={"a":1,"b":2}', "name=张三"])
+def test_other_cookies_on_the_host_do_not_hide_the_session(hub, others):
+    """Cookies are shared by every port of a host; a malformed one must not log the owner out."""
+    session = hub.cookie_header("alice")
+    for header in (f"{others}; {session}", f"{session}; {others}"):
+        r = httpx.get(f"{hub.url}/comfy/{hub.project}/api/system_stats", headers={"Cookie": header.encode()},
+                      trust_env=False)
+        assert r.status_code == 200, header
+
+
 def test_cookie_write_without_origin_is_refused(hub):
     with hub.client("alice") as c:
         assert c.post(f"/comfy/{hub.project}/prompt", json={}).status_code == 403

@@ -83,9 +83,9 @@ def test_one_heartbeat_holder_and_takeover_when_it_dies(hub2):
         assert _lease_holder(hub2.db_url) == holder  # the same worker keeps it while alive
 
         os.kill(holder_pid, signal.SIGKILL)
-        new_holder = wait_for_sync(lambda: (h := _lease_holder(hub2.db_url)) != holder and h, timeout=15,
+        new_holder = wait_for_sync(lambda: (h := _lease_holder(hub2.db_url)) != holder and h, timeout=60,
                                    what="another worker to take the heartbeat over")
         assert int(new_holder.split(":")[1]) != holder_pid
         seen = service_of(c, p)["last_heartbeat"]
-        wait_for_sync(lambda: service_of(c, p)["last_heartbeat"] != seen, timeout=10, what="heartbeats to go on")
+        wait_for_sync(lambda: service_of(c, p)["last_heartbeat"] != seen, timeout=30, what="heartbeats to go on")
         assert service_of(c, p)["status"] == "online" and pid_alive(service_of(c, p)["pid"])

@@ -213,7 +213,7 @@ async def test_login_create_open_and_reconnect_after_a_crash(hub, browse):
     await dialog.get_by_label("项目号").fill("bad code!")
     await dialog.get_by_label("备注").fill("第一批人像数据")
     await dialog.get_by_role("button", name="创建").click()
-    await expect(dialog.get_by_role("alert")).to_have_text("请求参数无效：项目号")
+    await expect(dialog.get_by_role("alert")).to_have_text("请求参数无效：项目号（只能包含字母、数字、下划线、点和短横线）")
     await expect(dialog.get_by_label("项目号")).to_have_attribute("aria-invalid", "true")
     await dialog.get_by_label("项目号").fill("DEMO-1")
     await dialog.get_by_role("button", name="创建").click()

@@ -459,7 +459,8 @@ export function renderWorkbench(main, { me, meta }) {
               || (/项目号/.test(err.message) ? "code" : null);
             const target = fields.find((f) => f.key === bad);
             // "请求参数无效：code" names the field as the API spells it; say it as the form does.
-            setText(error, target ? err.message.replace(new RegExp(`：${bad}$`), `：${LABELS[bad]}`) : err.message);
+            // The reason in brackets, when the API gives one, is kept.
+            setText(error, target ? err.message.replace(new RegExp(`：${bad}(?=（|$)`), `：${LABELS[bad]}`) : err.message);
             show(error, true);
             if (target) {
               target.input.setAttribute("aria-invalid", "true");
