@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -44,6 +45,40 @@ def clean_environment() -> None:
     for key in list(os.environ):
         if key.startswith(("COMFYUI_", "COMFYHUB_", "FAKE_COMFYUI_")):
             del os.environ[key]
+
+
+# --- docs/benchmarks.md ---------------------------------------------------------------
+
+DOC = ROOT / "docs" / "benchmarks.md"
+
+
+def write_doc_section(section: str, generated: str, begin: str, end: str, after: str | None = None) -> None:
+    """Put `generated` (which starts with `begin` and ends with `end`) into `## section`.
+
+    Only the part between the markers is replaced, so hand-written text in the section
+    survives; a missing section is created after `## after` (or at the end).
+    """
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    heading = re.compile(rf"^## {re.escape(section)}\s*$", re.M)
+    m = heading.search(text)
+    if m is None:
+        anchor = re.compile(rf"^## {re.escape(after)}\s*$", re.M).search(text) if after else None
+        nxt = re.compile(r"^## ", re.M).search(text, anchor.end()) if anchor else None
+        at = nxt.start() if nxt else len(text)
+        block = f"## {section}\n\n{generated}\n"
+        text = text[:at].rstrip("\n") + "\n\n" + block + ("\n" + text[at:] if at < len(text) else "")
+    else:
+        nxt = re.compile(r"^## ", re.M).search(text, m.end())
+        body_end = nxt.start() if nxt else len(text)
+        body = text[m.end():body_end]
+        if begin in body and end in body:
+            b, e = body.index(begin), body.index(end) + len(end)
+            body = body[:b] + generated + body[e:]
+        else:
+            body = f"\n\n{generated}\n\n"
+        text = text[:m.end()] + body + text[body_end:]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text(text)
 
 
 # --- ports ---------------------------------------------------------------------------

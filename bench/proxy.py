@@ -42,7 +42,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import socket
 import statistics
 import struct
@@ -53,7 +52,16 @@ import time
 from pathlib import Path
 
 import psutil
-from _common import ROOT, Workspace, clean_environment, free_port_range, machine, summary, verdict
+from _common import (
+    ROOT,
+    Workspace,
+    clean_environment,
+    free_port_range,
+    machine,
+    summary,
+    verdict,
+    write_doc_section,
+)
 
 MIB = 1 << 20
 BUF = 1 << 20
@@ -765,28 +773,7 @@ def _v(met: bool) -> str:
 
 def write_section(generated: str) -> None:
     """Replace the generated part of `## Proxy` (creating the section after `## Lifecycle`)."""
-    text = DOC.read_text()
-    heading = re.compile(rf"^## {re.escape(SECTION)}\s*$", re.MULTILINE)
-    m = heading.search(text)
-    if m is None:
-        after = re.compile(rf"^## {re.escape(AFTER_SECTION)}\s*$", re.MULTILINE).search(text)
-        nxt = re.compile(r"^## ", re.MULTILINE).search(text, after.end()) if after else None
-        at = nxt.start() if nxt else len(text)
-        section = f"## {SECTION}\n\n{generated}\n"
-        text = (text[:at].rstrip("\n") + "\n\n" + section + ("\n" + text[at:] if at < len(text) else ""))
-    else:
-        nxt = re.compile(r"^## ", re.MULTILINE).search(text, m.end())
-        body_end = nxt.start() if nxt else len(text)
-        body = text[m.end():body_end]
-        if BEGIN in body and END in body:
-            b, e = body.index(BEGIN), body.index(END) + len(END)
-            body = body[:b] + generated + body[e:]
-        else:
-            body = f"\n\n{generated}\n" + body.lstrip("\n")
-            if not body.endswith("\n\n") and nxt:
-                body = body.rstrip("\n") + "\n\n"
-        text = text[:m.end()] + body + text[body_end:]
-    DOC.write_text(text)
+    write_doc_section(SECTION, generated, BEGIN, END, after=AFTER_SECTION)
 
 
 def print_table(res: dict) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import write_doc_section  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -210,7 +211,7 @@ def render(results: dict[str, dict], started: str) -> str:
     r = results.get("reuse_path", {})
     if "open_comfy" in r:
         lines += [
-            f"**(a) Reuse path** (`bench/reuse_path.py`). One keep-alive `httpx.Client` each; the series "
+            "**(a) Reuse path** (`bench/reuse_path.py`). One keep-alive `httpx.Client` each; the series "
             "alternate call by call. The extra rows are floors for the breakdown, not part of the target.",
             "", TABLE_HEAD,
             _row("`POST /api/projects/{id}/open_comfy` (reuse)", r["open_comfy"]),
@@ -285,23 +286,7 @@ def render(results: dict[str, dict], started: str) -> str:
 
 
 def write_section(generated: str) -> None:
-    text = DOC.read_text() if DOC.exists() else DOC_HEADER
-    heading = re.compile(rf"^## {re.escape(SECTION)}\s*$", re.M)
-    m = heading.search(text)
-    if m is None:
-        text = text.rstrip("\n") + f"\n\n## {SECTION}\n\n{generated}\n"
-    else:
-        nxt = re.compile(r"^## ", re.M).search(text, m.end())
-        body_end = nxt.start() if nxt else len(text)
-        body = text[m.end():body_end]
-        if BEGIN in body and END in body:
-            b, e = body.index(BEGIN), body.index(END) + len(END)
-            body = body[:b] + generated + body[e:]
-        else:
-            body = f"\n\n{generated}\n\n"
-        text = text[:m.end()] + body + text[body_end:]
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    write_doc_section(SECTION, generated, BEGIN, END)
 
 
 def main() -> int:

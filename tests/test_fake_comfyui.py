@@ -18,6 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.net import wait_for
+
 FAKE_DIR = Path(__file__).resolve().parent / "fake_comfyui"
 READY_TIMEOUT = 15.0
 
@@ -164,16 +166,6 @@ async def receive_until(ws, predicate, timeout: float = 5.0) -> dict:
             return data
 
 
-async def poll(condition, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = await condition()
-        if result:
-            return result
-        await asyncio.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 # --- start-up ----------------------------------------------------------------------------
 
 
@@ -290,7 +282,7 @@ async def test_health_status_knob_json_overrides_env(fakes):
                     return r.status
             except aiohttp.ClientConnectionError:
                 return None
-        assert await poll(stats_status, what="an answer") == 503
+        assert await wait_for(stats_status, what="an answer") == 503
         async with session.get(fake.url + "/api/queue") as r:
             assert r.status == 200
 
@@ -327,7 +319,7 @@ async def test_prompt_runs_writes_png_and_reports_on_websocket(server):
             async def running():
                 queue = await get_json(session, server.url + "/api/queue")
                 return [e for e in queue["queue_running"] if e[1] == prompt_id]
-            entry = (await poll(running, what="job in queue_running"))[0]
+            entry = (await wait_for(running, what="job in queue_running"))[0]
             assert entry[2] == prompt and entry[3]["client_id"] == "client-1" and entry[4] == ["9"]
 
             done = await receive_until(ws, lambda m: m["type"] == "execution_success")
@@ -358,7 +350,7 @@ async def test_interrupt_and_queue_clear(server):
             async def first_running():
                 queue = await get_json(session, server.url + "/queue")
                 return [e[1] for e in queue["queue_running"]] == [ids[0]] and queue
-            queue = await poll(first_running, what="first job running")
+            queue = await wait_for(first_running, what="first job running")
             assert [e[1] for e in queue["queue_pending"]] == [ids[1]]
             async with session.post(server.url + "/queue", json={"clear": True}) as r:
                 assert r.status == 200
