@@ -137,7 +137,13 @@ class Settings(BaseSettings):
         2, gt=0, description="Delay before the first automatic restart; doubles with each further one."
     )
     comfyui_launcher: Literal["local", "ray"] = Field(
-        "local", description="How instances run: local subprocesses or Ray actors."
+        "local", description="How instances run: local subprocesses, or Ray actors on a cluster (docs/cluster.md)."
+    )
+    ray_address: str = Field(
+        "auto", description="Ray cluster to join with COMFYUI_LAUNCHER=ray (ray://host:10001, host:6379 or auto)."
+    )
+    comfyui_gpus_per_instance: float = Field(
+        1, ge=0, description="GPUs each instance asks Ray for (fractions share a GPU; 0 = CPU only). Ray only."
     )
     comfyui_gpus: str = Field("auto", description="auto (NVML; CPU when none found) | none (CPU) | GPU ids like 0,1.")
     comfyui_stop_instances_on_exit: bool = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -155,12 +156,80 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
+RAY_TIMEOUT = 90
+
+
+def check_ray(settings: Settings) -> list[Check]:
+    """The cluster answers, has GPUs enough for one instance, and shares the instance folders."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return [Check("ray", "fail", "COMFYUI_LAUNCHER=ray but Ray is not installed",
+                      "pip install 'comfyhub[ray]' here and on every node")]
+    markers = []
+    try:
+        for folder in (settings.comfyui_instance_base_dir, settings.comfyui_log_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            marker = folder / f".doctor-shared-{os.getpid()}"
+            marker.write_text("comfyhub doctor")
+            markers.append(marker)
+        r = subprocess.run(
+            [sys.executable, "-m", "comfyhub.launchers.ray_check", settings.ray_address, *map(str, markers),
+             *(str(p) for p in (settings.comfyui_repo_path, settings.comfyui_python) if p is not None)],
+            capture_output=True, text=True, timeout=RAY_TIMEOUT, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        r = None
+    except OSError as exc:
+        return [Check("ray cluster", "fail", f"cannot check: {exc.strerror}", "see the instance and log dir checks")]
+    finally:
+        for marker in markers:
+            marker.unlink(missing_ok=True)
+    fix = "start the cluster (`ray start --head` on one machine, `ray start --address=HEAD:6379` on each GPU node) " \
+          "and set RAY_ADDRESS to it"
+    if r is None:
+        return [Check("ray cluster", "fail", f"no answer from RAY_ADDRESS={settings.ray_address} in {RAY_TIMEOUT} s", fix)]
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        return [Check("ray cluster", "fail", f"cannot join RAY_ADDRESS={settings.ray_address}: {last[:200]}", fix)]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    nodes = report["nodes"]
+    need = settings.comfyui_gpus_per_instance
+    largest = max((n["gpus"] for n in nodes), default=0)
+    checks = [Check("ray cluster", "ok", f"{len(nodes)} nodes, {sum(n['gpus'] for n in nodes):g} GPUs: "
+                    + ", ".join(f"{n['ip']} ({n['gpus']:g} GPU)" for n in nodes))]
+    if need > largest:
+        checks.append(Check("ray gpus", "fail", f"COMFYUI_GPUS_PER_INSTANCE={need:g} but no node has more than "
+                            f"{largest:g} GPUs", "lower COMFYUI_GPUS_PER_INSTANCE or add bigger GPU nodes"))
+    else:
+        checks.append(Check("ray gpus", "ok", f"{need:g} GPU per instance fits on a node"))
+    marker_names = {str(m) for m in markers}
+    unshared = [f"{n['ip']}: " + ", ".join(os.path.dirname(p) if p in marker_names else p for p in n["missing"])
+                for n in report["shared"] if n["missing"]]
+    if unshared:
+        checks.append(Check("shared folders", "fail", "nodes missing what instances need: " + "; ".join(unshared),
+                            "put COMFYUI_INSTANCE_BASE_DIR, COMFYUI_LOG_DIR and the models on a filesystem mounted at "
+                            "the same path on every node (NFS, CephFS...), and install ComfyUI at the same path there"))
+    else:
+        checks.append(Check("shared folders", "ok",
+                            "every node sees the instance and log folders, ComfyUI and its python"))
+    low, high = settings.port_range
+    checks.append(Check("node ports", "warn",
+                        f"ComfyUI listens on each node's address, ports {low}-{high}, with no login of its own",
+                        f"let only the comfyhub host reach ports {low}-{high} on the nodes (firewall / security group)"))
+    return checks
+
+
 def collect(settings: Settings) -> list[Check]:
     checks = [Check("settings", "ok", "all settings valid")]
     checks.append(check_database(settings))
     checks.append(check_writable_dir("instance dir", settings.comfyui_instance_base_dir))
     checks.append(check_writable_dir("log dir", settings.comfyui_log_dir))
     checks.extend(check_comfyui(settings))
+    if settings.comfyui_launcher == "ray":
+        # Instances run on the nodes: listen address, ports and GPUs are theirs, not this host's.
+        checks.extend(check_ray(settings))
+        return checks
     checks.append(check_listen(settings))
     checks.append(check_ports(settings))
     checks.append(check_gpus(settings))

@@ -22,12 +22,45 @@ from comfyhub.auth import hash_password_sync
 from comfyhub.config import Settings, load_settings
 from comfyhub.db import create_engine, migrate, session_factory
 from comfyhub.models import User
+from tests.support import launcher
 from tests.support.net import free_port_block
 from tests.support.postgres import running_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_COMFYUI = ROOT / "tests" / "fake_comfyui"
 ORIGIN = "http://testserver"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--launcher", choices=("local", "ray"), default="local",
+                     help="run the lifecycle tests' instances with this launcher (ray: on a local Ray cluster)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "local_only: only meaningful with the local launcher")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--launcher") != "ray":
+        return
+    skip_local = pytest.mark.skip(reason="local launcher only")
+    skip_sqlite = pytest.mark.skip(reason="with Ray the suite runs on PostgreSQL, as a cluster deployment does")
+    for item in items:
+        if "local_only" in item.keywords:
+            item.add_marker(skip_local)
+        elif getattr(item, "callspec", None) is not None and item.callspec.params.get("db_url") == "sqlite":
+            item.add_marker(skip_sqlite)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _launcher_under_test(request):
+    if request.config.getoption("--launcher") == "ray":
+        import ray
+
+        from tests.support import launcher
+
+        request.getfixturevalue("ray_cluster")
+        launcher.use_ray(ray.get_runtime_context().gcs_address, ray.util.get_node_ip_address())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -120,6 +153,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
         comfyui_models_dir=tmp_path / "shared" / "models",
         comfyui_heartbeat_interval_seconds=3600,
         comfyui_startup_timeout_seconds=20,
+        **launcher.settings_overrides(),
     )
     values.update(overrides)
     (tmp_path / "shared" / "custom_nodes").mkdir(parents=True, exist_ok=True)
@@ -203,3 +237,27 @@ async def bob(client, settings):
 async def admin(client, settings):
     await add_user(settings, "root", admin=True)
     return await login(client, "root")
+
+
+# --- Ray ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One real local Ray cluster for the session (starting one takes seconds)."""
+    pytest.importorskip("ray")
+    from tests.support.ray_cluster import running_ray_cluster
+
+    with running_ray_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_actors(request):
+    """Detached actors outlive their test unless removed; the next test needs the GPUs."""
+    yield
+    if "ray_cluster" in request.fixturenames or launcher.kind() == "ray":
+        from tests.support.ray_cluster import kill_comfyhub_actors, total_gpus, wait_gpus_free
+
+        kill_comfyhub_actors()
+        wait_gpus_free(total_gpus())

@@ -74,3 +74,35 @@ def test_each_check_fails_with_its_fix(tmp_path, ready, case, change, expected, 
     line = r.stdout.split(expected, 1)[1].split("\n\n")[0]
     assert "fix:" in line and fix in line, r.stdout
     assert r.returncode == (0 if case == "listen" else 1)
+
+
+# --- with COMFYUI_LAUNCHER=ray ----------------------------------------------------------
+
+
+def test_ray_cluster_unreachable_fails_fast_with_its_fix(tmp_path, ready):
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    r = doctor(tmp_path, **ready, COMFYUI_LAUNCHER="ray", RAY_ADDRESS=address)
+    assert f"fail  ray cluster: cannot join RAY_ADDRESS={address}" in r.stdout, r.stdout
+    assert "fix: start the cluster" in r.stdout
+    assert r.returncode == 1
+
+
+def test_ray_cluster_checks_nodes_gpus_shared_folders_and_ports(tmp_path, ready, ray_cluster):
+    import ray
+
+    env = {**ready, "COMFYUI_LAUNCHER": "ray", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    r = doctor(tmp_path, **env)
+    assert "ok    ray cluster: 3 nodes, 2 GPUs" in r.stdout, r.stdout
+    assert "ok    ray gpus" in r.stdout
+    assert "ok    shared folders: every node sees" in r.stdout  # the nodes run on this machine
+    assert "warn  node ports" in r.stdout and "only the comfyhub host" in r.stdout
+    assert "listen address" not in r.stdout  # the nodes' addresses, not COMFYUI_LISTEN, matter here
+    assert r.returncode == 0, r.stdout
+
+    r = doctor(tmp_path, **{**env, "COMFYUI_GPUS_PER_INSTANCE": "4", "COMFYUI_PYTHON": "/no/python"})
+    assert "fail  ray gpus: COMFYUI_GPUS_PER_INSTANCE=4 but no node has more than 1 GPUs" in r.stdout, r.stdout
+    assert "fail  shared folders: nodes missing what instances need" in r.stdout and "/no/python" in r.stdout
+    assert "fix: put COMFYUI_INSTANCE_BASE_DIR" in r.stdout
+    assert r.returncode == 1

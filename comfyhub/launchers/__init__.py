@@ -1,7 +1,7 @@
 """Launchers run ComfyUI processes; see base.py for the contract."""
 
 from comfyhub.config import Settings
-from comfyhub.launchers.base import Exit, Handle, LaunchError, Launcher, LaunchSpec
+from comfyhub.launchers.base import Exit, Handle, LaunchError, Launcher, LaunchSpec, PortInUse
 
 
 def connect_host(listen: str) -> str:
@@ -23,4 +23,4 @@ def make_launcher(settings: Settings) -> Launcher:
     return LocalLauncher(connect_host(settings.comfyui_listen))
 
 
-__all__ = ["Exit", "Handle", "LaunchError", "LaunchSpec", "Launcher", "connect_host", "make_launcher"]
+__all__ = ["Exit", "Handle", "LaunchError", "LaunchSpec", "Launcher", "PortInUse", "connect_host", "make_launcher"]

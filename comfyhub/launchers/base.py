@@ -3,12 +3,15 @@
 The manager (services/manager.py) decides *when* an instance starts and stops and owns
 its record; a launcher only runs processes. The contract, for every launcher:
 
-- ``start(spec)`` spawns ComfyUI for one instance and returns a ``Handle`` as soon as
-  the process exists (it does not wait for health). It raises ``LaunchError`` with a
-  Chinese, user-presentable reason when the process cannot be spawned at all (missing
-  interpreter, unwritable log). The process writes stdout and stderr to
-  ``spec.log_path`` (appended) and runs in its own process group with SIGINT at its
-  default disposition.
+- ``start(spec, on_wait=None)`` spawns ComfyUI for one instance and returns a ``Handle``
+  as soon as the process exists (it does not wait for health). It raises ``LaunchError``
+  with a Chinese, user-presentable reason when the process cannot be spawned at all
+  (missing interpreter, unwritable log), ``PortInUse`` when the port is taken where the
+  process would run. The process writes stdout and stderr to ``spec.log_path``
+  (appended) and runs in its own process group with SIGINT at its default disposition.
+  A launcher that has to wait for resources (a free GPU on a cluster) awaits
+  ``on_wait(reason)`` once, so the record can say why the start waits; a start may
+  be cancelled at any point, and a cancelled start leaves nothing running.
 - ``poll(handle)`` may be called at any time, as often as needed, and never blocks:
   ``None`` while the process runs *and* is provably the one that was started (pid,
   creation time and command line match); an ``Exit`` once it has ended or the pid now
@@ -18,23 +21,35 @@ its record; a launcher only runs processes. The contract, for every launcher:
   loop. A process whose identity does not match is never signalled. It returns once
   the process is gone (or was never ours).
 - ``restore(state)`` rebuilds a ``Handle`` from ``Handle.state()`` saved in the record,
-  after a backend restart; it does not check liveness (call ``poll``).
+  after a backend restart; it does not check liveness (call ``poll``) and never blocks.
+- ``discover(base_root)`` (optional, blocking: call it in a thread) lists the processes
+  running for instance folders under ``base_root``, whether or not a record names them.
+- ``assigns_gpus``: True when the launcher chooses GPUs itself (Ray does); the manager
+  then neither picks one nor sets ``CUDA_VISIBLE_DEVICES``, and records ``Handle.gpu``.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Awaitable, Callable, Protocol
 
 
 class LaunchError(Exception):
     """The process could not be spawned; the message is shown to the user."""
 
 
+class PortInUse(LaunchError):
+    """The port is taken where the process would run; the manager tries another."""
+
+
 @dataclass(frozen=True)
 class LaunchSpec:
-    """Everything needed to run one instance, independent of where it runs."""
+    """Everything needed to run one instance, independent of where it runs.
+
+    ``env`` holds only what comfyhub sets (CUDA_VISIBLE_DEVICES, PYTHONUNBUFFERED); the
+    launcher adds it to the environment of the machine the process runs on.
+    """
 
     argv: list[str]
     cwd: Path
@@ -42,6 +57,7 @@ class LaunchSpec:
     log_path: Path
     port: int
     base_dir: Path
+    name: str = ""  # stable per project (u{user}-p{project}): names the instance where it runs
 
 
 @dataclass
@@ -54,9 +70,26 @@ class Handle:
     host: str
     port: int
     extra: dict = field(default_factory=dict)
+    gpu: str = ""  # set by launchers that assign GPUs themselves
 
     def state(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict, default_host: str = "127.0.0.1") -> "Handle":
+        return cls(
+            pid=int(state["pid"]),
+            create_time=float(state["create_time"]),
+            cmdline=list(state["cmdline"]),
+            host=state.get("host") or default_host,
+            port=int(state["port"]),
+            extra=dict(state.get("extra") or {}),
+            gpu=str(state.get("gpu") or ""),
+        )
+
+    def same_process(self, other: "Handle") -> bool:
+        # Creation times come from /proc with clock-tick resolution; allow for float rounding.
+        return (self.host, self.pid) == (other.host, other.pid) and abs(self.create_time - other.create_time) < 0.05
 
 
 @dataclass(frozen=True)
@@ -69,8 +102,9 @@ class Exit:
 
 class Launcher(Protocol):
     name: str
+    assigns_gpus: bool
 
-    async def start(self, spec: LaunchSpec) -> Handle: ...
+    async def start(self, spec: LaunchSpec, on_wait: Callable[[str], Awaitable[None]] | None = None) -> Handle: ...
 
     def poll(self, handle: Handle) -> Exit | None: ...
 
@@ -100,6 +134,16 @@ def comfyui_argv(
         f"sqlite:///{base_dir / 'user' / 'comfyui.db'}",
         *extra_args,
     ]
+
+
+def with_argv_value(argv: list[str], name: str, value: str) -> list[str]:
+    """A copy of `argv` with the value after `name` replaced (appended when absent)."""
+    out = list(argv)
+    for i, current in enumerate(out[:-1]):
+        if current == name:
+            out[i + 1] = value
+            return out
+    return [*out, name, value]
 
 
 def argv_value(argv: list, name: str) -> str | None:

@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.config import Settings
-from comfyhub.launchers import Exit, Handle, LaunchError, Launcher, LaunchSpec, make_launcher
+from comfyhub.launchers import Exit, Handle, LaunchError, Launcher, LaunchSpec, PortInUse, make_launcher
 from comfyhub.launchers.base import argv_value, comfyui_argv
 from comfyhub.metrics import Metrics, failure_reason
 from comfyhub.models import ComfyUIService, Event, Project, ServiceStatus, utcnow
@@ -67,15 +67,25 @@ QUEUED = "排队中"
 IDLE_REASON = "空闲超时"
 
 
+def instance_name(user_id: int, project_id: int) -> str:
+    return f"u{user_id}-p{project_id}"
+
+
 def _project_of(handle: Handle, base_root) -> int | None:
-    """The project id from an instance folder BASE/u{user}/p{project} in a command line."""
+    """The project id from an instance folder BASE/u{user}/p{project} in a command line,
+    or from the instance name a launcher keeps (a Ray actor still waiting for a GPU)."""
     base_dir = argv_value(handle.cmdline, "--base-directory")
-    if not base_dir:
-        return None
-    parts = os.path.relpath(base_dir, base_root).split(os.sep)
+    if base_dir:
+        parts = os.path.relpath(base_dir, base_root).split(os.sep)
+    else:
+        parts = str(handle.extra.get("instance", "")).split("-")
     if len(parts) == 2 and parts[0].startswith("u") and parts[1].startswith("p") and parts[1][1:].isdigit():
         return int(parts[1][1:])
     return None
+
+
+class _StopRequested(Exception):
+    """A stop arrived while the launcher was still starting the process."""
 
 
 @dataclass
@@ -96,10 +106,14 @@ class ServiceManager:
         self.metrics = metrics or Metrics()
         self.gpus = GpuPicker(settings.comfyui_gpus)
         self._admission = asyncio.Lock()
-        # Starts running at once in this process; the rest wait (排队中).
-        self._start_slots = asyncio.Semaphore(settings.comfyui_max_concurrent_starts)
         self.sessions = sessions
         self.launcher = launcher or make_launcher(settings)
+        # Starts running at once in this process; the rest wait (排队中). The cap protects
+        # this machine's CPU from many ComfyUIs loading at once; on a cluster the starts
+        # run on the nodes and Ray's scheduler does the queueing.
+        slots = settings.comfyui_max_concurrent_starts if not self.launcher.assigns_gpus else 1_000_000
+        self._start_slots = asyncio.Semaphore(slots)
+        self._closing = asyncio.Event()
         self.health = HealthChecker(settings.comfyui_health_timeout_seconds)
         self._flights: dict[int, _Flight] = {}
         self._port_lock = asyncio.Lock()
@@ -122,6 +136,7 @@ class ServiceManager:
 
     async def shutdown(self) -> None:
         """Stop background work. Instances keep running unless configured otherwise."""
+        self._closing.set()  # starts still waiting for resources give up now
         for task in self._loops:
             task.cancel()
         for flight in list(self._flights.values()):
@@ -135,6 +150,9 @@ class ServiceManager:
             with contextlib.suppress(Exception):
                 await self.lease.release()  # let another worker take over at once
         await self.health.aclose()
+        close = getattr(self.launcher, "close", None)
+        if close is not None:
+            close()
 
     # --- open ---------------------------------------------------------------------------
 
@@ -269,12 +287,18 @@ class ServiceManager:
                     return await self._fail(project_id, generation, NO_FREE_PORT)
                 tried.add(port)
                 spawned_at = time.monotonic()
-                handle, log_path = await self._spawn(user_id, project_id, generation, port, base_dir)
+                try:
+                    handle, log_path = await self._spawn(user_id, project_id, generation, port, base_dir, deadline)
+                except PortInUse as exc:
+                    log.info("project %s: %s, trying another", project_id, exc)
+                    continue
+                except _StopRequested:
+                    return "cancelled", "启动中被停止"
                 if handle is None:
                     return "overtaken", "启动已被其他操作取代"
                 outcome = await self._wait_ready(handle, str(base_dir), deadline, project_id)
                 if outcome == "ready":
-                    if not await self._write_online(project_id, generation, handle):
+                    if not await self._write_online(project_id, generation):
                         await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
                         return "overtaken", "启动已被其他操作取代"
                     self.metrics.start_seconds.observe(time.monotonic() - spawned_at)
@@ -353,16 +377,19 @@ class ServiceManager:
                     tried.add(port)  # another backend process recorded it first
             return None
 
-    async def _spawn(self, user_id, project_id, generation, port, base_dir) -> tuple[Handle | None, Any]:
+    async def _spawn(self, user_id, project_id, generation, port, base_dir, deadline) -> tuple[Handle | None, Any]:
         s = self.settings
-        gpu = await self._pick_gpu()
         extra = list(s.extra_args)
-        env = self._child_env()
-        if gpu is None:
-            if "--cpu" not in extra:
-                extra.append("--cpu")  # no GPU for it: ComfyUI would fail looking for CUDA
+        env = {"PYTHONUNBUFFERED": "1"}
+        if self.launcher.assigns_gpus:
+            gpu, cpu_only = None, s.comfyui_gpus_per_instance == 0
         else:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
+            gpu = await self._pick_gpu()
+            cpu_only = gpu is None
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+        if cpu_only and "--cpu" not in extra:
+            extra.append("--cpu")  # no GPU for it: ComfyUI would fail looking for CUDA
         argv = comfyui_argv(s.comfyui_python, s.comfyui_listen, port, base_dir, extra)
         log_path = instances.log_path(s, user_id, project_id, port)
         try:
@@ -370,10 +397,11 @@ class ServiceManager:
         except OSError as exc:
             raise LaunchError(f"无法写入日志目录：{exc.strerror}") from None
         spec = LaunchSpec(argv=argv, cwd=s.comfyui_repo_path, env=env, log_path=log_path,
-                          port=port, base_dir=base_dir)
+                          port=port, base_dir=base_dir, name=instance_name(user_id, project_id))
         # Spawning and recording belong together: once spawned, the pid must reach the
         # record even if this task is cancelled, or the process would be an orphan.
-        work = asyncio.ensure_future(self._spawn_and_record(spec, project_id, generation, log_path, gpu or ""))
+        work = asyncio.ensure_future(
+            self._spawn_and_record(spec, project_id, generation, log_path, gpu or "", deadline))
         try:
             handle = await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -383,8 +411,10 @@ class ServiceManager:
         return handle, log_path
 
     async def _spawn_and_record(self, spec: LaunchSpec, project_id: int, generation: int, log_path,
-                                gpu: str) -> Handle | None:
-        handle = await self.launcher.start(spec)
+                                gpu: str, deadline: float) -> Handle | None:
+        handle = await self._launch(spec, project_id, generation, deadline)
+        if self.launcher.assigns_gpus:  # on a cluster the GPU id alone is ambiguous: say which node
+            gpu = f"{handle.gpu} @ {handle.host}" if handle.gpu else ""
         recorded = await self._write_any(
             project_id, generation, pid=handle.pid, launcher_state=handle.state(), log_path=str(log_path),
             base_dir=str(spec.base_dir), host=handle.host, comfy_url=self.comfy_url(project_id), gpu=gpu,
@@ -393,6 +423,42 @@ class ServiceManager:
             await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
             return None
         return handle
+
+    async def _launch(self, spec: LaunchSpec, project_id: int, generation: int, deadline: float) -> Handle:
+        """launcher.start, given up at the start deadline, on a stop or at backend shutdown.
+
+        Only a launcher that waits for resources (Ray, for a free GPU) takes long here;
+        while it waits the record says why (排队中).
+        """
+        waiting = ""
+
+        async def on_wait(reason: str) -> None:
+            nonlocal waiting
+            waiting = reason
+            await self._write_any(project_id, generation, status_detail=reason)
+
+        flight = self._flights.get(project_id)
+        start = asyncio.ensure_future(self.launcher.start(spec, on_wait=on_wait))
+        interrupts = [asyncio.ensure_future(self._closing.wait())]
+        if flight is not None:
+            interrupts.append(asyncio.ensure_future(flight.stop_requested.wait()))
+        try:
+            await asyncio.wait({start, *interrupts}, timeout=max(0.0, deadline - time.monotonic()),
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in interrupts:
+                waiter.cancel()
+        if start.done():
+            return start.result()
+        start.cancel()  # the launcher leaves nothing running
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await start
+        if self._closing.is_set():
+            raise asyncio.CancelledError
+        if flight is not None and flight.stop_requested.is_set():
+            raise _StopRequested
+        limit = int(self.settings.comfyui_startup_timeout_seconds)
+        raise LaunchError(f"启动超时（{limit} 秒内{'仍在' + waiting if waiting else '进程未能启动'}）")
 
     async def _pick_gpu(self) -> str | None:
         if self.settings.comfyui_gpus == "none":
@@ -405,12 +471,6 @@ class ServiceManager:
         for (gpu,) in rows:
             per_gpu[gpu] = per_gpu.get(gpu, 0) + 1
         return await asyncio.to_thread(self.gpus.pick, per_gpu)
-
-    def _child_env(self) -> dict[str, str]:
-        # comfyhub's own secrets (database URL, secret key) stay out of ComfyUI, which runs user workflows.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COMFYHUB_")}
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
 
     async def _wait_ready(self, handle: Handle, base_dir: str, deadline: float, project_id: int):
         """'ready', 'timeout', 'stop' (a stop was asked for) or the child's Exit."""
@@ -429,7 +489,7 @@ class ServiceManager:
                 return "ready"
             await asyncio.sleep(min(READY_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 
-    async def _write_online(self, project_id: int, generation: int, handle: Handle) -> bool:
+    async def _write_online(self, project_id: int, generation: int) -> bool:
         now = utcnow()
         return await self._write_any(
             project_id, generation, status=S.ONLINE, status_detail="", last_heartbeat=now, last_activity=now,
@@ -684,7 +744,7 @@ class ServiceManager:
             alive = handle is not None and self.launcher.poll(handle) is None
             if alive and await self.health.is_ours(handle.host, handle.port, record.base_dir):
                 log.info("project %s: adopted an instance whose start outlived its backend", project_id)
-                await self._write_online(project_id, record.generation, handle)
+                await self._write_online(project_id, record.generation)
                 return
             if alive:
                 await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
@@ -707,7 +767,7 @@ class ServiceManager:
     async def _adopt_one(self, project_id: int, handle: Handle) -> None:
         record = await self.get(project_id)
         recorded = self._handle(record) if record is not None else None
-        if recorded is not None and recorded.pid == handle.pid:
+        if recorded is not None and recorded.same_process(handle):
             return  # not an orphan
         recorded_alive = recorded is not None and self.launcher.poll(recorded) is None
         base_dir = argv_value(handle.cmdline, "--base-directory")

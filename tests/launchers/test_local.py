@@ -10,7 +10,8 @@ import psutil
 import pytest
 
 from comfyhub.launchers.base import LaunchError, LaunchSpec, comfyui_argv
-from comfyhub.launchers.local import LocalLauncher, process_matches
+from comfyhub.launchers.local import LocalLauncher
+from comfyhub.launchers.process import process_matches
 from tests.conftest import FAKE_COMFYUI
 from tests.support.comfy import pid_alive, system_argv
 from tests.support.net import free_port, wait_for

@@ -21,6 +21,7 @@ from tests.support.comfy import (
     system_argv,
     user_id,
 )
+from tests.support import launcher
 from tests.support.app import running_app
 from tests.support.net import wait_for
 
@@ -49,9 +50,9 @@ async def test_open_starts_and_reuse_keeps_pid_and_port(client, alice, settings)
     log = settings.comfyui_log_dir / f"comfy_u{uid}_p{pid}_{data['port']}.log"
     assert "comfyhub: starting ComfyUI on port" in log.read_text()
 
-    # invariant 6: ComfyUI listens on loopback only; the proxy is the way in
+    # invariant 6: ComfyUI listens on loopback only (on a Ray node: the node's address); the proxy is the way in
     listening = [c.laddr for c in psutil.Process(svc["pid"]).net_connections("tcp") if c.status == psutil.CONN_LISTEN]
-    assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+    assert listening and all(addr.ip == launcher.instance_host() for addr in listening)
 
     again = await open_comfy(client, alice, pid)
     assert again.status_code == 200

@@ -10,6 +10,7 @@ import psutil
 
 from comfyhub.config import Settings
 from comfyhub.services.instances import instance_dir
+from tests.support import launcher
 
 
 def set_knobs(settings: Settings, user_id: int, project_id: int, **knobs) -> Path:
@@ -42,8 +43,10 @@ def instance_processes(base_dir: Path | str) -> list[psutil.Process]:
 
 
 def system_argv(port: int) -> list[str] | None:
+    """The argv an instance reports, asked directly (not through comfyhub)."""
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/system_stats", timeout=2, trust_env=False).json()["system"]["argv"]
+        url = f"http://{launcher.instance_host()}:{port}/system_stats"
+        return httpx.get(url, timeout=2, trust_env=False).json()["system"]["argv"]
     except (httpx.HTTPError, ValueError, KeyError):
         return None
 

@@ -11,6 +11,7 @@ import httpx
 
 from comfyhub.config import load_settings
 from comfyhub.services.instances import instance_dir
+from tests.support import launcher
 from tests.support.net import free_port_block
 from tests.support.server import LiveServer
 
@@ -41,6 +42,7 @@ class LiveHub(LiveServer):
             "COMFYUI_STARTUP_TIMEOUT_SECONDS": "20",
             "COMFYUI_STOP_GRACE_SECONDS": "3",
         }
+        base.update(launcher.hub_env())
         base.update({k.upper(): str(v) for k, v in env.items()})
         super().__init__(workdir, env=base, workers=workers)
         self.settings = load_settings(
