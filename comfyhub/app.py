@@ -34,7 +34,8 @@ class _RevalidatedStaticFiles(StaticFiles):
 class _Hub(FastAPI):
     """FastAPI, with /comfy/… handed to the proxy before FastAPI's own middleware stack
     (telemetry check, body limit, error middleware: about 10 µs per request and a wrapper
-    per send; see the Proxy analysis in docs/benchmarks.md)."""
+    per send; see the Proxy analysis in docs/benchmarks.md). It also hands the proxy
+    uvicorn's own `send`, which the large-download relay (proxy/relay.py) needs."""
 
     proxy: ComfyProxy
 

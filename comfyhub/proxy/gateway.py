@@ -6,6 +6,8 @@ request: authenticate (session cookie, or bearer), check ownership, then forward
 instance with the prefix stripped, the browser's Host kept (ComfyUI refuses a loopback
 Host with a foreign Origin), hop-by-hop headers dropped and X-Forwarded-* set.
 comfyhub's own credentials (its session cookie, Authorization) are never passed on.
+Large downloads (Content-Length ≥ 1 MiB, bodyless request) leave the event loop after
+the response head: a thread moves the body socket to socket (relay.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from comfyhub.auth import SESSION_COOKIE
 from comfyhub.models import ServiceStatus
 from comfyhub.proxy.access import ProxyAccess, Target
 from comfyhub.proxy.pages import error_page, status_page
+from comfyhub.proxy.relay import RELAY_MIN, Relays
 from comfyhub.proxy.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("comfyhub.proxy")
@@ -67,6 +70,13 @@ class ComfyProxy:
     @property
     def metrics(self):
         return self.hub.state.metrics
+
+    @property
+    def relays(self) -> Relays:
+        relays = self.__dict__.get("_relays")
+        if relays is None:
+            relays = self._relays = Relays(self.metrics)
+        return relays
 
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(PREFIX):
@@ -144,9 +154,28 @@ class ComfyProxy:
             conn.close()
             self.access.forget_target(target.project_id)
             return await _respond(send, 502, _html_headers(), status_page("unreachable"))
+        relay_to = None
         if pump is None and not conn.complete:
-            pump = asyncio.create_task(self._watch_disconnect(receive, conn))
+            length = conn.body_length
+            if length is not None and length >= RELAY_MIN and conn.body_left:
+                # A large download: its body may go socket to socket in a thread (relay.py).
+                relay_to = self.relays.client_of(scope, send)
+            if relay_to is None:
+                pump = asyncio.create_task(self._watch_disconnect(receive, conn))
         await send({"type": "http.response.start", "status": status, "headers": _response_headers(headers)})
+        if relay_to is not None:
+            progress = await self.relays.relay(relay_to, conn, length)
+            if progress is not None:
+                self._bytes_counter("out").inc(progress.sent)
+                if progress.error is None:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    self.pool.release(conn)
+                else:
+                    # Both connections are closed already; one loop turn lets uvicorn see its
+                    # side closed, so it does not log the short response as an app error.
+                    await asyncio.sleep(0)
+                return
+            pump = asyncio.create_task(self._watch_disconnect(receive, conn))  # not taken: as usual
         try:
             sent = 0
             async for chunk in conn.body_chunks():

@@ -196,6 +196,42 @@ class UpstreamConnection(asyncio.Protocol):
                 await self._wake
                 self._wake = None
 
+    # --- hand-off of a large body to a relay thread (relay.py) ---------------------------
+
+    @property
+    def body_length(self) -> int | None:
+        """The Content-Length of the response being read (None: no such framing)."""
+        return self._length
+
+    @property
+    def body_left(self) -> int | None:
+        """Body bytes not yet read from the socket, while a Content-Length body is streaming."""
+        return self._length - self._seen if self._raw else None
+
+    def detach_body(self) -> tuple[list[bytes], int]:
+        """Stop reading and give up the rest of the body to whoever reads the socket directly.
+
+        Returns the pieces already read (not yet passed on) and how many bytes are still to
+        come on the socket. Call `body_relayed` once they have been read, or close.
+        """
+        pieces = list(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        return pieces, self._length - self._seen
+
+    def body_relayed(self, n: int) -> None:
+        """`n` more body bytes were read off the socket by the relay; back to the loop."""
+        self._seen += n
+        if self._seen == self._length:
+            self._raw = False
+            self.on_message_complete()
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and not self.transport.is_closing()
 
