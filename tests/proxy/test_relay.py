@@ -171,6 +171,25 @@ def _upstream_connections(server: psutil.Process, port: int) -> int:
                if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
 
 
+def _half_read_upstream(port: int) -> int:
+    """Connections to the instance with body bytes nobody reads (kernel receive queue > 0).
+
+    An idle pooled connection has none; one left open after an aborted relay keeps what
+    the instance went on sending.
+    """
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                rx_queue = int(fields[4].split(":")[1], 16)
+                if remote_port == port and fields[3] == "01" and rx_queue > 0:
+                    count += 1
+    return count
+
+
 def test_client_leaving_mid_download_leaves_nothing_behind(hub, big):
     server = psutil.Process(hub.server.proc.pid)
     broken = metric(hub, "comfyhub_proxy_relays_total", '{outcome="broken"}')
@@ -188,6 +207,7 @@ def test_client_leaving_mid_download_leaves_nothing_behind(hub, big):
     assert client.head()[0] == 200
     client.body(2 * MB)
     assert metric(hub, "comfyhub_proxy_relays_active") == 1, "the download is not in a relay thread"
+    wait_for_sync(lambda: _half_read_upstream(hub.port) == 1, timeout=10, what="the relay to fill its buffers")
     client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     client.close()  # with unread data: the server's next write fails at once
 
@@ -195,9 +215,10 @@ def test_client_leaving_mid_download_leaves_nothing_behind(hub, big):
     assert metric(hub, "comfyhub_proxy_relays_total", '{outcome="broken"}') == broken + 1
     wait_for_sync(lambda: server.num_threads() <= threads, timeout=10, what="the relay thread to go")
     wait_for_sync(lambda: server.num_fds() <= fds, timeout=10, what="the descriptors to be closed")
-    # The half-read instance connection is closed, not pooled.
+    # The half-read instance connection is closed, not pooled or left open.
+    wait_for_sync(lambda: _half_read_upstream(hub.port) == 0, timeout=10, what="the instance connection to close")
     wait_for_sync(lambda: _upstream_connections(server, hub.port) <= upstream, timeout=10,
-                  what="the instance connection to close")
+                  what="no more instance connections than before")
     # And the proxy goes on as before.
     again = RawClient(hub)
     again.request("GET", _view(hub))
