@@ -323,11 +323,13 @@ def _splice(up_fd: int, down_fd: int, left: int, progress: Progress, waiter: _Wa
                     moved = True
             if moved:
                 waiter.progressed()
+            elif in_pipe:
+                # Wait for the browser only: with bytes in the pipe a read can also fail because
+                # the pipe has no free slot (one per socket buffer, not per byte), and the
+                # instance socket would then poll readable again at once, a busy loop.
+                waiter.wait((down_fd, select.POLLOUT))
             else:
-                interest = [(up_fd, select.POLLIN)] if take else []
-                if in_pipe:
-                    interest.append((down_fd, select.POLLOUT))
-                waiter.wait(*interest)
+                waiter.wait((up_fd, select.POLLIN))
     finally:
         os.close(r)
         os.close(w)
