@@ -31,6 +31,20 @@ class _RevalidatedStaticFiles(StaticFiles):
         return response
 
 
+class _Hub(FastAPI):
+    """FastAPI, with /comfy/… handed to the proxy before FastAPI's own middleware stack
+    (telemetry check, body limit, error middleware: about 10 µs per request and a wrapper
+    per send; see the Proxy analysis in docs/benchmarks.md). It also hands the proxy
+    uvicorn's own `send`, which the large-download relay (proxy/relay.py) needs."""
+
+    proxy: ComfyProxy
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "lifespan" and scope["path"].startswith("/comfy/"):
+            return await self.proxy(scope, receive, send)
+        return await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The database must already be migrated (`comfyhub serve` does it)."""
     settings = settings or get_settings()
@@ -52,7 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.upstream_pool.close()
             await engine.dispose()
 
-    app = FastAPI(
+    app = _Hub(
         title="comfyhub",
         version="0.1.0",
         description="每个用户、每个项目一个 ComfyUI：按需启动、健康复用、崩溃重启、仅所有者可访问。",
@@ -62,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.secret_key = settings.secret_key()
     app.state.metrics = Metrics()
     install_error_handlers(app)
-    app.add_middleware(ComfyProxy, hub=app)
+    app.proxy = ComfyProxy(None, hub=app)
     app.include_router(api_router)
     app.include_router(health.router)
 

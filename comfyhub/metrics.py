@@ -30,6 +30,14 @@ class Metrics:
         self.proxy_bytes = Counter(
             "comfyhub_proxy_bytes_total", "Body bytes relayed by the proxy", ["direction"], registry=self.registry
         )
+        self.proxy_relays = Gauge(
+            "comfyhub_proxy_relays_active", "Large downloads being relayed by a thread, off the event loop",
+            registry=self.registry,
+        )
+        self.proxy_relays_total = Counter(
+            "comfyhub_proxy_relays_total", "Large downloads relayed by a thread, by outcome", ["outcome"],
+            registry=self.registry,
+        )
         self.websockets = Gauge("comfyhub_proxy_websockets_open", "Open proxied WebSockets", registry=self.registry)
         self.culls = Counter("comfyhub_culls_total", "Instances stopped for being idle", registry=self.registry)
         self.restarts = Counter("comfyhub_auto_restarts_total", "Automatic restarts attempted", registry=self.registry)

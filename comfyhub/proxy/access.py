@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from comfyhub.auth import token_digest, user_for_token
+from comfyhub.auth import user_for_token
 from comfyhub.models import ComfyUIService, Project
 
 AUTH_TTL = 5.0
@@ -45,8 +45,7 @@ class ProxyAccess:
     async def user_id(self, token: str | None) -> int | None:
         if not token:
             return None
-        digest = token_digest(self.secret_key, token)
-        hit = self._users.get(digest)
+        hit = self._users.get(token)  # keyed by the token itself: no HMAC per request
         now = time.monotonic()
         if hit and hit[0] > now:
             return hit[1]
@@ -54,11 +53,11 @@ class ProxyAccess:
             user = await user_for_token(db, self.secret_key, token)
         if len(self._users) > _MAX_ENTRIES:
             self._users.clear()
-        self._users[digest] = (now + AUTH_TTL, user.id if user else None)
+        self._users[token] = (now + AUTH_TTL, user.id if user else None)
         return user.id if user else None
 
     def forget_token(self, token: str) -> None:
-        self._users.pop(token_digest(self.secret_key, token), None)
+        self._users.pop(token, None)
 
     async def target(self, project_id: int) -> Target | None:
         hit = self._targets.get(project_id)

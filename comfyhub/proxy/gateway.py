@@ -6,6 +6,8 @@ request: authenticate (session cookie, or bearer), check ownership, then forward
 instance with the prefix stripped, the browser's Host kept (ComfyUI refuses a loopback
 Host with a foreign Origin), hop-by-hop headers dropped and X-Forwarded-* set.
 comfyhub's own credentials (its session cookie, Authorization) are never passed on.
+Large downloads (Content-Length ≥ 1 MiB, bodyless request) leave the event loop after
+the response head: a thread moves the body socket to socket (relay.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from comfyhub.auth import SESSION_COOKIE
 from comfyhub.models import ServiceStatus
 from comfyhub.proxy.access import ProxyAccess, Target
 from comfyhub.proxy.pages import error_page, status_page
+from comfyhub.proxy.relay import RELAY_MIN, Relays
 from comfyhub.proxy.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("comfyhub.proxy")
@@ -68,6 +71,13 @@ class ComfyProxy:
     def metrics(self):
         return self.hub.state.metrics
 
+    @property
+    def relays(self) -> Relays:
+        relays = self.__dict__.get("_relays")
+        if relays is None:
+            relays = self._relays = Relays(self.metrics)
+        return relays
+
     async def __call__(self, scope, receive, send):
         if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(PREFIX):
             return await self.app(scope, receive, send)
@@ -80,19 +90,19 @@ class ComfyProxy:
             query = scope.get("query_string", b"")
             location = f"{PREFIX}{project_id}/" + (f"?{query.decode('latin-1')}" if query else "")
             return await _respond(send, 308, [(b"location", location.encode("latin-1"))], b"")
-        target, why = await self._authorize(scope, project_id)
+        headers = _header_map(scope)
+        target, why = await self._authorize(scope, project_id, headers)
         if target is None:
             status, title, message = why
             return await _deny(scope, send, status, title, message)
         upstream_path = _upstream_path(scope, project_id)
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send, target, upstream_path)
-        return await self._http(scope, receive, send, target, upstream_path)
+        return await self._http(scope, receive, send, target, upstream_path, headers)
 
     # --- access ---------------------------------------------------------------------------
 
-    async def _authorize(self, scope, project_id: int):
-        headers = _header_map(scope)
+    async def _authorize(self, scope, project_id: int, headers: dict[bytes, bytes]):
         token, from_cookie = _credentials(headers)
         user_id = await self.access.user_id(token)
         if user_id is None:
@@ -111,12 +121,13 @@ class ComfyProxy:
 
     # --- HTTP -------------------------------------------------------------------------------
 
-    async def _http(self, scope, receive, send, target: Target, path: bytes):
+    async def _http(self, scope, receive, send, target: Target, path: bytes, headers: dict[bytes, bytes]):
         if target.status != ServiceStatus.ONLINE or not target.port:
             code = 503 if target.status in (ServiceStatus.STARTING, ServiceStatus.OFFLINE) else 404
             return await _respond(send, code, _html_headers(), status_page(target.status))
         self.touch(target.project_id)
-        request_head, body_framing = _request_head(scope, path)
+        request_head, body_framing = _request_head(scope, path, headers)
+        has_body = body_framing or headers.get(b"content-length", b"0").strip() not in (b"0", b"")
         try:
             conn = await self.pool.acquire(target.host, target.port)
         except UpstreamError:
@@ -124,33 +135,77 @@ class ComfyProxy:
             self.access.forget_target(target.project_id)
             fresh = await self.access.target(target.project_id)
             if fresh is not None and fresh.status != ServiceStatus.ONLINE:
-                return await self._http(scope, receive, send, fresh, path)
+                return await self._http(scope, receive, send, fresh, path, headers)
             return await _respond(send, 502, _html_headers(), status_page("unreachable"))
         conn._head_request = scope["method"] == "HEAD"
-        pump = asyncio.create_task(self._pump_request(receive, conn, request_head, body_framing))
+        if has_body:
+            pump = asyncio.create_task(self._pump_request(receive, conn, request_head, body_framing))
+        else:
+            # No body (every GET): the head goes out now, no task; the browser is watched
+            # only while a body is still streaming once the head has arrived.
+            pump = None
+            conn.transport.write(request_head)
+            conn.request_sent = True
         try:
             status, headers = await conn.response_head(_HEAD_TIMEOUT)
         except UpstreamError:
-            pump.cancel()
+            if pump is not None:
+                pump.cancel()
             conn.close()
             self.access.forget_target(target.project_id)
             return await _respond(send, 502, _html_headers(), status_page("unreachable"))
+        relay_to = None
+        if pump is None and not conn.complete:
+            length = conn.body_length
+            if length is not None and length >= RELAY_MIN and conn.body_left:
+                # A large download: its body may go socket to socket in a thread (relay.py).
+                relay_to = self.relays.client_of(scope, send)
+            if relay_to is None:
+                pump = asyncio.create_task(self._watch_disconnect(receive, conn))
         await send({"type": "http.response.start", "status": status, "headers": _response_headers(headers)})
+        if relay_to is not None:
+            progress = await self.relays.relay(relay_to, conn, length)
+            if progress is not None:
+                self._bytes_counter("out").inc(progress.sent)
+                if progress.error is None:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    self.pool.release(conn)
+                else:
+                    # Both connections are closed already; one loop turn lets uvicorn see its
+                    # side closed, so it does not log the short response as an app error.
+                    await asyncio.sleep(0)
+                return
+            pump = asyncio.create_task(self._watch_disconnect(receive, conn))  # not taken: as usual
         try:
             sent = 0
             async for chunk in conn.body_chunks():
                 sent += len(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            self.metrics.proxy_bytes.labels("out").inc(sent)
+            self._bytes_counter("out").inc(sent)
         except UpstreamError:
             conn.close()  # the instance (or the browser) broke off mid-body
-            pump.cancel()
+            if pump is not None:
+                pump.cancel()
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        pump.cancel()
+        if pump is not None:
+            pump.cancel()
         if not conn.request_sent:
             conn.close()  # the instance answered before reading the whole request
         self.pool.release(conn)
+
+    async def _watch_disconnect(self, receive, conn: UpstreamConnection) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not conn.complete:
+            conn.close()
+
+    def _bytes_counter(self, direction: str):
+        counters = self.__dict__.setdefault("_bytes_counters", {})
+        counter = counters.get(direction)
+        if counter is None:
+            counter = counters[direction] = self.metrics.proxy_bytes.labels(direction)
+        return counter
 
     async def _pump_request(self, receive, conn: UpstreamConnection, head: bytes, chunked: bool) -> None:
         """Send the request head and stream the body, then watch for the browser leaving."""
@@ -171,7 +226,7 @@ class ComfyProxy:
                         await conn.write(b"0\r\n\r\n")
                 elif body:
                     await conn.write(body)
-                self.metrics.proxy_bytes.labels("in").inc(len(body))
+                self._bytes_counter("in").inc(len(body))
             conn.request_sent = True
             # A browser that goes away mid-download ends the transfer from the instance too.
             if (await receive())["type"] == "http.disconnect" and not conn.complete:
@@ -320,9 +375,10 @@ def _without_session_cookie(raw: bytes) -> bytes | None:
     return b";".join(kept).strip() or None
 
 
-def _request_head(scope, path: bytes) -> tuple[bytes, bool]:
+def _request_head(scope, path: bytes, headers: dict[bytes, bytes] | None = None) -> tuple[bytes, bool]:
     """The request line and headers for the instance, and whether the body goes chunked."""
-    headers = _header_map(scope)
+    if headers is None:
+        headers = _header_map(scope)
     lines = [b"%s %s HTTP/1.1" % (scope["method"].encode(), path),
              b"host: " + headers.get(b"host", b"localhost")]
     for name, value in scope["headers"]:

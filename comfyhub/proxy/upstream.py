@@ -19,6 +19,7 @@ HIGH_WATER = 4 << 20
 LOW_WATER = 1 << 20
 # Coalesce up to this much into one downstream send: fewer, larger writes.
 SEND_CHUNK = 1 << 20
+SMALL_CHUNK = 64 << 10
 IDLE_PER_INSTANCE = 32
 
 
@@ -32,7 +33,6 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, key: tuple[str, int]):
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
         self._loop = asyncio.get_running_loop()
         self.closed = False
         self._can_write = asyncio.Event()
@@ -40,6 +40,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._reset()
 
     def _reset(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._length: int | None = None  # the response's Content-Length, when it has one
+        self._seen = 0  # body bytes so far
+        self._raw = False  # past the head of a Content-Length response: bytes bypass the parser
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = False
@@ -59,8 +63,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        if self._raw:
+            # The rest of a Content-Length body: no parser, no copy.
+            left = self._length - self._seen
+            if len(data) > left:
+                self.keep_alive = False  # more than announced: never reuse this connection
+                data = data[:left]
+            self.on_body(data)
+            if self._seen == self._length:
+                self._raw = False
+                self.on_message_complete()
+            return
         try:
             self._parser.feed_data(data)
+            if self._length is not None and not self.complete and self.error is None:
+                self._raw = True
         except httptools.HttpParserUpgrade:
             pass
         except httptools.HttpParserError as exc:
@@ -87,6 +104,16 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self._parser.get_status_code()
         self.keep_alive = self._parser.should_keep_alive()
+        length = None
+        for name, value in self.headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                length = None
+                break
+            if lname == b"content-length":
+                length = int(value)
+        if length is not None and not (100 <= self.status < 200 or self.status in (204, 304)):
+            self._length = length
         if not self._headers_ready.done():
             self._headers_ready.set_result(None)
         if self._head_request:
@@ -96,6 +123,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
+        self._seen += len(body)
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._reading_paused:
@@ -128,21 +156,28 @@ class UpstreamConnection(asyncio.Protocol):
             await self._can_write.wait()
 
     async def response_head(self, timeout: float) -> tuple[int, list[tuple[bytes, bytes]]]:
-        try:
-            await asyncio.wait_for(asyncio.shield(self._headers_ready), timeout)
-        except asyncio.TimeoutError:
-            raise UpstreamError("instance did not answer in time") from None
+        if not self._headers_ready.done():
+            timer = self._loop.call_later(timeout, self._head_timeout)
+            try:
+                await self._headers_ready
+            finally:
+                timer.cancel()
+        self._headers_ready.result()  # raises the failure, if any
         return self.status, self.headers
+
+    def _head_timeout(self) -> None:
+        if not self._headers_ready.done():
+            self._headers_ready.set_exception(UpstreamError("instance did not answer in time"))
 
     async def body_chunks(self):
         """Yield the body in pieces of up to SEND_CHUNK bytes until the message ends."""
         while True:
             if self._chunks:
-                if len(self._chunks) == 1:
-                    data = self._chunks.popleft()
-                else:
-                    parts, size = [], 0
-                    while self._chunks and size < SEND_CHUNK:
+                data = self._chunks.popleft()
+                if len(data) < SMALL_CHUNK and self._chunks and len(self._chunks[0]) < SMALL_CHUNK:
+                    # Only small pieces are joined; big ones go on as they came, uncopied.
+                    parts, size = [data], len(data)
+                    while self._chunks and size < SEND_CHUNK and len(self._chunks[0]) < SMALL_CHUNK:
                         part = self._chunks.popleft()
                         parts.append(part)
                         size += len(part)
@@ -160,6 +195,42 @@ class UpstreamConnection(asyncio.Protocol):
                 self._wake = self._loop.create_future()
                 await self._wake
                 self._wake = None
+
+    # --- hand-off of a large body to a relay thread (relay.py) ---------------------------
+
+    @property
+    def body_length(self) -> int | None:
+        """The Content-Length of the response being read (None: no such framing)."""
+        return self._length
+
+    @property
+    def body_left(self) -> int | None:
+        """Body bytes not yet read from the socket, while a Content-Length body is streaming."""
+        return self._length - self._seen if self._raw else None
+
+    def detach_body(self) -> tuple[list[bytes], int]:
+        """Stop reading and give up the rest of the body to whoever reads the socket directly.
+
+        Returns the pieces already read (not yet passed on) and how many bytes are still to
+        come on the socket. Call `body_relayed` once they have been read, or close.
+        """
+        pieces = list(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        return pieces, self._length - self._seen
+
+    def body_relayed(self, n: int) -> None:
+        """`n` more body bytes were read off the socket by the relay; back to the loop."""
+        self._seen += n
+        if self._seen == self._length:
+            self._raw = False
+            self.on_message_complete()
+        if self._reading_paused and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and not self.transport.is_closing()

@@ -1,7 +1,6 @@
 """/comfy/{id}/ through a real `comfyhub serve`: owner only, HTTP and WebSocket, streaming."""
 
 import asyncio
-from contextlib import contextmanager
 import hashlib
 import os
 import threading
@@ -12,65 +11,9 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
-from comfyhub.config import load_settings
-from comfyhub.services.instances import instance_dir
-from tests.conftest import FAKE_COMFYUI, add_user
-from tests.support.net import free_port_block, wait_for, wait_for_sync
-from tests.support.server import LiveServer
+from tests.support.net import wait_for, wait_for_sync
 
 MB = 1 << 20
-
-
-class Hub:
-    """A live comfyhub with alice (owner of an online project) and bob."""
-
-    def __init__(self, server: LiveServer, settings):
-        self.server, self.settings = server, settings
-        self.url = server.url
-        self.origin = {"Origin": server.url}
-
-    @contextmanager
-    def client(self, user: str | None = None):
-        with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as c:
-            if user:
-                r = c.post("/api/auth/login", json={"username": user, "password": "password-123"})
-                assert r.status_code == 200
-            yield c
-
-    def cookie_header(self, user: str) -> str:
-        with self.client(user) as c:
-            return f"comfyhub_session={c.cookies['comfyhub_session']}"
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    work = tmp_path_factory.mktemp("proxyhub")
-    low, high = free_port_block(6)
-    (work / "shared" / "custom_nodes").mkdir(parents=True)
-    env = {
-        "COMFYUI_REPO_PATH": str(FAKE_COMFYUI),
-        "COMFYUI_PYTHON": os.environ.get("COMFYHUB_TEST_PYTHON", __import__("sys").executable),
-        "COMFYUI_PORT_RANGE": f"{low}-{high}",
-        "COMFYUI_CUSTOM_NODES_DIR": str(work / "shared" / "custom_nodes"),
-        "COMFYUI_MODELS_DIR": str(work / "shared" / "custom_nodes"),
-        "COMFYHUB_ADMIN_PASSWORD": "admin-password-1",
-    }
-    server = LiveServer(work, env=env).start()
-    settings = load_settings(_env_file=None, comfyhub_database_url=f"sqlite+aiosqlite:///{work}/runtime/comfyhub.db",
-                             comfyui_instance_base_dir=work / "runtime" / "comfy_instances")
-    asyncio.run(add_user(settings, "alice"))
-    asyncio.run(add_user(settings, "bob"))
-    h = Hub(server, settings)
-    with h.client("alice") as c:
-        r = c.post("/api/projects", json={"name": "p", "code": "PX-1"}, headers=h.origin)
-        h.project = r.json()["data"]["id"]
-        opened = c.post(f"/api/projects/{h.project}/open_comfy", headers=h.origin).json()["data"]
-        assert opened["status"] == "online"
-        h.port = opened["port"]
-        h.alice_id = c.get("/api/auth/me").json()["data"]["id"]
-    h.base = instance_dir(settings, h.alice_id, h.project)
-    yield h
-    server.stop()
 
 
 def test_owner_gets_page_and_api_through_prefix(hub):

@@ -1,0 +1,74 @@
+"""The live hub the proxy tests share (one per test module): alice owns an online project."""
+
+import asyncio
+import contextlib
+import os
+import sys
+from contextlib import contextmanager
+
+import httpx
+import psutil
+import pytest
+
+from comfyhub.config import load_settings
+from comfyhub.services.instances import instance_dir
+from tests.conftest import FAKE_COMFYUI, add_user
+from tests.support.net import free_port_block
+from tests.support.server import LiveServer
+
+
+class Hub:
+    """A live comfyhub with alice (owner of an online project) and bob."""
+
+    def __init__(self, server: LiveServer, settings):
+        self.server, self.settings = server, settings
+        self.url = server.url
+        self.origin = {"Origin": server.url}
+
+    @contextmanager
+    def client(self, user: str | None = None):
+        with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as c:
+            if user:
+                r = c.post("/api/auth/login", json={"username": user, "password": "password-123"})
+                assert r.status_code == 200
+            yield c
+
+    def cookie_header(self, user: str) -> str:
+        with self.client(user) as c:
+            return f"comfyhub_session={c.cookies['comfyhub_session']}"
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    work = tmp_path_factory.mktemp("proxyhub")
+    low, high = free_port_block(6)
+    (work / "shared" / "custom_nodes").mkdir(parents=True)
+    env = {
+        "COMFYUI_REPO_PATH": str(FAKE_COMFYUI),
+        "COMFYUI_PYTHON": os.environ.get("COMFYHUB_TEST_PYTHON", sys.executable),
+        "COMFYUI_PORT_RANGE": f"{low}-{high}",
+        "COMFYUI_CUSTOM_NODES_DIR": str(work / "shared" / "custom_nodes"),
+        "COMFYUI_MODELS_DIR": str(work / "shared" / "custom_nodes"),
+        "COMFYHUB_ADMIN_PASSWORD": "admin-password-1",
+    }
+    server = LiveServer(work, env=env).start()
+    settings = load_settings(_env_file=None, comfyhub_database_url=f"sqlite+aiosqlite:///{work}/runtime/comfyhub.db",
+                             comfyui_instance_base_dir=work / "runtime" / "comfy_instances")
+    asyncio.run(add_user(settings, "alice"))
+    asyncio.run(add_user(settings, "bob"))
+    h = Hub(server, settings)
+    with h.client("alice") as c:
+        r = c.post("/api/projects", json={"name": "p", "code": "PX-1"}, headers=h.origin)
+        h.project = r.json()["data"]["id"]
+        opened = c.post(f"/api/projects/{h.project}/open_comfy", headers=h.origin).json()["data"]
+        assert opened["status"] == "online"
+        h.port = opened["port"]
+        h.alice_id = c.get("/api/auth/me").json()["data"]["id"]
+    h.base = instance_dir(settings, h.alice_id, h.project)
+    yield h
+    server.stop()
+    # Instances outlive the hub by design (COMFYUI_STOP_INSTANCES_ON_EXIT=false): end ours.
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(str(work) in arg for arg in proc.info["cmdline"] or []):
+                proc.kill()
