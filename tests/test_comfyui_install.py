@@ -104,3 +104,68 @@ def test_repository_without_main_py_is_rejected(tmp_path):
     r = install(work, "--git-url", str(repo))
     assert r.returncode == 1 and "does not look like ComfyUI" in r.stderr
     assert not (work / "runtime" / "ComfyUI").exists()
+
+
+def offline_pip_env(find_links: Path) -> dict:
+    """pip with no index, no configuration files, and only `find_links` to install from."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return {**env, "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(find_links),
+            "COLUMNS": "120"}
+
+
+def fake_wheel(folder: Path, name: str, version: str) -> None:
+    """A minimal wheel with only its metadata: enough for pip to choose and install it."""
+    import zipfile
+
+    folder.mkdir(exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as whl:
+        for path, text in files.items():
+            whl.writestr(path, text)
+
+
+def test_requirements_keep_the_installed_torch(tmp_path, comfy_repo):
+    """requirements.txt names torch: the upgrade must not swap the build installed before it (CPU or by hand)."""
+    (comfy_repo / "requirements.txt").write_text("torch\n")
+    git("commit", "-q", "-am", "needs torch", cwd=comfy_repo)
+    wheels = tmp_path / "wheels"
+    fake_wheel(wheels, "torch", "1.0")  # what the user installed by hand (stands for the CPU build)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = offline_pip_env(wheels)
+    # first run: skip torch; requirements.txt then installs torch 1.0, the only one there is
+    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip",
+                        "--extra-packages", "", "--git-url", str(comfy_repo)],
+                       cwd=work, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    python = work / "runtime" / "ComfyUI" / "venv" / "bin" / "python"
+    version = [str(python), "-c", "import importlib.metadata as m; print(m.version('torch'))"]
+    assert subprocess.run(version, capture_output=True, text=True).stdout.strip() == "1.0"
+
+    fake_wheel(wheels, "torch", "2.0")  # a newer (say CUDA) build appears on the index
+    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip",
+                        "--extra-packages", "", "--git-url", str(comfy_repo)],
+                       cwd=work, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert subprocess.run(version, capture_output=True, text=True).stdout.strip() == "1.0"
+    assert "keeping torch 1.0" in r.stdout
+
+
+def test_torch_download_failure_says_what_to_do(tmp_path, comfy_repo):
+    """The CPU build's index out of reach (offline, a firewall): the error names --torch skip."""
+    work = tmp_path / "work"
+    work.mkdir()
+    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "cpu",
+                        "--extra-packages", "", "--git-url", str(comfy_repo)],
+                       cwd=work, capture_output=True, text=True, timeout=300, env=offline_pip_env(tmp_path / "none"))
+    assert r.returncode == 1
+    assert "pip install torch failed" in r.stderr
+    assert "download.pytorch.org" in r.stderr and "--torch skip" in r.stderr
+    python = work / "runtime" / "ComfyUI" / "venv" / "bin" / "python"
+    assert f"{python} -m pip install torch torchvision torchaudio" in r.stderr
+    assert not (work / ".env").exists()  # nothing half-configured
