@@ -98,7 +98,8 @@ class Installer:
     def _torch(self) -> None:
         pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check", "--upgrade"]
         by_hand = (f"or install torch, torchvision and torchaudio into {self.python.parent.parent} yourself "
-                   f"({self.python} -m pip install torch torchvision torchaudio …) and run this again with --torch skip")
+                   f"({self.python} -m pip install torch torchvision torchaudio …) "
+                   "and run this again with --torch skip")
         if self.torch == "skip":
             self._header("torch: skipped (--torch skip), keeping what the venv has", done=True)
         elif self.torch == "cpu":
