@@ -55,8 +55,28 @@ class Installer:
         self._requirements()
         self._folders()
         self._write_env()
-        self.console.print(f"[bold green]ComfyUI is ready[/] at {self.target}")
+        if self._torch_loads():
+            self.console.print(f"[bold green]ComfyUI is ready[/] at {self.target}")
         self.console.print("Start comfyhub with [bold]./scripts/serve.sh[/] (or restart it) to use it.")
+
+    def _torch_loads(self) -> bool:
+        """ComfyUI imports torch and torchvision first: say now, not at the first start, if they do not load."""
+        code = "import torch, torchvision; print('torch', torch.__version__, '· torchvision', torchvision.__version__)"
+        try:
+            r = subprocess.run([str(self.python), "-c", code], capture_output=True, text=True, timeout=300)
+            ok, out = r.returncode == 0, (r.stdout if r.returncode == 0 else r.stderr).strip()
+        except subprocess.TimeoutExpired:
+            ok, out = False, "importing torch took over 300 s"
+        if ok:
+            self.console.print(f"[green]✓[/] {out.splitlines()[-1]} load")
+            return True
+        last = (out.splitlines() or ["no output"])[-1]
+        self.console.print(
+            f"[bold yellow]![/] ComfyUI's python cannot load torch and torchvision: {last}\n"
+            "  ComfyUI will not start until it can.\n"
+            f"  what to do: install builds of torch and torchvision that match (CPU: {self.python} -m pip install "
+            f"torch torchvision --index-url {TORCH_CPU_INDEX}), then run this again with --torch skip")
+        return False
 
     def _checkout(self) -> None:
         if (self.target / ".git").is_dir():
@@ -97,8 +117,7 @@ class Installer:
 
     def _torch(self) -> None:
         pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check", "--upgrade"]
-        by_hand = (f"or install torch, torchvision and torchaudio into {self.python.parent.parent} yourself "
-                   f"({self.python} -m pip install torch torchvision torchaudio …) "
+        by_hand = (f"or install them yourself ({self.python} -m pip install torch torchvision torchaudio …) "
                    "and run this again with --torch skip")
         if self.torch == "skip":
             self._header("torch: skipped (--torch skip), keeping what the venv has", done=True)
@@ -173,8 +192,9 @@ class Installer:
                     status.update(f"{what} … {int(time.monotonic() - started)} s  [dim]{line[:90]}[/]")
             code = proc.wait()
         if code != 0:
+            # What to do comes last, where the eye lands after the tool's own output.
             tail = "\n".join(f"    {line}" for line in last)
-            raise InstallError(f"{what} failed (exit {code}){': ' + hint if hint else ''}\n{tail}")
+            raise InstallError(f"{what} failed (exit {code}):\n{tail}" + (f"\n  what to do: {hint}" if hint else ""))
         self.console.print(f"    [dim]{what}: done in {time.monotonic() - started:.1f} s[/]")
 
 

@@ -53,7 +53,7 @@ def test_fresh_install_then_rerun_updates(tmp_path, comfy_repo):
     values = env_values(work / ".env")
     assert values == {"COMFYUI_PORT_RANGE": "9100-9110", "COMFYUI_REPO_PATH": str(target),
                       "COMFYUI_PYTHON": str(python)}
-    for step in ("[1/6]", "[2/6]", "[6/6]", "ComfyUI is ready"):
+    for step in ("[1/6]", "[2/6]", "[6/6]", "Start comfyhub with"):  # no torch here: not "ready"
         assert step in r.stdout
 
     # upstream moves on; a second run updates the checkout instead of failing
@@ -168,4 +168,27 @@ def test_torch_download_failure_says_what_to_do(tmp_path, comfy_repo):
     assert "download.pytorch.org" in r.stderr and "--torch skip" in r.stderr
     python = work / "runtime" / "ComfyUI" / "venv" / "bin" / "python"
     assert f"{python} -m pip install torch torchvision torchaudio" in r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith("  what to do: ")  # last, after pip's own lines
     assert not (work / ".env").exists()  # nothing half-configured
+
+
+def test_torchvision_that_does_not_load_is_reported(tmp_path, comfy_repo):
+    """A torchvision built for another torch (a CUDA wheel next to CPU torch) fails at import: say so at install time."""
+    work = tmp_path / "work"
+    work.mkdir()
+    r = install(work, "--git-url", str(comfy_repo))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cannot load torch and torchvision" in r.stdout  # this venv has no torch at all
+    site = next((work / "runtime" / "ComfyUI" / "venv" / "lib").glob("python3*/site-packages"))
+    for name, body in {"torch": "__version__ = '9.9+cpu'\n",
+                       "torchvision": "raise RuntimeError('operator torchvision::nms does not exist')\n"}.items():
+        (site / name).mkdir()
+        (site / name / "__init__.py").write_text(body)
+    r = install(work, "--git-url", str(comfy_repo))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cannot load torch and torchvision: RuntimeError: operator torchvision::nms does not exist" in r.stdout
+    assert "--torch skip" in r.stdout and "ComfyUI is ready" not in r.stdout
+
+    (site / "torchvision" / "__init__.py").write_text("__version__ = '0.99+cpu'\n")
+    r = install(work, "--git-url", str(comfy_repo))
+    assert "torch 9.9+cpu · torchvision 0.99+cpu load" in r.stdout and "ComfyUI is ready" in r.stdout
