@@ -85,7 +85,14 @@ class Installer:
             if self.ref:
                 self._run(["git", "-C", str(self.target), "checkout", "--quiet", self.ref], f"git checkout {self.ref}")
             else:
-                self._run(["git", "-C", str(self.target), "pull", "--ff-only", "--quiet"], "git pull")
+                detached = subprocess.run(["git", "-C", str(self.target), "symbolic-ref", "-q", "HEAD"],
+                                          capture_output=True).returncode != 0
+                if detached:
+                    # Installed with --ref TAG: there is no branch to pull.
+                    raise InstallError(f"{self.target} is pinned to a tag or commit (installed with --ref): run this "
+                                       "again with --ref NEW_TAG, or with --ref master to follow the default branch")
+                self._run(["git", "-C", str(self.target), "pull", "--ff-only", "--quiet"], "git pull",
+                          hint=f"keep or undo local changes in {self.target} first (git -C {self.target} status)")
             return
         if self.target.exists() and any(self.target.iterdir()):
             raise InstallError(f"{self.target} exists and is not a git checkout: choose another --dir or remove it")

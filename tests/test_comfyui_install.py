@@ -66,6 +66,17 @@ def test_fresh_install_then_rerun_updates(tmp_path, comfy_repo):
     assert "Virtual environment exists" in r.stdout
     assert env_values(work / ".env")["COMFYUI_PYTHON"] == str(python)
 
+    # pinned to a tag, "run it again to update" without --ref says how to move on
+    r = install(work, "--git-url", str(comfy_repo))
+    assert r.returncode == 1 and "pinned to a tag" in r.stderr and "--ref" in r.stderr
+    r = install(work, "--git-url", str(comfy_repo), "--ref", "master")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (comfy_repo / "main.py").write_text("print('fake comfyui v3')\n")
+    git("commit", "-q", "-am", "v3", cwd=comfy_repo)
+    r = install(work, "--git-url", str(comfy_repo))  # on a branch now: a plain re-run pulls
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "v3" in (target / "main.py").read_text()
+
     # doctor now finds main.py and the interpreter
     doctor = subprocess.run([sys.executable, "-m", "comfyhub.cli", "doctor"], cwd=work, capture_output=True,
                             text=True, timeout=120)
