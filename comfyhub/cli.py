@@ -71,6 +71,14 @@ def _announce_admin(settings: Settings, password: str) -> None:
     )
 
 
+NOT_CONFIGURED_BANNER = (
+    "comfyhub: ComfyUI is not configured (COMFYUI_REPO_PATH / COMFYUI_PYTHON unset): 数据生成 answers "
+    "'ComfyUI 未配置'.\n"
+    "          To fix: .venv/bin/comfyhub comfyui install   (then restart comfyhub; "
+    "or set both in .env to an existing ComfyUI)"
+)
+
+
 def cmd_serve(args) -> int:
     settings = _settings()
     if args.workers > 1 and is_sqlite(settings.database_url):
@@ -91,6 +99,8 @@ def cmd_serve(args) -> int:
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.comfyui_configured:
+        print(NOT_CONFIGURED_BANNER, flush=True)
     print(f"comfyhub: serving on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(
         "comfyhub.app:create_app",
@@ -227,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--dir", default="runtime/ComfyUI", help="where the checkout goes (default runtime/ComfyUI)")
     install.add_argument("--ref", help="tag, branch or commit to check out (default: the default branch)")
     install.add_argument("--torch", choices=("cpu", "cuda", "skip"),
-                         help="torch build (default: cuda when an NVIDIA GPU is visible, else cpu)")
+                         help="torch build (default: cuda when an NVIDIA GPU is visible, else cpu); "
+                              "skip keeps the torch already in the venv (installed by hand)")
     install.add_argument("--git-url", help="repository to clone (default COMFYUI_GIT_URL)")
     install.add_argument("--extra-packages", default="requests",
                          help="packages ComfyUI imports without listing them (default: requests)")

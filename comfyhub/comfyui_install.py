@@ -1,7 +1,8 @@
 """`comfyhub comfyui install`: a ComfyUI checkout with its own venv, ready for comfyhub.
 
 Steps, each shown with its progress: clone (or update) the repository, create the
-venv, install torch (CPU or CUDA build), install ComfyUI's requirements, create
+venv, install torch (CPU or CUDA build, or keep the one there with --torch skip), install
+ComfyUI's requirements (never swapping the torch build the previous step left), create
 custom_nodes/ and models/, and write COMFYUI_REPO_PATH / COMFYUI_PYTHON into .env.
 Running it again updates the checkout and the packages instead of failing.
 """
@@ -22,6 +23,8 @@ from rich.console import Console
 TORCH_CHOICES = ("cpu", "cuda", "skip")
 # The CPU build of torch comes from PyTorch's own index; the default PyPI build is CUDA's.
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# ComfyUI's requirements.txt lists these too; the requirements step keeps what is installed.
+TORCH_PACKAGES = ("torch", "torchvision", "torchaudio")
 
 
 class InstallError(Exception):
@@ -37,7 +40,8 @@ class Installer:
         self.torch = torch
         self.extra_packages = extra_packages
         self.env_file = env_file
-        self.console = console or Console(highlight=False)
+        # soft_wrap: long paths stay on one line in logs and narrow terminals.
+        self.console = console or Console(highlight=False, soft_wrap=True)
         self.python = self.target / "venv" / "bin" / "python"
         self._steps = 6
         self._step = 0
@@ -51,8 +55,28 @@ class Installer:
         self._requirements()
         self._folders()
         self._write_env()
-        self.console.print(f"[bold green]ComfyUI is ready[/] at {self.target}")
+        if self._torch_loads():
+            self.console.print(f"[bold green]ComfyUI is ready[/] at {self.target}")
         self.console.print("Start comfyhub with [bold]./scripts/serve.sh[/] (or restart it) to use it.")
+
+    def _torch_loads(self) -> bool:
+        """ComfyUI imports torch and torchvision first: say now, not at the first start, if they do not load."""
+        code = "import torch, torchvision; print('torch', torch.__version__, '· torchvision', torchvision.__version__)"
+        try:
+            r = subprocess.run([str(self.python), "-c", code], capture_output=True, text=True, timeout=300)
+            ok, out = r.returncode == 0, (r.stdout if r.returncode == 0 else r.stderr).strip()
+        except subprocess.TimeoutExpired:
+            ok, out = False, "importing torch took over 300 s"
+        if ok:
+            self.console.print(f"[green]✓[/] {out.splitlines()[-1]} load")
+            return True
+        last = (out.splitlines() or ["no output"])[-1]
+        self.console.print(
+            f"[bold yellow]![/] ComfyUI's python cannot load torch and torchvision: {last}\n"
+            "  ComfyUI will not start until it can.\n"
+            f"  what to do: install builds of torch and torchvision that match (CPU: {self.python} -m pip install "
+            f"torch torchvision --index-url {TORCH_CPU_INDEX}), then run this again with --torch skip")
+        return False
 
     def _checkout(self) -> None:
         if (self.target / ".git").is_dir():
@@ -61,7 +85,14 @@ class Installer:
             if self.ref:
                 self._run(["git", "-C", str(self.target), "checkout", "--quiet", self.ref], f"git checkout {self.ref}")
             else:
-                self._run(["git", "-C", str(self.target), "pull", "--ff-only", "--quiet"], "git pull")
+                detached = subprocess.run(["git", "-C", str(self.target), "symbolic-ref", "-q", "HEAD"],
+                                          capture_output=True).returncode != 0
+                if detached:
+                    # Installed with --ref TAG: there is no branch to pull.
+                    raise InstallError(f"{self.target} is pinned to a tag or commit (installed with --ref): run this "
+                                       "again with --ref NEW_TAG, or with --ref master to follow the default branch")
+                self._run(["git", "-C", str(self.target), "pull", "--ff-only", "--quiet"], "git pull",
+                          hint=f"keep or undo local changes in {self.target} first (git -C {self.target} status)")
             return
         if self.target.exists() and any(self.target.iterdir()):
             raise InstallError(f"{self.target} exists and is not a git checkout: choose another --dir or remove it")
@@ -93,24 +124,46 @@ class Installer:
 
     def _torch(self) -> None:
         pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check", "--upgrade"]
+        by_hand = (f"or install them yourself ({self.python} -m pip install torch torchvision torchaudio …) "
+                   "and run this again with --torch skip")
         if self.torch == "skip":
-            self._header("torch: skipped (--torch skip)", done=True)
+            self._header("torch: skipped (--torch skip), keeping what the venv has", done=True)
         elif self.torch == "cpu":
             self._header("Installing torch (CPU build; a few hundred MB)")
-            self._run([*pip, "torch", "torchvision", "torchaudio", "--index-url", TORCH_CPU_INDEX], "pip install torch")
+            self._run([*pip, *TORCH_PACKAGES, "--index-url", TORCH_CPU_INDEX], "pip install torch",
+                      hint=f"the CPU build comes from {TORCH_CPU_INDEX}: check that this machine reaches it, {by_hand}")
         else:
             self._header("Installing torch (CUDA build; several GB)")
-            self._run([*pip, "torch", "torchvision", "torchaudio"], "pip install torch")
+            self._run([*pip, *TORCH_PACKAGES], "pip install torch",
+                      hint=f"check the network and the free disk space (several GB), {by_hand}")
 
     def _requirements(self) -> None:
         requirements = self.target / "requirements.txt"
         pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check", "--upgrade"]
         self._header("Installing ComfyUI's requirements")
         if requirements.is_file():
-            self._run([*pip, "-r", str(requirements)], "pip install -r requirements.txt")
+            # requirements.txt names torch as well: with --upgrade, pip would replace the CPU
+            # build (or the one installed by hand) with PyPI's newest CUDA build. Pin it.
+            pins = self._installed(TORCH_PACKAGES)
+            with tempfile.NamedTemporaryFile("w", prefix="comfyhub-torch-", suffix=".txt") as constraints:
+                constraints.write("".join(f"{name}=={version}\n" for name, version in pins.items()))
+                constraints.flush()
+                if pins:
+                    self.console.print("    [dim]keeping " + ", ".join(f"{n} {v}" for n, v in pins.items()) + "[/]")
+                self._run([*pip, "-r", str(requirements), "-c", constraints.name], "pip install -r requirements.txt",
+                          hint="see pip's message above; with --torch skip, the torch in the venv must suit ComfyUI")
         if self.extra_packages:
             # ComfyUI imports these without listing them.
             self._run([*pip, *self.extra_packages], f"pip install {' '.join(self.extra_packages)}")
+
+    def _installed(self, names) -> dict[str, str]:
+        """Versions of these distributions in the venv (the ones not installed are left out)."""
+        code = ("import importlib.metadata as m, sys\n"
+                "for n in sys.argv[1:]:\n"
+                "    try: print(n, m.version(n))\n"
+                "    except m.PackageNotFoundError: pass\n")
+        r = subprocess.run([str(self.python), "-c", code, *names], capture_output=True, text=True)
+        return dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
 
     def _folders(self) -> None:
         self._header("Creating custom_nodes/ and models/")
@@ -146,8 +199,9 @@ class Installer:
                     status.update(f"{what} … {int(time.monotonic() - started)} s  [dim]{line[:90]}[/]")
             code = proc.wait()
         if code != 0:
+            # What to do comes last, where the eye lands after the tool's own output.
             tail = "\n".join(f"    {line}" for line in last)
-            raise InstallError(f"{what} failed (exit {code}){': ' + hint if hint else ''}\n{tail}")
+            raise InstallError(f"{what} failed (exit {code}):\n{tail}" + (f"\n  what to do: {hint}" if hint else ""))
         self.console.print(f"    [dim]{what}: done in {time.monotonic() - started:.1f} s[/]")
 
 

@@ -19,6 +19,9 @@ def test_first_serve_prints_admin_password_and_curl_flow_works(tmp_path):
     with LiveServer(tmp_path) as server:
         password = initial_admin_password(tmp_path)
         assert f"password: {password}" in server.output()
+        # no ComfyUI yet: the console says so, with the command that fixes it
+        assert "ComfyUI is not configured" in server.output()
+        assert ".venv/bin/comfyhub comfyui install" in server.output()
         assert stat.S_IMODE((tmp_path / "runtime" / "initial_admin_password").stat().st_mode) == 0o600
         assert stat.S_IMODE((tmp_path / "runtime" / "secret_key").stat().st_mode) == 0o600
         # the README's curl walkthrough

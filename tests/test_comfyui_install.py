@@ -53,7 +53,7 @@ def test_fresh_install_then_rerun_updates(tmp_path, comfy_repo):
     values = env_values(work / ".env")
     assert values == {"COMFYUI_PORT_RANGE": "9100-9110", "COMFYUI_REPO_PATH": str(target),
                       "COMFYUI_PYTHON": str(python)}
-    for step in ("[1/6]", "[2/6]", "[6/6]", "ComfyUI is ready"):
+    for step in ("[1/6]", "[2/6]", "[6/6]", "Start comfyhub with"):  # no torch here: not "ready"
         assert step in r.stdout
 
     # upstream moves on; a second run updates the checkout instead of failing
@@ -65,6 +65,17 @@ def test_fresh_install_then_rerun_updates(tmp_path, comfy_repo):
     assert "v2" in (target / "main.py").read_text()
     assert "Virtual environment exists" in r.stdout
     assert env_values(work / ".env")["COMFYUI_PYTHON"] == str(python)
+
+    # pinned to a tag, "run it again to update" without --ref says how to move on
+    r = install(work, "--git-url", str(comfy_repo))
+    assert r.returncode == 1 and "pinned to a tag" in r.stderr and "--ref" in r.stderr
+    r = install(work, "--git-url", str(comfy_repo), "--ref", "master")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (comfy_repo / "main.py").write_text("print('fake comfyui v3')\n")
+    git("commit", "-q", "-am", "v3", cwd=comfy_repo)
+    r = install(work, "--git-url", str(comfy_repo))  # on a branch now: a plain re-run pulls
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "v3" in (target / "main.py").read_text()
 
     # doctor now finds main.py and the interpreter
     doctor = subprocess.run([sys.executable, "-m", "comfyhub.cli", "doctor"], cwd=work, capture_output=True,
@@ -104,3 +115,91 @@ def test_repository_without_main_py_is_rejected(tmp_path):
     r = install(work, "--git-url", str(repo))
     assert r.returncode == 1 and "does not look like ComfyUI" in r.stderr
     assert not (work / "runtime" / "ComfyUI").exists()
+
+
+def offline_pip_env(find_links: Path) -> dict:
+    """pip with no index, no configuration files, and only `find_links` to install from."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    return {**env, "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(find_links),
+            "COLUMNS": "120"}
+
+
+def fake_wheel(folder: Path, name: str, version: str) -> None:
+    """A minimal wheel with only its metadata: enough for pip to choose and install it."""
+    import zipfile
+
+    folder.mkdir(exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{path},,\n" for path in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as whl:
+        for path, text in files.items():
+            whl.writestr(path, text)
+
+
+def test_requirements_keep_the_installed_torch(tmp_path, comfy_repo):
+    """requirements.txt names torch: the upgrade must not swap the build installed before it (CPU or by hand)."""
+    (comfy_repo / "requirements.txt").write_text("torch\n")
+    git("commit", "-q", "-am", "needs torch", cwd=comfy_repo)
+    wheels = tmp_path / "wheels"
+    fake_wheel(wheels, "torch", "1.0")  # what the user installed by hand (stands for the CPU build)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = offline_pip_env(wheels)
+    # first run: skip torch; requirements.txt then installs torch 1.0, the only one there is
+    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip",
+                        "--extra-packages", "", "--git-url", str(comfy_repo)],
+                       cwd=work, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    python = work / "runtime" / "ComfyUI" / "venv" / "bin" / "python"
+    version = [str(python), "-c", "import importlib.metadata as m; print(m.version('torch'))"]
+    assert subprocess.run(version, capture_output=True, text=True).stdout.strip() == "1.0"
+
+    fake_wheel(wheels, "torch", "2.0")  # a newer (say CUDA) build appears on the index
+    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip",
+                        "--extra-packages", "", "--git-url", str(comfy_repo)],
+                       cwd=work, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert subprocess.run(version, capture_output=True, text=True).stdout.strip() == "1.0"
+    assert "keeping torch 1.0" in r.stdout
+
+
+def test_torch_download_failure_says_what_to_do(tmp_path, comfy_repo):
+    """The CPU build's index out of reach (offline, a firewall): the error names --torch skip."""
+    work = tmp_path / "work"
+    work.mkdir()
+    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "cpu",
+                        "--extra-packages", "", "--git-url", str(comfy_repo)],
+                       cwd=work, capture_output=True, text=True, timeout=300, env=offline_pip_env(tmp_path / "none"))
+    assert r.returncode == 1
+    assert "pip install torch failed" in r.stderr
+    assert "download.pytorch.org" in r.stderr and "--torch skip" in r.stderr
+    python = work / "runtime" / "ComfyUI" / "venv" / "bin" / "python"
+    assert f"{python} -m pip install torch torchvision torchaudio" in r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith("  what to do: ")  # last, after pip's own lines
+    assert not (work / ".env").exists()  # nothing half-configured
+
+
+def test_torchvision_that_does_not_load_is_reported(tmp_path, comfy_repo):
+    """A torchvision built for another torch (a CUDA wheel next to CPU torch) fails at import: say so at install time."""
+    work = tmp_path / "work"
+    work.mkdir()
+    r = install(work, "--git-url", str(comfy_repo))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cannot load torch and torchvision" in r.stdout  # this venv has no torch at all
+    site = next((work / "runtime" / "ComfyUI" / "venv" / "lib").glob("python3*/site-packages"))
+    for name, body in {"torch": "__version__ = '9.9+cpu'\n",
+                       "torchvision": "raise RuntimeError('operator torchvision::nms does not exist')\n"}.items():
+        (site / name).mkdir()
+        (site / name / "__init__.py").write_text(body)
+    r = install(work, "--git-url", str(comfy_repo))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cannot load torch and torchvision: RuntimeError: operator torchvision::nms does not exist" in r.stdout
+    assert "--torch skip" in r.stdout and "ComfyUI is ready" not in r.stdout
+
+    (site / "torchvision" / "__init__.py").write_text("__version__ = '0.99+cpu'\n")
+    r = install(work, "--git-url", str(comfy_repo))
+    assert "torch 9.9+cpu · torchvision 0.99+cpu load" in r.stdout and "ComfyUI is ready" in r.stdout

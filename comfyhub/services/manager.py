@@ -60,7 +60,8 @@ READY_POLL_SECONDS = 0.01
 # Proxied traffic marks activity; one write per instance per this many seconds at most.
 ACTIVITY_WRITE_SECONDS = 5.0
 
-NOT_CONFIGURED_HINT = "请在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON，然后重启 comfyhub"
+NOT_CONFIGURED_HINT = ("请管理员运行 .venv/bin/comfyhub comfyui install"
+                       "（或在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON），然后重启 comfyhub")
 # Lock id for admission (limits + claim); project ids start at 1, so 0 is free.
 ADMISSION_LOCK = 0
 QUEUED = "排队中"

@@ -363,6 +363,7 @@ async def test_not_configured_is_503(db_url, tmp_path):
         r = await open_comfy(c, h, pid)
         assert r.status_code == 503 and r.json()["msg"] == "ComfyUI 未配置"
         assert "COMFYUI_REPO_PATH" in r.json()["data"]["hint"]
+        assert "comfyhub comfyui install" in r.json()["data"]["hint"]  # the command that fixes it
         assert await service(c, h, pid) is None
 
 
