@@ -89,8 +89,12 @@ TORCH_TIMEOUT = 60
 
 
 def check_torch(python: Path) -> Check:
-    """Its python runs and imports torch (ComfyUI's first need), within a time limit."""
-    code = "import torch; print(torch.__version__, torch.cuda.is_available())"
+    """Its python runs and imports torch and torchvision (ComfyUI imports both at start), in a time limit.
+
+    torchvision matters on its own: a build that does not match torch imports torch fine
+    and then stops ComfyUI with `operator torchvision::nms does not exist`.
+    """
+    code = "import torch, torchvision; print(torch.__version__, torch.cuda.is_available())"
     try:
         r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=TORCH_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -100,8 +104,9 @@ def check_torch(python: Path) -> Check:
         return Check("comfyui torch", "fail", f"cannot run {python}: {exc.strerror}", "reinstall: comfyhub comfyui install")
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        return Check("comfyui torch", "fail", f"import torch failed: {last[:200]}",
-                     "install it: comfyhub comfyui install (or pip install torch in that venv)")
+        return Check("comfyui torch", "fail", f"import torch, torchvision failed: {last[:200]}",
+                     "install matching builds: comfyhub comfyui install (or pip install torch torchvision "
+                     "in that venv, from the same index)")
     version, cuda = (r.stdout.split() + ["?", "?"])[:2]
     return Check("comfyui torch", "ok", f"torch {version}, CUDA available: {cuda}")
 

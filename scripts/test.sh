@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the whole test suite (args go to pytest). Installs PostgreSQL and Chromium first when
-# they are missing and this runs as root; otherwise says what to install.
+# Run the whole test suite (args go to pytest), then the lifecycle suites again with every
+# instance on a local Ray cluster. Installs PostgreSQL and Chromium first when they are
+# missing and this runs as root; otherwise says what to install.
 source "$(dirname "$0")/bootstrap.sh" "test"
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
@@ -16,4 +17,15 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "the tests need: ${need[*]} — run: sudo apt-get install -y ${need[*]}" >&2; exit 1
   fi
 fi
-exec .venv/bin/python -m pytest "$@"
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+if [ "${COMFYHUB_TEST_RAY_PASS:-1}" != 0 ]; then
+  echo "==> lifecycle, fault and multi-worker suites again, instances on a local Ray cluster" >&2
+  .venv/bin/python -m pytest --launcher ray "$@" \
+    tests/services/test_manager.py tests/services/test_restart.py \
+    tests/services/test_multiworker.py tests/services/test_database_outage.py
+  ray_status=$?
+  [ $status = 0 ] && status=$ray_status
+fi
+exit $status

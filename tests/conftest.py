@@ -153,8 +153,8 @@ def make_settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
         comfyui_models_dir=tmp_path / "shared" / "models",
         comfyui_heartbeat_interval_seconds=3600,
         comfyui_startup_timeout_seconds=20,
-        **launcher.settings_overrides(),
     )
+    values.update(launcher.settings_overrides())
     values.update(overrides)
     (tmp_path / "shared" / "custom_nodes").mkdir(parents=True, exist_ok=True)
     (tmp_path / "shared" / "models").mkdir(parents=True, exist_ok=True)

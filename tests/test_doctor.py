@@ -22,6 +22,8 @@ def ready(tmp_path):
     fake_torch = tmp_path / "site" / "torch"
     fake_torch.mkdir(parents=True)
     (fake_torch / "__init__.py").write_text("__version__ = '0.0-fake'\nclass cuda:\n    is_available = staticmethod(lambda: False)\n")
+    (tmp_path / "site" / "torchvision").mkdir()
+    (tmp_path / "site" / "torchvision" / "__init__.py").write_text("")
     python = tmp_path / "python"
     python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'site'} exec {sys.executable} \"$@\"\n")
     python.chmod(0o755)
@@ -56,7 +58,8 @@ def _squat(port):
          "comfyhub comfyui install"),
         ("no main.py", {"COMFYUI_REPO_PATH": "/tmp"}, "fail  comfyui repo", "COMFYUI_REPO_PATH"),
         ("python missing", {"COMFYUI_PYTHON": "/no/python"}, "fail  comfyui python", "COMFYUI_PYTHON"),
-        ("no torch", {"COMFYUI_PYTHON": sys.executable}, "fail  comfyui torch: import torch failed", "pip install torch"),
+        ("no torch", {"COMFYUI_PYTHON": sys.executable}, "fail  comfyui torch: import torch, torchvision failed",
+         "pip install torch torchvision"),
         ("dirs", {"COMFYUI_LOG_DIR": "/proc/version/logs"}, "fail  log dir", "writable"),
         ("ports", {"COMFYUI_PORT_RANGE": "47299-47299"}, "fail  port range", "COMFYUI_PORT_RANGE"),
         ("listen", {"COMFYUI_LISTEN": "0.0.0.0"}, "warn  listen address", "COMFYUI_LISTEN=127.0.0.1"),

@@ -22,6 +22,9 @@ its record; a launcher only runs processes. The contract, for every launcher:
   the process is gone (or was never ours).
 - ``restore(state)`` rebuilds a ``Handle`` from ``Handle.state()`` saved in the record,
   after a backend restart; it does not check liveness (call ``poll``) and never blocks.
+- ``refresh(handles)`` (optional, async): a launcher whose ``poll`` answers from a
+  cache (Ray) brings it up to date for these handles; the heartbeat calls it before
+  each sweep, so that a sweep sees exits as they are.
 - ``discover(base_root)`` (optional, blocking: call it in a thread) lists the processes
   running for instance folders under ``base_root``, whether or not a record names them.
 - ``assigns_gpus``: True when the launcher chooses GPUs itself (Ray does); the manager

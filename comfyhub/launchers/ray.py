@@ -197,6 +197,12 @@ class RayLauncher:
                 watched.polled_at = time.monotonic()
             return self._states.get(actor_id)
 
+    async def refresh(self, handles: list[Handle]) -> None:
+        """Bring poll's answers for `handles` up to date now (before a heartbeat sweep)."""
+        for handle in handles:
+            self.poll(handle)  # starts watching the ones seen for the first time
+        await asyncio.to_thread(self._refresh)
+
     def _track(self, handle: Handle, actor) -> None:
         with self._lock:
             actor_id = handle.extra["actor_id"]

@@ -588,6 +588,9 @@ class ServiceManager:
             records = (await db.execute(select(ComfyUIService).where(ComfyUIService.status.in_(WATCHED)))).scalars().all()
             starting = (await db.execute(select(ComfyUIService.project_id).where(ComfyUIService.status == S.STARTING))).all()
         await asyncio.gather(*(self._resolve_abandoned_start(pid) for (pid,) in starting))
+        refresh = getattr(self.launcher, "refresh", None)
+        if refresh is not None:
+            await refresh([h for h in map(self._handle, records) if h is not None])
         results = await asyncio.gather(*(self._probe(r) for r in records))
         counts = {"online": 0, "offline": 0}
         now = utcnow()

@@ -5,8 +5,6 @@ deployment would run it.
 """
 
 import asyncio
-import os
-import signal
 
 import psutil
 import pytest
@@ -19,7 +17,7 @@ from tests.support.comfy import new_project, pid_alive, service, user_id
 from tests.support.net import wait_for
 
 ray = pytest.importorskip("ray")
-from tests.support.ray_cluster import comfyhub_actors, free_gpus, total_gpus, wait_gpus_free  # noqa: E402
+from tests.support.ray_cluster import comfyhub_actors, free_gpus, total_gpus  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -69,6 +67,16 @@ async def test_instances_are_placed_on_gpu_nodes_and_reached_at_node_address(pg_
         r = await c.get(f"/comfy/{a}/system_stats", headers={"Cookie": f"comfyhub_session={token}"})
         assert r.status_code == 200, r.text
         assert r.json()["system"]["argv"][r.json()["system"]["argv"].index("--port") + 1] == str(ra.port)
+
+
+async def test_zero_gpus_per_instance_runs_on_the_cpu(pg_url, tmp_path):
+    async with ray_hub(pg_url, tmp_path, comfyui_gpus_per_instance=0) as c:
+        alice = c.headers_of["alice"]
+        p = await new_project(c, alice)
+        assert (await open_comfy(c, alice, p)).json()["data"]["status"] == "online"
+        record = await record_of(c, p)
+        assert "--cpu" in psutil.Process(record.pid).cmdline() and record.gpu == ""
+        assert free_gpus() == total_gpus()
 
 
 async def test_third_instance_waits_for_a_gpu_until_one_stops(pg_url, tmp_path):
@@ -162,7 +170,7 @@ async def test_node_death_marks_offline_in_one_heartbeat_and_next_open_moves(pg_
             assert r.json()["data"]["status"] == "online", r.text
             assert node_of(await record_of(c, p)) != node.node_id
         finally:
-            ray_cluster.add_node(num_cpus=1, num_gpus=1)
+            ray_cluster.add_node(num_cpus=4, num_gpus=1)
             ray_cluster.wait_for_nodes()
 
 

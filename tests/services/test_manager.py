@@ -142,7 +142,7 @@ async def test_early_exit_fails_fast_with_log_tail(client, alice, settings):
     t0 = time.monotonic()
     r = await open_comfy(client, alice, pid)
     elapsed = time.monotonic() - t0
-    assert elapsed < 2.0
+    assert elapsed < 2.0 + launcher.start_allowance()
     assert r.status_code == 503 and r.json()["msg"].startswith("ComfyUI 启动失败")
     svc = await service(client, alice, pid)
     assert svc["status"] == "failed"
@@ -171,7 +171,7 @@ async def test_foreign_listener_on_first_ports_is_skipped(client, alice, setting
     squatters = []
     for port in (low, low + 1):
         s = socket.socket()
-        s.bind(("127.0.0.1", port))
+        s.bind((launcher.instance_host(), port))  # on a Ray node the actor finds them busy
         s.listen()
         squatters.append(s)
     try:
@@ -184,6 +184,7 @@ async def test_foreign_listener_on_first_ports_is_skipped(client, alice, setting
             s.close()
 
 
+@pytest.mark.local_only  # a squatter on this host's loopback; Ray instances listen on the node's address
 async def test_port_squatter_answering_system_stats_is_not_ours(client, alice, settings, tmp_path):
     """Our child loses the bind race to a ComfyUI-like squatter: retried on another port."""
     pid = await new_project(client, alice)

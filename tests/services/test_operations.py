@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 
 import httpx
+import pytest
 from sqlalchemy import update
 
 from comfyhub.models import ComfyUIService, utcnow
 from comfyhub.services.instances import instance_dir
+from tests.support import launcher
 from tests.support.app import running_app
 from tests.support.comfy import new_project, pid_alive, service, set_knobs, system_argv, user_id
 from tests.support.net import wait_for
@@ -47,7 +49,8 @@ async def test_idle_instance_is_culled_busy_one_is_not(db_url, tmp_path):
         for p in (idle, busy):
             assert (await open_comfy(c, c.alice, p)).json()["data"]["status"] == "online"
         port = (await service(c, c.alice, busy))["port"]
-        job = httpx.post(f"http://127.0.0.1:{port}/prompt", json={"prompt": {}, "client_id": "x"}, trust_env=False)
+        job = httpx.post(f"http://{launcher.instance_host()}:{port}/prompt", json={"prompt": {}, "client_id": "x"},
+                         trust_env=False)
         assert job.status_code == 200  # a job now runs for 30 s
         idle_pid = (await service(c, c.alice, idle))["pid"]
         base = instance_dir(c.settings, await user_id(c, c.alice), idle)
@@ -90,6 +93,7 @@ async def test_limits_answer_429_and_start_nothing(db_url, tmp_path):
         assert (await open_comfy(c, c.alice, a2)).status_code == 200  # reuse is never limited
 
 
+@pytest.mark.local_only  # with Ray, Ray's scheduler queues starts (tests/launchers/test_ray.py)
 async def test_starts_beyond_the_cap_wait_their_turn(db_url, tmp_path):
     async with hub(db_url, tmp_path, comfyui_max_concurrent_starts=1) as c:
         first, second = await new_project(c, c.alice, "Q1"), await new_project(c, c.alice, "Q2")
@@ -169,6 +173,7 @@ async def test_user_stop_is_not_restarted(db_url, tmp_path):
         assert c.manager._flights == {}
 
 
+@pytest.mark.local_only  # with Ray, Ray assigns GPUs (tests/launchers/test_ray.py)
 async def test_gpu_list_spreads_instances_and_sets_cuda_visible_devices(db_url, tmp_path):
     async with hub(db_url, tmp_path, comfyui_gpus="0,1") as c:
         ids = [await new_project(c, c.alice, f"G{i}") for i in range(3)]
@@ -183,6 +188,7 @@ async def test_gpu_list_spreads_instances_and_sets_cuda_visible_devices(db_url, 
         assert gpus == ["0", "1", "0"]
 
 
+@pytest.mark.local_only  # with Ray: COMFYUI_GPUS_PER_INSTANCE=0 (tests/launchers/test_ray.py)
 async def test_without_gpu_comfyui_gets_cpu_flag(db_url, tmp_path):
     async with hub(db_url, tmp_path, comfyui_gpus="auto") as c:  # no NVML on this machine
         p = await new_project(c, c.alice, "CPU")

@@ -32,7 +32,9 @@ def running_ray_cluster(gpu_nodes: int = 2, gpus_per_node: int = 1):
     )
     try:
         for _ in range(gpu_nodes):
-            cluster.add_node(num_cpus=1, num_gpus=gpus_per_node)
+            # Instances need no CPU; the CPUs only let the node start several actor
+            # workers at once (Ray starts at most num_cpus worker processes in parallel).
+            cluster.add_node(num_cpus=4, num_gpus=gpus_per_node)
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, namespace=NAMESPACE, log_to_driver=False)
         yield cluster
