@@ -37,6 +37,14 @@ async def record_of(c, pid):
     return await c.manager.get(pid)
 
 
+async def open_one(c):
+    """alice opens a new project; (her headers, the project id, its record once online)."""
+    alice = c.headers_of["alice"]
+    p = await new_project(c, alice)
+    assert (await open_comfy(c, alice, p)).json()["data"]["status"] == "online"
+    return alice, p, await record_of(c, p)
+
+
 def node_of(record) -> str:
     return record.launcher_state["extra"]["node_id"]
 
@@ -71,10 +79,7 @@ async def test_instances_are_placed_on_gpu_nodes_and_reached_at_node_address(pg_
 
 async def test_zero_gpus_per_instance_runs_on_the_cpu(pg_url, tmp_path):
     async with ray_hub(pg_url, tmp_path, comfyui_gpus_per_instance=0) as c:
-        alice = c.headers_of["alice"]
-        p = await new_project(c, alice)
-        assert (await open_comfy(c, alice, p)).json()["data"]["status"] == "online"
-        record = await record_of(c, p)
+        _alice, _p, record = await open_one(c)
         assert "--cpu" in psutil.Process(record.pid).cmdline() and record.gpu == ""
         assert free_gpus() == total_gpus()
 
@@ -137,10 +142,7 @@ async def test_more_gpus_than_any_node_has_fails_at_once(pg_url, tmp_path):
 
 async def test_stop_kills_the_actor_frees_the_gpu_and_keeps_files(pg_url, tmp_path):
     async with ray_hub(pg_url, tmp_path) as c:
-        alice = c.headers_of["alice"]
-        p = await new_project(c, alice)
-        assert (await open_comfy(c, alice, p)).json()["data"]["status"] == "online"
-        record = await record_of(c, p)
+        alice, p, record = await open_one(c)
         (tmp_path / "instances" / f"u{record.user_id}" / f"p{p}" / "output" / "keep.png").write_bytes(b"x")
         assert free_gpus() == total_gpus() - 1
         r = await c.post(f"/api/projects/{p}/stop_comfy", headers=alice)
@@ -154,10 +156,7 @@ async def test_stop_kills_the_actor_frees_the_gpu_and_keeps_files(pg_url, tmp_pa
 
 async def test_node_death_marks_offline_in_one_heartbeat_and_next_open_moves(pg_url, tmp_path, ray_cluster):
     async with ray_hub(pg_url, tmp_path) as c:
-        alice = c.headers_of["alice"]
-        p = await new_project(c, alice)
-        assert (await open_comfy(c, alice, p)).json()["data"]["status"] == "online"
-        record = await record_of(c, p)
+        alice, p, record = await open_one(c)
         node = next(n for n in ray_cluster.worker_nodes if n.node_id == node_of(record))
         try:
             ray_cluster.remove_node(node)
@@ -176,10 +175,7 @@ async def test_node_death_marks_offline_in_one_heartbeat_and_next_open_moves(pg_
 
 async def test_backend_restart_adopts_running_actors_and_drops_abandoned_ones(pg_url, tmp_path):
     async with ray_hub(pg_url, tmp_path) as c:
-        alice = c.headers_of["alice"]
-        p = await new_project(c, alice)
-        assert (await open_comfy(c, alice, p)).json()["data"]["status"] == "online"
-        before = await record_of(c, p)
+        _alice, p, before = await open_one(c)
         uid = before.user_id
     # The backend is gone (instances keep running); an actor whose start it abandoned
     # still waits for a GPU it will never need.

@@ -2,8 +2,6 @@
 
 import asyncio
 import contextlib
-import os
-import sys
 from contextlib import contextmanager
 
 import httpx
@@ -12,8 +10,8 @@ import pytest
 
 from comfyhub.config import load_settings
 from comfyhub.services.instances import instance_dir
-from tests.conftest import FAKE_COMFYUI, add_user
-from tests.support.net import free_port_block
+from tests.conftest import add_user
+from tests.support.hub import fake_comfyui_env
 from tests.support.server import LiveServer
 
 
@@ -41,16 +39,7 @@ class Hub:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     work = tmp_path_factory.mktemp("proxyhub")
-    low, high = free_port_block(6)
-    (work / "shared" / "custom_nodes").mkdir(parents=True)
-    env = {
-        "COMFYUI_REPO_PATH": str(FAKE_COMFYUI),
-        "COMFYUI_PYTHON": os.environ.get("COMFYHUB_TEST_PYTHON", sys.executable),
-        "COMFYUI_PORT_RANGE": f"{low}-{high}",
-        "COMFYUI_CUSTOM_NODES_DIR": str(work / "shared" / "custom_nodes"),
-        "COMFYUI_MODELS_DIR": str(work / "shared" / "custom_nodes"),
-        "COMFYHUB_ADMIN_PASSWORD": "admin-password-1",
-    }
+    env = {**fake_comfyui_env(work, 6), "COMFYHUB_ADMIN_PASSWORD": "admin-password-1"}
     server = LiveServer(work, env=env).start()
     settings = load_settings(_env_file=None, comfyhub_database_url=f"sqlite+aiosqlite:///{work}/runtime/comfyhub.db",
                              comfyui_instance_base_dir=work / "runtime" / "comfy_instances")

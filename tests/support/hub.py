@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,19 @@ from tests.support.server import LiveServer
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_COMFYUI = ROOT / "tests" / "fake_comfyui"
 PASSWORD = "password-123"
+
+
+def fake_comfyui_env(work: Path, ports: int) -> dict[str, str]:
+    """Settings for a live `comfyhub serve` in `work` that starts fake ComfyUIs on free ports."""
+    low, high = free_port_block(ports)
+    (work / "shared" / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    return {
+        "COMFYUI_REPO_PATH": str(FAKE_COMFYUI),
+        "COMFYUI_PYTHON": os.environ.get("COMFYHUB_TEST_PYTHON", sys.executable),
+        "COMFYUI_PORT_RANGE": f"{low}-{high}",
+        "COMFYUI_CUSTOM_NODES_DIR": str(work / "shared" / "custom_nodes"),
+        "COMFYUI_MODELS_DIR": str(work / "shared" / "custom_nodes"),
+    }
 
 
 class LiveHub(LiveServer):

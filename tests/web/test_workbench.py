@@ -12,7 +12,6 @@ import asyncio
 import os
 import re
 import signal
-import sys
 from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,9 +23,9 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from comfyhub.config import load_settings
-from tests.conftest import FAKE_COMFYUI, ROOT, add_user
+from tests.conftest import ROOT, add_user
 from tests.support.comfy import pid_alive, set_knobs
-from tests.support.net import free_port_block
+from tests.support.hub import fake_comfyui_env
 from tests.support.server import LiveServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -73,14 +72,8 @@ class Hub:
 
 def _env(work: Path) -> dict[str, str]:
     """Like the `hub` fixture of tests/proxy/test_gateway.py, with a fast heartbeat and refresh."""
-    low, high = free_port_block(10)
-    (work / "shared" / "custom_nodes").mkdir(parents=True)
     return {
-        "COMFYUI_REPO_PATH": str(FAKE_COMFYUI),
-        "COMFYUI_PYTHON": os.environ.get("COMFYHUB_TEST_PYTHON", sys.executable),
-        "COMFYUI_PORT_RANGE": f"{low}-{high}",
-        "COMFYUI_CUSTOM_NODES_DIR": str(work / "shared" / "custom_nodes"),
-        "COMFYUI_MODELS_DIR": str(work / "shared" / "custom_nodes"),
+        **fake_comfyui_env(work, 10),
         "COMFYUI_HEARTBEAT_INTERVAL_SECONDS": "1",
         "COMFYUI_STARTUP_TIMEOUT_SECONDS": "20",
         "COMFYHUB_LIST_REFRESH_SECONDS": "1",
