@@ -19,17 +19,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
 
-import ray
-from ray.exceptions import ActorUnavailableError, RayActorError, RayError
+# This process is a Ray driver, and a driver ends its own process once the cluster's head
+# (GCS) has been unreachable for gcs_rpc_server_reconnect_timeout_s (60 s by default;
+# measured: "GCS may have been killed ... The program will terminate"). Here the driver
+# is the comfyhub backend, which must outlive the head. Ray reads the setting when it is
+# imported, hence before the import; the value is a year, not "forever", to stay an integer
+# Ray accepts.
+os.environ["RAY_gcs_rpc_server_reconnect_timeout_s"] = str(365 * 24 * 3600)
 
-from comfyhub.config import Settings
-from comfyhub.launchers.base import Exit, Handle, LaunchError, LaunchSpec, PortInUse
-from comfyhub.launchers.ray_actor import ComfyUIActor
-from comfyhub.launchers.ray_check import unreachable
+import ray  # noqa: E402
+from ray.exceptions import ActorUnavailableError, RayActorError, RayError  # noqa: E402
+
+from comfyhub.config import Settings  # noqa: E402
+from comfyhub.launchers.base import Exit, Handle, LaunchError, LaunchSpec, PortInUse  # noqa: E402
+from comfyhub.launchers.ray_actor import ComfyUIActor  # noqa: E402
+from comfyhub.launchers.ray_check import unreachable  # noqa: E402
 
 log = logging.getLogger("comfyhub.ray")
 
@@ -64,6 +73,7 @@ class RayLauncher:
         self._connect_lock = threading.Lock()
         self._connected = False
         self._remote = None
+        self._gcs_address = ""
         self._lock = threading.Lock()
         self._watched: dict[str, _Watched] = {}  # actor id → what to watch
         self._states: dict[str, Exit | None] = {}  # actor id → None (runs) or how it ended
@@ -88,7 +98,16 @@ class RayLauncher:
                 except (ConnectionError, RuntimeError, ValueError) as exc:
                     raise LaunchError(f"无法连接 Ray 集群（RAY_ADDRESS={self.address}）：{exc}") from None
             self._remote = ray.remote(ComfyUIActor)
+            self._gcs_address = ray.get_runtime_context().gcs_address
             self._connected = True
+
+    def _connect_and_check(self) -> None:
+        """Connected, and the head answers now: with the head away every Ray call would
+        wait for it, and a start would only end at its timeout without saying why."""
+        self._connect()
+        problem = unreachable(self._gcs_address)
+        if problem:
+            raise LaunchError(f"Ray 集群的 head 无法连接（{problem}）：请检查 Ray head 节点")
 
     def _ensure_watcher(self) -> None:
         if self._watcher is None:
@@ -103,7 +122,7 @@ class RayLauncher:
     # --- start --------------------------------------------------------------------------
 
     async def start(self, spec: LaunchSpec, on_wait=None) -> Handle:
-        await asyncio.to_thread(self._connect)
+        await asyncio.to_thread(self._connect_and_check)
         name = actor_name(spec.name)
         actor = await asyncio.to_thread(self._create_actor, name)
         ref = actor.start.remote(spec.argv, str(spec.cwd), spec.env, str(spec.log_path), spec.port,

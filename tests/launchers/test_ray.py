@@ -5,16 +5,23 @@ deployment would run it.
 """
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import psutil
 import pytest
 
 from comfyhub.launchers.ray import NAMESPACE, actor_name
 from comfyhub.launchers.ray_actor import ComfyUIActor
+from comfyhub.launchers.ray_check import unreachable
 from tests.conftest import login
 from tests.support.app import running_app
 from tests.support.comfy import new_project, pid_alive, service, user_id
-from tests.support.net import wait_for
+from tests.support.net import free_port, wait_for, wait_for_sync
 
 ray = pytest.importorskip("ray")
 from tests.support.ray_cluster import comfyhub_actors, free_gpus, total_gpus  # noqa: E402
@@ -201,3 +208,48 @@ async def test_backend_restart_adopts_running_actors_and_drops_abandoned_ones(pg
 class _Idle:
     def ping(self):
         return True
+
+
+def test_backend_outlives_the_ray_head(tmp_path):
+    """A Ray driver ends its own process when the head (GCS) is gone for a while; comfyhub's must not.
+
+    The head here tells its processes to give up after 2 s; the backend's launcher must keep
+    its own process alive well past that.
+    """
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="/tmp/rh")  # Ray's socket paths must stay short
+    env = {**os.environ, "RAY_gcs_rpc_server_reconnect_timeout_s": "2"}
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", "--num-cpus=0",
+         "--include-dashboard=false", "--block", f"--temp-dir={temp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    driver = None
+    try:
+        wait_for_sync(lambda: unreachable(f"127.0.0.1:{port}") is None, timeout=60, interval=0.1, what="Ray head")
+        code = (
+            "import time\n"
+            "from comfyhub.config import load_settings\n"
+            "from comfyhub.launchers.ray import RayLauncher\n"
+            f"RayLauncher(load_settings(_env_file=None, ray_address='127.0.0.1:{port}'))._connect()\n"
+            "print('connected', flush=True)\n"
+            "time.sleep(120)\n"
+        )
+        driver = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        lines = []
+        while "connected" not in (line := driver.stdout.readline()):
+            lines.append(line)
+            assert line, "driver ended before connecting:\n" + "".join(lines[-20:])
+        gcs = [p for p in psutil.Process(head.pid).children(recursive=True) if "gcs_server" in p.name()]
+        assert gcs, "no gcs_server under the head"
+        for proc in gcs:
+            proc.kill()
+        # Without the launcher's setting the driver exits 2 s after the GCS is gone.
+        with pytest.raises(subprocess.TimeoutExpired):
+            driver.wait(timeout=10)
+    finally:
+        if driver is not None:
+            driver.kill()
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
