@@ -230,12 +230,16 @@ class RayLauncher:
             self._ensure_watcher()
 
     def _watch_loop(self) -> None:
+        failing = ""
         while not self._closed.is_set():
             try:
                 self._connect()
                 self._refresh()
-            except Exception:  # noqa: BLE001 — the cluster may be away; keep watching
-                log.warning("refreshing Ray actor states failed", exc_info=True)
+                failing = ""
+            except Exception as exc:  # noqa: BLE001 — the cluster may be away; keep watching
+                if repr(exc) != failing:  # once per kind of failure, not every half second
+                    log.warning("refreshing Ray actor states failed: %r", exc)
+                failing = repr(exc)
             self._wake.wait(WATCH_INTERVAL_SECONDS)
             self._wake.clear()
 
