@@ -590,12 +590,18 @@ async def _ws_burst(url: str, headers: dict, conns: int, msgs: int, opened: list
     return {"errors": errors, "open_s": round(t_open, 3), "open_and_echo_s": round(t_echo, 3)}
 
 
+def _wait_websockets_closed(hub) -> None:
+    from tests.support.net import wait_for_sync
+
+    wait_for_sync(lambda: metric(hub, "comfyhub_proxy_websockets_open") == 0, timeout=30, interval=0.05,
+                  what="the proxy to close every WebSocket")
+
+
 def bench_burst(hub, hub_port, comfy_port, project, cookie, origin, conns, msgs) -> dict:
     hub_proc = psutil.Process(hub.proc.pid)
     la = load()
     # Baseline: the same burst straight to the instance.
     direct = asyncio.run(_ws_burst(f"ws://127.0.0.1:{comfy_port}/ws", {}, conns, msgs, []))
-    time.sleep(0.5)
     before = hub_proc.memory_info().rss
     sampler = RssSampler(hub.proc.pid)
     sampler.start()
@@ -603,13 +609,13 @@ def bench_burst(hub, hub_port, comfy_port, project, cookie, origin, conns, msgs)
     proxied = asyncio.run(_ws_burst(f"ws://127.0.0.1:{hub_port}/comfy/{project}/ws",
                                     {"Cookie": cookie, "Origin": origin}, conns, msgs, opened))
     sampler.stop()
-    # After: the proxy's tasks wind down once the sockets are closed.
-    time.sleep(2.0)
+    # After: once the proxy has wound down every relayed WebSocket.
+    _wait_websockets_closed(hub)
     after = hub_proc.memory_info().rss
     # The same burst once more: memory that comes back for it is reused, not leaked.
     again = asyncio.run(_ws_burst(f"ws://127.0.0.1:{hub_port}/comfy/{project}/ws",
                                   {"Cookie": cookie, "Origin": origin}, conns, msgs, []))
-    time.sleep(2.0)
+    _wait_websockets_closed(hub)
     after_again = hub_proc.memory_info().rss
     still_open = metric(hub, "comfyhub_proxy_websockets_open")
     return {
@@ -820,7 +826,7 @@ def render(res: dict) -> str:
         notes.append(f"(4) all {b['connections']} connections are opened first, then all echo at once, and all stay "
                      f"open until every one is done; opening took {b['proxied']['open_s']:.2f} s proxied, "
                      f"{b['direct']['open_s']:.2f} s direct; RSS sampled every 10 ms ({b['rss_mib']['samples']} "
-                     f"samples), 'after' 2 s after the last close; after a second identical burst "
+                     f"samples), 'after' once the proxy reports no open WebSocket; after a second identical burst "
                      f"({len(b['second_burst_errors'])} errors): {b['rss_mib']['after_second_burst']:.1f} MiB; "
                      f"`comfyhub_proxy_websockets_open` at the end: {b['proxy_websockets_gauge_after']}.")
         if b["proxied"]["errors"]:

@@ -233,7 +233,7 @@ def test_backend_outlives_the_ray_head(tmp_path):
             "from comfyhub.launchers.ray import RayLauncher\n"
             f"RayLauncher(load_settings(_env_file=None, ray_address='127.0.0.1:{port}'))._connect()\n"
             "print('connected', flush=True)\n"
-            "time.sleep(120)\n"
+            "time.sleep(120)\n"  # the backend just lives on; the test watches whether it does
         )
         driver = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
