@@ -27,6 +27,8 @@ its record; a launcher only runs processes. The contract, for every launcher:
   each sweep, so that a sweep sees exits as they are.
 - ``discover(base_root)`` (optional, blocking: call it in a thread) lists the processes
   running for instance folders under ``base_root``, whether or not a record names them.
+- ``runs_here``: True when the processes run on this machine (their starts then share its
+  CPUs, so the manager caps how many run at once; a cluster's scheduler does that itself).
 - ``assigns_gpus``: True when the launcher chooses GPUs itself (Ray does); the manager
   then neither picks one nor sets ``CUDA_VISIBLE_DEVICES``, and records ``Handle.gpu``.
 """
@@ -105,6 +107,7 @@ class Exit:
 
 class Launcher(Protocol):
     name: str
+    runs_here: bool
     assigns_gpus: bool
 
     async def start(self, spec: LaunchSpec, on_wait: Callable[[str], Awaitable[None]] | None = None) -> Handle: ...

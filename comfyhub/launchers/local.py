@@ -22,6 +22,7 @@ class LocalLauncher:
     """
 
     name = "local"
+    runs_here = True
     assigns_gpus = False  # the manager picks the GPU (services/gpus.py)
 
     def __init__(self, connect_host: str = "127.0.0.1"):

@@ -37,6 +37,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayError  # noq
 
 from comfyhub.config import Settings  # noqa: E402
 from comfyhub.launchers.base import Exit, Handle, LaunchError, LaunchSpec, PortInUse  # noqa: E402
+from comfyhub.launchers.process import describe_exit  # noqa: E402
 from comfyhub.launchers.ray_actor import ComfyUIActor  # noqa: E402
 from comfyhub.launchers.ray_check import unreachable  # noqa: E402
 
@@ -65,6 +66,7 @@ class _Watched:
 
 class RayLauncher:
     name = "ray"
+    runs_here = False  # on the nodes: Ray's scheduler queues the starts
     assigns_gpus = True
 
     def __init__(self, settings: Settings):
@@ -271,8 +273,6 @@ class RayLauncher:
                 self._set_state(actor_id, Exit(None, ACTOR_GONE))
                 continue
             if code is not None:
-                from comfyhub.launchers.process import describe_exit
-
                 self._set_state(actor_id, Exit(code, describe_exit(code)))
 
     def _set_state(self, actor_id: str, state: Exit) -> None:

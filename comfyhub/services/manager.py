@@ -111,8 +111,8 @@ class ServiceManager:
         self.launcher = launcher or make_launcher(settings)
         # Starts running at once in this process; the rest wait (排队中). The cap protects
         # this machine's CPU from many ComfyUIs loading at once; on a cluster the starts
-        # run on the nodes and Ray's scheduler does the queueing.
-        slots = settings.comfyui_max_concurrent_starts if not self.launcher.assigns_gpus else 1_000_000
+        # run on the nodes and the cluster's scheduler does the queueing.
+        slots = settings.comfyui_max_concurrent_starts if self.launcher.runs_here else 1_000_000
         self._start_slots = asyncio.Semaphore(slots)
         self._closing = asyncio.Event()
         self.health = HealthChecker(settings.comfyui_health_timeout_seconds)
