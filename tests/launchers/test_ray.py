@@ -161,6 +161,24 @@ async def test_stop_kills_the_actor_frees_the_gpu_and_keeps_files(pg_url, tmp_pa
         assert (tmp_path / "instances" / f"u{record.user_id}" / f"p{p}" / "output" / "keep.png").exists()
 
 
+async def test_stale_handle_never_stops_the_newer_actor_of_the_same_name(pg_url, tmp_path):
+    """Invariant 2 on Ray: a stop reaches only the actor it was started as, even though the
+    project's next actor carries the same name."""
+    async with ray_hub(pg_url, tmp_path) as c:
+        alice, p, first = await open_one(c)
+        stale = c.manager.launcher.restore(first.launcher_state)
+        await c.post(f"/api/projects/{p}/stop_comfy", headers=alice)
+        assert (await open_comfy(c, alice, p)).json()["data"]["status"] == "online"
+        second = await record_of(c, p)
+        assert second.launcher_state["extra"]["actor"] == first.launcher_state["extra"]["actor"]
+        assert second.launcher_state["extra"]["actor_id"] != first.launcher_state["extra"]["actor_id"]
+
+        await c.manager.launcher.stop(stale, 1.0)
+        assert pid_alive(second.pid)
+        assert (await c.manager.heartbeat_once())["online"] == 1
+        assert c.manager.launcher.poll(stale) is not None  # the old one is known to be gone
+
+
 async def test_node_death_marks_offline_in_one_heartbeat_and_next_open_moves(pg_url, tmp_path, ray_cluster):
     async with ray_hub(pg_url, tmp_path) as c:
         alice, p, record = await open_one(c)

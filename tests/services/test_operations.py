@@ -221,6 +221,11 @@ async def test_metrics_move_with_starts_and_failures(db_url, tmp_path):
         assert value(after, 'comfyhub_proxy_bytes_total{direction="out"}') > 0
 
 
+def _cli(db_url, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "comfyhub.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, "COMFYHUB_DATABASE_URL": db_url}, timeout=60)
+
+
 async def test_events_show_who_did_what(db_url, tmp_path):
     async with hub(db_url, tmp_path) as c:
         p = await new_project(c, c.alice, "EV")
@@ -232,21 +237,9 @@ async def test_events_show_who_did_what(db_url, tmp_path):
             ("start", "alice", "online"),
         ]
         assert (await c.get("/api/admin/events", headers=c.alice)).status_code == 403
-        out = subprocess.run(
-            [sys.executable, "-m", "comfyhub.cli", "services", "events"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "COMFYHUB_DATABASE_URL": db_url},
-            timeout=60,
-        )
+        out = _cli(db_url, "services", "events")
         assert out.returncode == 0 and "alice" in out.stdout and "root" in out.stdout
-        listed = subprocess.run(
-            [sys.executable, "-m", "comfyhub.cli", "services", "list"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "COMFYHUB_DATABASE_URL": db_url},
-            timeout=60,
-        )
+        listed = _cli(db_url, "services", "list")
         assert "EV" in listed.stdout and "stopped" in listed.stdout
 
 
@@ -255,14 +248,7 @@ async def test_cli_stops_a_running_instance(db_url, tmp_path):
         p = await new_project(c, c.alice, "CLI")
         await open_comfy(c, c.alice, p)
         pid = (await service(c, c.alice, p))["pid"]
-        out = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "comfyhub.cli", "services", "stop", str(p)],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "COMFYHUB_DATABASE_URL": db_url},
-            timeout=60,
-        )
+        out = await asyncio.to_thread(_cli, db_url, "services", "stop", str(p))
         assert out.returncode == 0, out.stderr
         assert not pid_alive(pid)
         assert (await service(c, c.alice, p))["status"] == "stopped"

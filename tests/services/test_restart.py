@@ -61,20 +61,28 @@ def test_restart_adopts_running_instances_and_marks_dead_ones(hub_factory):
             assert len(instance_processes(hub.instance_dir(uid, p))) == 1
 
 
-def test_backend_killed_mid_start_is_resolved_and_not_duplicated(hub_factory):
+def _backend_killed_while_starting(hub_factory, code: str, start_delay: float):
+    """alice opens a new project whose ComfyUI loads for `start_delay` s; the backend is
+    SIGKILLed once the instance is spawned. Returns (user id, project id, its service)."""
     hub = hub_factory().start()
     hub.add_user("alice")
     with hub.client("alice") as c:
-        p = create_project(c, "MID")
+        p = create_project(c, code)
         uid = c.get("/api/auth/me").json()["data"]["id"]
-    set_knobs(hub.settings, uid, p, start_delay=60)  # still loading when the backend dies
+    set_knobs(hub.settings, uid, p, start_delay=start_delay)
     opener = threading.Thread(target=lambda: _quietly(hub, p))
     opener.start()
     with hub.client("alice") as c:
-        svc = wait_for_sync(lambda: (s := service_of(c, p)) and s["status"] == "starting" and s["pid"] and s,
-                            what="start in progress")
+        svc = wait_for_sync(lambda: (s := service_of(c, p)) and s["status"] == "starting" and s["port"] and s["pid"]
+                            and s, what="start in progress")
     hub.stop(signal.SIGKILL)
     opener.join()
+    return uid, p, svc
+
+
+def test_backend_killed_mid_start_is_resolved_and_not_duplicated(hub_factory):
+    # still loading when the backend dies
+    uid, p, svc = _backend_killed_while_starting(hub_factory, "MID", start_delay=60)
     assert pid_alive(svc["pid"])  # the instance outlived its backend
 
     hub = hub_factory().start()
@@ -88,19 +96,7 @@ def test_backend_killed_mid_start_is_resolved_and_not_duplicated(hub_factory):
 
 
 def test_start_that_finished_after_its_backend_died_is_adopted(hub_factory):
-    hub = hub_factory().start()
-    hub.add_user("alice")
-    with hub.client("alice") as c:
-        p = create_project(c, "LATE")
-        uid = c.get("/api/auth/me").json()["data"]["id"]
-    set_knobs(hub.settings, uid, p, start_delay=3)
-    opener = threading.Thread(target=lambda: _quietly(hub, p))
-    opener.start()
-    with hub.client("alice") as c:
-        svc = wait_for_sync(lambda: (s := service_of(c, p)) and s["status"] == "starting" and s["port"] and s["pid"]
-                            and s, what="start in progress")
-    hub.stop(signal.SIGKILL)
-    opener.join()
+    _uid, p, svc = _backend_killed_while_starting(hub_factory, "LATE", start_delay=3)
     wait_for_sync(lambda: system_argv(svc["port"]), timeout=15, what="instance ready without its backend")
 
     hub = hub_factory().start()
