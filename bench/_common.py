@@ -16,7 +16,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 import psutil  # noqa: E402
+
+from comfyhub.net.ports import port_is_free  # noqa: E402
 
 FAKE_COMFYUI = ROOT / "tests" / "fake_comfyui"
 PYTHON = Path(sys.executable)  # run the benchmarks with the project's venv python
@@ -85,13 +86,7 @@ def write_doc_section(section: str, generated: str, begin: str, end: str, after:
 
 
 def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return port_is_free("127.0.0.1", port)
 
 
 def free_port_range(size: int, start: int = PORT_SEARCH_START) -> tuple[int, int]:

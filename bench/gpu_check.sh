@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/gpu_check.sh — start two real ComfyUI instances through comfyhub on a GPU machine
-# and report where they landed (issue 7, item 4).
+# and report where they landed.
 #
 # What it does, in order (every step prints progress; any failure prints the log tails
 # and exits non-zero):

@@ -15,7 +15,7 @@ be timed directly. Steps:
 5. time sweeps (the first must mark exactly those 10 `offline` and the other 90
    `online`), three times.
 
-Ratio = sweep time / COMFYUI_HEALTH_TIMEOUT_SECONDS (2.5 s). Target (issue 3, item 7):
+Ratio = sweep time / COMFYUI_HEALTH_TIMEOUT_SECONDS (2.5 s). Target:
 ≤ 1.2×. At the end every instance is continued (SIGCONT) and stopped, and any process
 left under the temp dir is killed.
 """

@@ -1,4 +1,4 @@
-"""Load (issue 6): 200 concurrent `open_comfy` over 20 projects, `serve --workers 2`, PostgreSQL.
+"""Load: 200 concurrent `open_comfy` over 20 projects, `serve --workers 2`, PostgreSQL.
 
 Checks what must hold — exactly 20 processes, 20 distinct ports, every record's pid alive
 and serving its own port (its /system_stats argv) — and times the storm. The baseline,

@@ -8,7 +8,7 @@ same instance — the one request the reuse path cannot avoid. Both go through o
 keep-alive httpx.Client each; the two kinds alternate so that drift (other load on the
 machine) hits both alike.
 
-Target (issue 3, item 7): median open_comfy ≤ 3 × median system_stats and ≤ 10 ms.
+Target: median open_comfy ≤ 3 × median system_stats and ≤ 10 ms.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ In one run, alternating:
   interpreter, cwd, flags, a fresh instance folder with `custom_nodes/`), polling
   `GET /system_stats` every 2 ms until it answers 200; then SIGINT.
 
-overhead = median(open_comfy) − median(direct). Target (issue 3, item 7): ≤ 100 ms
-(the seed's 1 s polling costs ~0.6 s on average).
+overhead = median(open_comfy) − median(direct). Target: ≤ 100 ms
+(polling once a second would cost ~0.6 s on average).
 
 Two series, both with per-instance knobs (`fake_comfyui.json`) so that both sides run
 the very same fake: first with `start_delay` = 1 s (a ComfyUI that takes a fixed time

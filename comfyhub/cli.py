@@ -154,6 +154,7 @@ def cmd_services(args) -> int:
 
     async def run() -> int:
         from comfyhub.models import ComfyUIService, Project
+        from comfyhub.reasons import Reason
 
         engine, manager = _manager_for_cli(settings)
         try:
@@ -166,12 +167,12 @@ def cmd_services(args) -> int:
                         .order_by(ComfyUIService.project_id))).all()
                 print(f"{'project':>7}  {'code':<14} {'user':<12} {'status':<9} {'port':>5} {'pid':>7} {'gpu':<4} started")
                 for svc, code, username in rows:
-                    started = svc.start_time.strftime("%Y-%m-%d %H:%M:%S") if svc.start_time else "-"
+                    started = svc.started_at.strftime("%Y-%m-%d %H:%M:%S") if svc.started_at else "-"
                     print(f"{svc.project_id:>7}  {code:<14} {username:<12} {svc.status:<9} {svc.port or '-':>5} "
                           f"{svc.pid or '-':>7} {svc.gpu or '-':<4} {started}")
                 return 0
             if args.services_command == "stop":
-                record = await manager.stop(args.project_id, reason="命令行停止", actor="cli")
+                record = await manager.stop(args.project_id, reason=Reason.CLI, actor="cli")
                 if record is None:
                     print(f"comfyhub: project {args.project_id} has no instance", file=sys.stderr)
                     return 1

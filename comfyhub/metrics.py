@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-STATUSES = ("starting", "online", "offline", "failed", "stopped")
+from comfyhub.models import ServiceStatus
+
 
 
 class Metrics:
@@ -21,7 +22,7 @@ class Metrics:
             buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 240), registry=self.registry,
         )
         self.start_failures = Counter(
-            "comfyhub_start_failures_total", "Starts that ended failed, by reason", ["reason"], registry=self.registry
+            "comfyhub_start_failures_total", "Starts that ended failed, by reason code", ["reason"], registry=self.registry
         )
         self.health_failures = Counter(
             "comfyhub_health_check_failures_total", "Heartbeat checks that found an instance unhealthy",
@@ -43,18 +44,8 @@ class Metrics:
         self.restarts = Counter("comfyhub_auto_restarts_total", "Automatic restarts attempted", registry=self.registry)
 
     def set_instances(self, counts: dict[str, int]) -> None:
-        for status in STATUSES:
+        for status in ServiceStatus:
             self.instances.labels(status).set(counts.get(status, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def failure_reason(message: str) -> str:
-    """A short, bounded label for a failure message (labels must not be unbounded)."""
-    for key, label in (("超时", "timeout"), ("端口", "no_port"), ("退出码", "exited"), ("信号", "exited"),
-                       ("找不到", "missing_executable"), ("不可执行", "missing_executable"),
-                       ("日志", "log_dir"), ("实例目录", "instance_dir"), ("中断", "interrupted")):
-        if key in message:
-            return label
-    return "other"

@@ -10,7 +10,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -48,7 +47,7 @@ class Base(DeclarativeBase):
 
 
 class ServiceStatus(StrEnum):
-    """Lifecycle states of a project's ComfyUI (DESIGN.md §2)."""
+    """Lifecycle states of a project's ComfyUI instance (docs/architecture.md, "Lifecycle")."""
 
     STARTING = "starting"
     ONLINE = "online"
@@ -107,11 +106,13 @@ class Project(Base):
 
 
 class ComfyUIService(Base):
-    """One project's ComfyUI instance (the seed's `comfyui_services`).
+    """The record of one project's ComfyUI instance (table `comfyui_services`).
 
-    Only services/manager.py writes `status`. `launcher_state` is what the launcher
-    needs to find the process again after a backend restart; `pid_create_time` and
-    `cmdline` are the identity checked before any signal is sent.
+    Only services/records.py writes these rows. `launcher_state` is what the launcher
+    needs to find the process again after a backend restart, including the identity
+    (pid, creation time, command line) checked before any signal is sent. `reason` is
+    the code of the last stop, failure or loss (comfyhub.reasons.Reason); `stopped_reason` and
+    `last_error` hold the words shown to people.
     """
 
     __tablename__ = "comfyui_services"
@@ -137,18 +138,18 @@ class ComfyUIService(Base):
     comfy_url: Mapped[str] = mapped_column(String(512), default="")
     host: Mapped[str] = mapped_column(String(255), default="")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    pid_create_time: Mapped[float | None] = mapped_column(Float, nullable=True)
-    cmdline: Mapped[list | None] = mapped_column(JSON, nullable=True)
     base_dir: Mapped[str] = mapped_column(String(1024), default="")
     log_path: Mapped[str] = mapped_column(String(1024), default="")
     launcher: Mapped[str] = mapped_column(String(32), default="local")
     launcher_state: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     gpu: Mapped[str] = mapped_column(String(64), default="")
-    start_time: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The column keeps the table's original name; everything in comfyhub calls it started_at.
+    started_at: Mapped[datetime | None] = mapped_column("start_time", UTCDateTime, nullable=True)
     last_heartbeat: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_activity: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     last_error: Mapped[str] = mapped_column(Text, default="")
     stopped_reason: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(String(32), default="")
     # Automatic restarts (COMFYUI_AUTO_RESTART): how many in the current window, and when next.
     restart_attempts: Mapped[int] = mapped_column(Integer, default=0)
     restart_window_start: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -4,7 +4,7 @@ import hypothesis
 import pytest
 import schemathesis
 
-# 503 is part of the contract for these, and only these (DESIGN.md §2); any other 5xx is a bug.
+# 503 is part of the contract for these, and only these (see the API section of README.md); any other 5xx is a bug.
 DOCUMENTED_503 = ("ComfyUI 未配置", "没有可用端口", "ComfyUI 启动失败", "数据库暂时不可用")
 
 

@@ -9,6 +9,7 @@ from comfyhub.api.deps import AdminUser, DbSession, Manager, ProjectId
 from comfyhub.api.errors import ApiError, envelope
 from comfyhub.api.views import event_view, service_view, user_view
 from comfyhub.models import ComfyUIService, Project, User
+from comfyhub.reasons import Reason
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -41,7 +42,7 @@ async def stop_service(project_id: ProjectId, admin: AdminUser, db: DbSession, m
     await db.commit()  # the admin check's transaction: release it while the process stops
     if await manager.get(project_id) is None:
         raise ApiError(404, "实例不存在")
-    record = await manager.stop(project_id, reason=f"管理员 {admin.username} 停止", actor=admin.username)
+    record = await manager.stop(project_id, reason=Reason.ADMIN, actor=admin.username)
     return envelope(service_view(record), "实例已停止")
 
 

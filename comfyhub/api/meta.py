@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from comfyhub import __version__
 from comfyhub.api.deps import CurrentUser, SettingsDep
 from comfyhub.api.errors import envelope
-from comfyhub.services.manager import NOT_CONFIGURED_HINT
+from comfyhub.services.errors import NOT_CONFIGURED_HINT
 
 router = APIRouter(tags=["meta"])
 

@@ -13,6 +13,7 @@ from comfyhub.api.errors import FORBIDDEN, PROJECT_NOT_FOUND, ApiError, envelope
 from comfyhub.api.schemas import ProjectCreate, ProjectUpdate
 from comfyhub.api.views import open_view, project_view, service_view
 from comfyhub.models import ComfyUIService, Project, ServiceStatus, User
+from comfyhub.reasons import Reason
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
@@ -106,7 +107,7 @@ async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession
     project = await load_project(db, project_id, user)
     await db.commit()
     # The instance goes first: no ComfyUI may outlive its project. Its files stay on disk.
-    await manager.stop(project_id, reason="项目已删除", actor=user.username)
+    await manager.stop(project_id, reason=Reason.PROJECT_DELETED, actor=user.username)
     await db.delete(project)
     await db.commit()
     return envelope({"id": project_id}, "项目已删除")
@@ -139,7 +140,7 @@ async def open_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, ma
 async def stop_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
     await load_project(db, project_id, user, owner_only=True)
     await db.commit()  # hand the connection back while the process stops
-    record = await manager.stop(project_id, reason="用户停止", actor=user.username)
+    record = await manager.stop(project_id, reason=Reason.USER, actor=user.username)
     return envelope(service_view(record), "ComfyUI 已停止")
 
 

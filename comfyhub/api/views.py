@@ -30,7 +30,7 @@ def service_view(service: ComfyUIService | None) -> dict | None:
         "port": service.port,
         "pid": service.pid,
         "gpu": service.gpu,
-        "started_at": _iso(service.start_time),
+        "started_at": _iso(service.started_at),
         "last_heartbeat": _iso(service.last_heartbeat),
         "last_activity": _iso(service.last_activity),
         "last_error": service.last_error,
@@ -44,7 +44,7 @@ def open_view(service: ComfyUIService) -> dict:
         "comfy_url": service.comfy_url,
         "status": service.status,
         "port": service.port,
-        "started_at": _iso(service.start_time),
+        "started_at": _iso(service.started_at),
         "last_error": service.last_error,
     }
 

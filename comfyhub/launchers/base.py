@@ -1,36 +1,10 @@
 """The launcher protocol: the only code that knows *how* a ComfyUI process runs.
 
-The manager (services/manager.py) decides *when* an instance starts and stops and owns
-its record; a launcher only runs processes. The contract, for every launcher:
-
-- ``start(spec, on_wait=None)`` spawns ComfyUI for one instance and returns a ``Handle``
-  as soon as the process exists (it does not wait for health). It raises ``LaunchError``
-  with a Chinese, user-presentable reason when the process cannot be spawned at all
-  (missing interpreter, unwritable log), ``PortInUse`` when the port is taken where the
-  process would run. The process writes stdout and stderr to ``spec.log_path``
-  (appended) and runs in its own process group with SIGINT at its default disposition.
-  A launcher that has to wait for resources (a free GPU on a cluster) awaits
-  ``on_wait(reason)`` once, so the record can say why the start waits; a start may
-  be cancelled at any point, and a cancelled start leaves nothing running.
-- ``poll(handle)`` may be called at any time, as often as needed, and never blocks:
-  ``None`` while the process runs *and* is provably the one that was started (pid,
-  creation time and command line match); an ``Exit`` once it has ended or the pid now
-  belongs to something else.
-- ``stop(handle, grace)`` ends the process and its group: SIGINT, then SIGTERM, then
-  SIGKILL, waiting up to ``grace`` seconds between steps without blocking the event
-  loop. A process whose identity does not match is never signalled. It returns once
-  the process is gone (or was never ours).
-- ``restore(state)`` rebuilds a ``Handle`` from ``Handle.state()`` saved in the record,
-  after a backend restart; it does not check liveness (call ``poll``) and never blocks.
-- ``refresh(handles)`` (optional, async): a launcher whose ``poll`` answers from a
-  cache (Ray) brings it up to date for these handles; the heartbeat calls it before
-  each sweep, so that a sweep sees exits as they are.
-- ``discover(base_root)`` (optional, blocking: call it in a thread) lists the processes
-  running for instance folders under ``base_root``, whether or not a record names them.
-- ``runs_here``: True when the processes run on this machine (their starts then share its
-  CPUs, so the manager caps how many run at once; a cluster's scheduler does that itself).
-- ``assigns_gpus``: True when the launcher chooses GPUs itself (Ray does); the manager
-  then neither picks one nor sets ``CUDA_VISIBLE_DEVICES``, and records ``Handle.gpu``.
+The lifecycle (comfyhub/services/) decides *when* an instance starts and stops and
+owns its record; a launcher only runs processes. `Launcher` below declares every
+method the lifecycle calls, with when it is called and what it returns. A launcher
+reports a failure through `LaunchError`, whose `reason` is a `Reason` code and whose
+message is a Chinese sentence a user can act on.
 """
 
 from __future__ import annotations
@@ -39,9 +13,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Protocol
 
+from comfyhub.reasons import Reason
+
 
 class LaunchError(Exception):
-    """The process could not be spawned; the message is shown to the user."""
+    """The process could not be spawned; the message is shown to the user.
+
+    `reason` says what kind of failure it was, for behaviour and metrics (never the text).
+    """
+
+    def __init__(self, message: str, reason: Reason = Reason.LAUNCH_FAILED):
+        super().__init__(message)
+        self.reason = reason
 
 
 class PortInUse(LaunchError):
@@ -106,23 +89,73 @@ class Exit:
 
 
 class Launcher(Protocol):
+    """What every launcher provides; the lifecycle calls nothing else."""
+
     name: str
+    """Stored with each record (`local`, `ray`)."""
+
     runs_here: bool
+    """True when the processes run on this machine. Their starts then share its CPUs, so
+    the lifecycle caps how many run at once; a cluster's scheduler does that itself."""
+
     assigns_gpus: bool
+    """True when the launcher chooses GPUs itself (Ray does). The lifecycle then neither
+    picks one nor sets CUDA_VISIBLE_DEVICES, and records `Handle.gpu` instead."""
 
-    async def start(self, spec: LaunchSpec, on_wait: Callable[[str], Awaitable[None]] | None = None) -> Handle: ...
+    async def start(self, spec: LaunchSpec, on_wait: Callable[[str], Awaitable[None]] | None = None) -> Handle:
+        """Spawn ComfyUI for one instance; return its Handle as soon as the process exists.
 
-    def poll(self, handle: Handle) -> Exit | None: ...
+        Called once per start attempt, after the port was reserved. It does not wait for
+        health. The process appends stdout and stderr to `spec.log_path` and runs in its
+        own process group with SIGINT at its default disposition. A launcher that has to
+        wait for resources (a free GPU on a cluster) awaits `on_wait(reason)` once, so
+        the record can say why the start waits. The call may be cancelled at any point,
+        and a cancelled start leaves nothing running.
 
-    async def stop(self, handle: Handle, grace: float = 10.0) -> None: ...
+        Raises `PortInUse` when the port is taken where the process would run (the
+        lifecycle tries another), `LaunchError` when it cannot be spawned at all.
+        """
+        ...
 
-    def restore(self, state: dict) -> Handle: ...
+    def poll(self, handle: Handle) -> Exit | None:
+        """None while the process runs *and* is provably the one started (pid, creation
+        time and command line match); an `Exit` once it has ended or the pid now belongs
+        to something else. Called at any time, as often as needed; never blocks."""
+        ...
+
+    async def stop(self, handle: Handle, grace: float = 10.0) -> None:
+        """End the process and its group: SIGINT, then SIGTERM, then SIGKILL, waiting up
+        to `grace` seconds between steps without blocking the event loop. A process whose
+        identity does not match is never signalled. Returns once it is gone (or was
+        never ours)."""
+        ...
+
+    def restore(self, state: dict) -> Handle:
+        """Rebuild a Handle from `Handle.state()` as saved in a record (after a backend
+        restart, or in another worker). Does not check liveness (call `poll`); never blocks."""
+        ...
+
+    async def refresh(self, handles: list[Handle]) -> None:
+        """Bring `poll`'s answers for `handles` up to date. Called by the heartbeat before
+        each sweep; a launcher whose `poll` reads live state has nothing to do."""
+        ...
+
+    def discover(self, base_root: Path) -> list[Handle]:
+        """The processes running for instance folders under `base_root`, whether or not a
+        record names them (found after a backend died between spawn and record).
+        Blocking: called in a thread, by reconcile when this process starts leading."""
+        ...
+
+    def close(self) -> None:
+        """Release what the launcher holds (threads, connections). Called once, at backend
+        shutdown; the instances keep running."""
+        ...
 
 
 def comfyui_argv(
     python: Path, listen: str, port: int, base_dir: Path, extra_args: list[str]
 ) -> list[str]:
-    """The seed's command line, plus a database inside the instance dir.
+    """ComfyUI's command line for one instance, with its own database inside the instance dir.
 
     ComfyUI's own SQLite database otherwise lands in the install's shared user/ folder.
     """

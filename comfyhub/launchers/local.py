@@ -106,3 +106,9 @@ class LocalLauncher:
 
     def restore(self, state: dict) -> Handle:
         return Handle.from_state(state, default_host=self.connect_host)
+
+    async def refresh(self, handles: list[Handle]) -> None:
+        """Nothing to do: poll reads /proc live."""
+
+    def close(self) -> None:
+        """Nothing to release: the instances are independent processes."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 from comfyhub.launchers.base import LaunchError
+from comfyhub.reasons import Reason
 
 # Creation times come from /proc with clock-tick resolution; allow for float rounding.
 _CREATE_TIME_TOLERANCE = 0.05
@@ -76,7 +77,7 @@ def spawn(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "ab", buffering=0)
     except OSError as exc:
-        raise LaunchError(f"无法写入日志文件 {log_path}：{exc.strerror}") from None
+        raise LaunchError(f"无法写入日志文件 {log_path}：{exc.strerror}", Reason.LOG_DIR) from None
     if die_with_parent:
         preexec = _die_with_parent
     else:
@@ -96,14 +97,14 @@ def spawn(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
             close_fds=True,
         )
     except FileNotFoundError:
-        raise LaunchError(f"找不到 ComfyUI 程序：{argv[0]}（检查 COMFYUI_PYTHON / COMFYUI_REPO_PATH）") from None
+        raise LaunchError(f"找不到 ComfyUI 程序：{argv[0]}（检查 COMFYUI_PYTHON / COMFYUI_REPO_PATH）", Reason.MISSING_EXECUTABLE) from None
     except PermissionError:
-        raise LaunchError(f"ComfyUI 程序不可执行：{argv[0]}（检查 COMFYUI_PYTHON 的权限）") from None
+        raise LaunchError(f"ComfyUI 程序不可执行：{argv[0]}（检查 COMFYUI_PYTHON 的权限）", Reason.MISSING_EXECUTABLE) from None
     except NotADirectoryError:
-        raise LaunchError(f"COMFYUI_REPO_PATH 不是目录：{cwd}") from None
+        raise LaunchError(f"COMFYUI_REPO_PATH 不是目录：{cwd}", Reason.MISSING_EXECUTABLE) from None
     except OSError as exc:
         if exc.errno == errno.ENOEXEC:
-            raise LaunchError(f"ComfyUI 程序格式无效：{argv[0]}") from None
+            raise LaunchError(f"ComfyUI 程序格式无效：{argv[0]}", Reason.MISSING_EXECUTABLE) from None
         raise LaunchError(f"无法启动 ComfyUI：{exc.strerror}") from None
     finally:
         log.close()

@@ -40,6 +40,7 @@ from comfyhub.launchers.base import Exit, Handle, LaunchError, LaunchSpec, PortI
 from comfyhub.launchers.process import describe_exit  # noqa: E402
 from comfyhub.launchers.ray_actor import ComfyUIActor  # noqa: E402
 from comfyhub.launchers.ray_check import unreachable  # noqa: E402
+from comfyhub.reasons import Reason  # noqa: E402
 
 log = logging.getLogger("comfyhub.ray")
 
@@ -153,7 +154,7 @@ class RayLauncher:
             await asyncio.to_thread(self._kill, actor)
             if info.get("port_in_use"):
                 raise PortInUse(f"端口 {spec.port} 在节点 {info['host']} 上已被占用")
-            raise LaunchError(info["error"])
+            raise LaunchError(info["error"], Reason(info.get("reason", Reason.LAUNCH_FAILED)))
         handle = Handle.from_state(info)
         handle.extra["actor"] = name
         handle.extra["actor_id"] = actor._actor_id.hex()

@@ -2,7 +2,7 @@
 
 Imported by Ray workers on every node, so it needs only the standard library, psutil
 and comfyhub's process helpers (comfyhub must be installed on the nodes). Each method
-returns plain data: errors come back as {"error": reason} rather than exceptions, so
+returns plain data: errors come back as {"error": words, "reason": code} rather than exceptions, so
 that the reason reaches the user unwrapped.
 """
 
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from comfyhub.launchers import process
 from comfyhub.launchers.base import LaunchError, with_argv_value
-from comfyhub.services.ports import port_is_free
+from comfyhub.net.ports import port_is_free
+from comfyhub.reasons import Reason
 
 
 class ComfyUIActor:
@@ -34,7 +35,7 @@ class ComfyUIActor:
 
         host = ray.util.get_node_ip_address()
         if not os.path.isdir(base_dir):
-            return {"error": f"节点 {host} 上找不到实例目录 {base_dir}："
+            return {"reason": Reason.INSTANCE_DIR, "error": f"节点 {host} 上找不到实例目录 {base_dir}："
                              "COMFYUI_INSTANCE_BASE_DIR 必须放在所有节点共享的文件系统上"}
         if not port_is_free(host, port):
             return {"port_in_use": True, "host": host}
@@ -44,7 +45,7 @@ class ComfyUIActor:
             self._proc = process.spawn(argv, Path(cwd), process.child_environment(env), Path(log_path),
                                        die_with_parent=True)
         except LaunchError as exc:
-            return {"error": f"{exc}（节点 {host}）"}
+            return {"reason": exc.reason, "error": f"{exc}（节点 {host}）"}
         self._info = {
             "pid": self._proc.pid,
             "create_time": process.create_time(self._proc.pid, time.time()),

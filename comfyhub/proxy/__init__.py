@@ -4,6 +4,6 @@ when an instance is not there)."""
 
 from comfyhub.proxy.access import ProxyAccess
 from comfyhub.proxy.gateway import ComfyProxy
-from comfyhub.proxy.upstream import UpstreamPool
+from comfyhub.net.http1 import UpstreamPool
 
 __all__ = ["ComfyProxy", "ProxyAccess", "UpstreamPool"]

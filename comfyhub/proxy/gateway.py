@@ -26,7 +26,7 @@ from comfyhub.models import ServiceStatus
 from comfyhub.proxy.access import ProxyAccess, Target
 from comfyhub.proxy.pages import error_page, status_page
 from comfyhub.proxy.relay import RELAY_MIN, Relays
-from comfyhub.proxy.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from comfyhub.net.http1 import UpstreamConnection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("comfyhub.proxy")
 

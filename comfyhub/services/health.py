@@ -1,6 +1,6 @@
 """Is an instance healthy, and is it *ours*? One GET /system_stats answers both.
 
-A port squatter can answer /system_stats too (DESIGN.md §3: while our child loses a
+A port squatter can answer /system_stats too (measured with the real ComfyUI: while our child loses a
 bind race, the other process answers 200). `system.argv` tells them apart: it must
 carry our --port and --base-directory.
 
@@ -16,7 +16,7 @@ import asyncio
 import json
 
 from comfyhub.launchers.base import argv_value
-from comfyhub.proxy.upstream import UpstreamError, UpstreamPool
+from comfyhub.net.http1 import UpstreamError, UpstreamPool
 
 _MAX_BODY = 4 << 20
 

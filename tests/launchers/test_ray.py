@@ -210,7 +210,7 @@ async def test_backend_restart_adopts_running_actors_and_drops_abandoned_ones(pg
     assert actor_name(f"u{uid}-p999") in comfyhub_actors()
 
     async with ray_hub(pg_url, tmp_path, users=()) as c:
-        await wait_for(lambda: c.manager._leading, timeout=10, what="reconcile")
+        await wait_for(lambda: c.manager.heartbeat.leading, timeout=10, what="reconcile")
         after = await record_of(c, p)
         assert after.status == "online"
         assert (after.pid, after.port, after.launcher_state["extra"]["actor_id"]) == (

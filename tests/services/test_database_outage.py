@@ -30,7 +30,7 @@ async def test_heartbeat_loop_survives_database_outage(pg_url, pg_admin_url, tmp
         assert during.status_code == 503 and during.json()["msg"] == "数据库暂时不可用，请稍后再试"
         await _pg_exec(pg_admin_url, f"ALTER DATABASE {db_name} ALLOW_CONNECTIONS true")
 
-        loop_task = app.state.manager._loops[0]
+        loop_task = app.state.manager._loop_task
         assert not loop_task.done()  # the loop lived through the errors
 
         async def heartbeat_resumed():

@@ -258,8 +258,8 @@ async def test_recorded_pid_reused_by_stranger_is_never_signalled(client, alice,
 
         from comfyhub.models import ComfyUIService
 
+        rec = await manager.get(pid)
         async with manager.sessions() as db:
-            rec = await manager._load(db, pid)
             state = dict(rec.launcher_state, pid=stranger.pid)
             await db.execute(
                 update(ComfyUIService).where(ComfyUIService.id == rec.id).values(pid=stranger.pid, launcher_state=state)

@@ -1,5 +1,5 @@
 """Running a shared box: idle culling, limits, queued starts, automatic restarts, GPUs,
-metrics and the audit trail (issue 7), with real fake-ComfyUI processes."""
+metrics and the audit trail, with real fake-ComfyUI processes."""
 
 import asyncio
 import os
@@ -135,7 +135,7 @@ async def test_auto_restart_with_backoff_then_gives_up(db_url, tmp_path):
         async def sweep_until(predicate, what):
             async def step():
                 await c.manager.heartbeat_once()
-                await asyncio.gather(*(f.task for f in list(c.manager._flights.values())), return_exceptions=True)
+                await asyncio.gather(*(f.task for f in list(c.manager.starts.flights.values())), return_exceptions=True)
                 return await predicate()
 
             return await wait_for(step, timeout=20, interval=0.1, what=what)
@@ -170,7 +170,7 @@ async def test_user_stop_is_not_restarted(db_url, tmp_path):
         for _ in range(3):
             await c.manager.heartbeat_once()
         assert (await service(c, c.alice, p))["status"] == "stopped"
-        assert c.manager._flights == {}
+        assert c.manager.starts.flights == {}
 
 
 @pytest.mark.local_only  # with Ray, Ray assigns GPUs (tests/launchers/test_ray.py)

@@ -1,4 +1,4 @@
-"""Invariant 5 and the faults of issue 6: a real `comfyhub serve`, restarted and broken."""
+"""Invariant 5 and the faults around it: a real `comfyhub serve`, restarted and broken."""
 
 import os
 import signal

@@ -1,0 +1,170 @@
+"""The records of the instances (table `comfyui_services`): the only code that writes them.
+
+Every write is one transaction, and every committed write tells the listeners which
+project changed (the proxy drops its cached route), the same way for every kind of
+write. Writes after a claim are conditional on the record's `generation` — a start,
+stop or restart bumps it — so a late writer that was overtaken changes nothing and
+learns so from the returned False (invariant 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from comfyhub.models import ComfyUIService, ServiceStatus, utcnow
+from comfyhub.reasons import Reason, words
+
+S = ServiceStatus
+LIVE = (S.STARTING, S.ONLINE)
+WATCHED = (S.ONLINE, S.OFFLINE)
+Row = ComfyUIService
+
+
+class Records:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self.sessions = sessions
+        # Called with a project id after its record changed.
+        self.listeners: list[Callable[[int], None]] = []
+
+    # --- reading ---------------------------------------------------------------------------
+
+    async def get(self, project_id: int) -> Row | None:
+        async with self.sessions() as db:
+            return await self._load(db, project_id)
+
+    @staticmethod
+    async def _load(db: AsyncSession, project_id: int) -> Row | None:
+        return (await db.execute(select(Row).where(Row.project_id == project_id))).scalar_one_or_none()
+
+    async def watched(self) -> list[Row]:
+        """Records the heartbeat checks: online or offline."""
+        return await self._rows(Row.status.in_(WATCHED))
+
+    async def starting_ids(self) -> list[int]:
+        return await self._values(Row.project_id, Row.status == S.STARTING)
+
+    async def active_ids(self) -> list[int]:
+        """Projects whose instance may have a process: live or offline."""
+        return await self._values(Row.project_id, Row.status.in_((*LIVE, S.OFFLINE)))
+
+    async def live_owners(self, except_project: int) -> list[int]:
+        """The owner of every other live instance (for the instance limits)."""
+        return await self._values(Row.user_id, Row.status.in_(LIVE), Row.project_id != except_project)
+
+    async def live_ports(self, except_project: int) -> set[int]:
+        return set(await self._values(Row.port, Row.status.in_(LIVE), Row.port.is_not(None),
+                                      Row.project_id != except_project))
+
+    async def live_gpus(self) -> list[str]:
+        return await self._values(Row.gpu, Row.status.in_(LIVE), Row.gpu != "")
+
+    async def due_restarts(self, now: datetime) -> list[Row]:
+        return await self._rows(Row.next_restart_at.is_not(None), Row.next_restart_at <= now,
+                                Row.status.in_((S.OFFLINE, S.FAILED)))
+
+    async def count_by_status(self) -> dict[str, int]:
+        async with self.sessions() as db:
+            rows = (await db.execute(select(Row.status, func.count()).group_by(Row.status))).all()
+        return {status: n for status, n in rows}
+
+    async def _rows(self, *where) -> list[Row]:
+        async with self.sessions() as db:
+            return list((await db.execute(select(Row).where(*where))).scalars())
+
+    async def _values(self, column, *where) -> list:
+        async with self.sessions() as db:
+            return [value for (value,) in await db.execute(select(column).where(*where))]
+
+    # --- writing ---------------------------------------------------------------------------
+
+    async def update(self, project_id: int, generation: int, **values) -> bool:
+        """Update the record if it is still at `generation`; False when overtaken."""
+        stmt = update(Row).where(Row.project_id == project_id, Row.generation == generation)
+        return (await self._execute([(project_id, stmt.values(updated_at=utcnow(), **values))]))[0]
+
+    async def update_seen(self, record: Row, statuses: Iterable[str], **values) -> bool:
+        """Update only if generation and status are still what the caller saw."""
+        return (await self.update_many([(record, values)], statuses))[0]
+
+    async def update_many(self, updates: list[tuple[Row, dict]], statuses: Iterable[str] = WATCHED) -> list[bool]:
+        """Several records in one transaction (a heartbeat sweep's results), each still
+        conditional on the generation and status the caller saw."""
+        statuses = tuple(statuses)
+        return await self._execute([
+            (record.project_id,
+             update(Row).where(Row.project_id == record.project_id, Row.generation == record.generation,
+                               Row.status.in_(statuses)).values(updated_at=utcnow(), **values))
+            for record, values in updates
+        ])
+
+    async def note_activity(self, project_id: int) -> None:
+        """Proxied traffic or queued work: the idle culler counts from here."""
+        stmt = update(Row).where(Row.project_id == project_id).values(last_activity=utcnow())
+        await self._execute([(project_id, stmt)])
+
+    async def claim(self, user_id: int, project_id: int, launcher: str, manual: bool,
+                    detail: str) -> tuple[int, dict | None]:
+        """Mark the record `starting` under a new generation (creating it on the first
+        open); return that generation and the launcher state of the process it had."""
+        async with self.sessions() as db:
+            record = await self._load(db, project_id)
+            if record is None:
+                record = Row(user_id=user_id, project_id=project_id, generation=0, launcher=launcher)
+                db.add(record)
+            old = record.launcher_state
+            record.generation += 1
+            record.status = S.STARTING
+            record.status_detail = detail
+            record.gpu = ""
+            if manual:  # a user's own click starts the automatic-restart count afresh
+                record.restart_attempts, record.next_restart_at = 0, None
+            record.last_error = ""
+            record.stopped_reason = ""
+            record.reason = ""
+            record.port = None
+            record.pid = None
+            record.started_at = utcnow()
+            record.last_activity = utcnow()
+            record.launcher = launcher
+            await db.commit()
+        self._notify([project_id])
+        return record.generation, old
+
+    async def mark_stopped(self, project_id: int, reason: Reason, actor: str) -> tuple[Row | None, dict | None]:
+        """Mark the record `stopped` under a new generation (whatever start was running is
+        overtaken); return it and the launcher state of the process to stop."""
+        async with self.sessions() as db:
+            record = await self._load(db, project_id)
+            if record is None:
+                return None, None
+            old = record.launcher_state
+            record.generation += 1
+            record.status = S.STOPPED
+            record.status_detail = ""
+            record.reason = reason
+            record.stopped_reason = words(reason, actor=actor)
+            record.pid = None
+            record.launcher_state = None
+            record.next_restart_at = None
+            await db.commit()
+        self._notify([project_id])
+        return record, old
+
+    async def _execute(self, statements: list[tuple[int, object]]) -> list[bool]:
+        """Run update statements in one transaction; tell listeners about those that hit a row."""
+        if not statements:
+            return []
+        async with self.sessions() as db:
+            hits = [(await db.execute(stmt)).rowcount == 1 for _project, stmt in statements]
+            await db.commit()
+        self._notify([project for (project, _stmt), hit in zip(statements, hits) if hit])
+        return hits
+
+    def _notify(self, project_ids: Iterable[int]) -> None:
+        for project_id in project_ids:
+            for listener in self.listeners:
+                listener(project_id)
