@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import secrets
 from datetime import datetime, timedelta
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -29,9 +30,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from comfyhub.models import AuthSession, LoginThrottle, User, utcnow
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
 
-SESSION_COOKIE = "comfyhub_session"
+
+@cache
+def _dummy_hash() -> str:
+    """What an unknown user name is checked against, so it costs as much as a real one.
+
+    Made on first use, not at import: hashing takes tens of milliseconds of CPU, and
+    importing comfyhub (the CLI, the proxy, a test) must not pay it.
+    """
+    return _hasher.hash(secrets.token_hex(16))
 
 
 async def hash_password(password: str) -> str:
@@ -45,7 +53,7 @@ def hash_password_sync(password: str) -> str:
 async def verify_password(password_hash: str | None, password: str) -> bool:
     def _verify() -> bool:
         try:
-            return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+            return _hasher.verify(password_hash or _dummy_hash(), password) and password_hash is not None
         except (VerificationError, InvalidHashError):
             return False
 

@@ -6,11 +6,12 @@ from fastapi import APIRouter, Request
 from sqlalchemy import select
 
 from comfyhub import auth
-from comfyhub.api.deps import CurrentUser, DbSession, SettingsDep, request_token, same_origin
+from comfyhub.api.deps import CurrentUser, DbSession, SettingsDep, from_this_site, request_token
 from comfyhub.api.errors import ApiError, envelope
 from comfyhub.api.schemas import LoginIn
 from comfyhub.api.views import user_view
 from comfyhub.models import User
+from comfyhub.security import SESSION_COOKIE
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -20,7 +21,7 @@ BAD_CREDENTIALS = "用户名或密码错误"
 @router.post("/login", summary="登录")
 async def login(body: LoginIn, request: Request, db: DbSession, settings: SettingsDep):
     # A login form posted from another site would log the victim into the attacker's account.
-    if request.headers.get("origin") and not same_origin(request, settings):
+    if request.headers.get("origin") and not from_this_site(request, settings):
         raise ApiError(403, "跨站请求被拒绝")
     client = request.client.host if request.client else "-"
     key = auth.throttle_key(body.username, client)
@@ -37,7 +38,7 @@ async def login(body: LoginIn, request: Request, db: DbSession, settings: Settin
     token = await auth.create_session(db, user, request.app.state.secret_key, settings.comfyhub_session_hours)
     response = envelope({"token": token, "token_type": "bearer", "user": user_view(user)}, "登录成功")
     response.set_cookie(
-        auth.SESSION_COOKIE,
+        SESSION_COOKIE,
         token,
         max_age=int(settings.comfyhub_session_hours * 3600),
         httponly=True,
@@ -54,7 +55,7 @@ async def logout(request: Request, user: CurrentUser, db: DbSession):
     await auth.revoke_session(db, request.app.state.secret_key, token)
     request.app.state.proxy_access.forget_token(token)
     response = envelope(None, "已退出登录")
-    response.delete_cookie(auth.SESSION_COOKIE, path="/")
+    response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 
 

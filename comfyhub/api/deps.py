@@ -4,24 +4,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comfyhub.api.errors import FORBIDDEN, NOT_LOGGED_IN, ApiError
-from comfyhub.auth import SESSION_COOKIE, user_for_token
+from comfyhub.auth import user_for_token
 from comfyhub.config import Settings
 from comfyhub.models import User
+from comfyhub.security import origin_required, same_origin, session_token
 from comfyhub.services.manager import ServiceManager
-
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 # Ids are 32-bit integers in every database; anything larger cannot exist.
 MAX_ID = 2**31 - 1
 
 
-def get_settings(request: Request) -> Settings:
+def app_settings(request: Request) -> Settings:
+    """The settings this app was built with (not `config.get_settings()`, which reads the
+    environment: tests and embedders pass their own to `create_app`)."""
     return request.app.state.settings
 
 
@@ -34,7 +34,7 @@ def get_manager(request: Request) -> ServiceManager:
     return request.app.state.manager
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
 Manager = Annotated[ServiceManager, Depends(get_manager)]
 DbSession = Annotated[AsyncSession, Depends(get_db)]
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="项目 ID")]
@@ -42,27 +42,15 @@ ProjectId = Annotated[int, Path(ge=1, le=MAX_ID, description="项目 ID")]
 
 def request_token(request: Request) -> tuple[str | None, bool]:
     """The caller's session token and whether it came from the cookie."""
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip(), False
-    cookie = request.cookies.get(SESSION_COOKIE)
-    return (cookie, True) if cookie else (None, False)
+    cookie = "; ".join(request.headers.getlist("cookie"))
+    return session_token(request.headers.get("authorization", ""), cookie)
 
 
-def same_origin(request: Request, settings: Settings) -> bool:
-    """Whether a browser request comes from a page of this site.
-
-    SameSite=Lax does not stop a page on another port of the same host, so writes made
-    with the cookie must carry an Origin (or Referer) naming this host.
-    """
-    source = request.headers.get("origin") or request.headers.get("referer")
-    if not source or source == "null":
-        return False
-    parts = urlsplit(source)
-    origin = f"{parts.scheme}://{parts.netloc}"
-    host = request.headers.get("host", "")
-    return parts.netloc == host or origin in settings.trusted_origins
+def from_this_site(request: Request, settings: Settings) -> bool:
+    """Whether a browser request comes from a page of this site (see `security.same_origin`)."""
+    headers = request.headers
+    return same_origin(headers.get("origin"), headers.get("referer"), headers.get("host", ""),
+                       settings.trusted_origins)
 
 
 async def current_user(request: Request, db: DbSession, settings: SettingsDep) -> User:
@@ -72,7 +60,7 @@ async def current_user(request: Request, db: DbSession, settings: SettingsDep) -
     user = await user_for_token(db, request.app.state.secret_key, token)
     if user is None:
         raise ApiError(401, NOT_LOGGED_IN)
-    if from_cookie and request.method not in SAFE_METHODS and not same_origin(request, settings):
+    if origin_required(from_cookie, request.method) and not from_this_site(request, settings):
         raise ApiError(403, "跨站请求被拒绝")
     request.state.user = user
     return user

@@ -39,7 +39,8 @@ def service_view(service: ComfyUIService | None) -> dict | None:
 
 
 def open_view(service: ComfyUIService) -> dict:
-    """The seed's open_comfy reply, plus what the page needs to explain a failure."""
+    """The reply to open_comfy: where the instance is and its status, plus what the page
+    needs to explain a failure."""
     return {
         "comfy_url": service.comfy_url,
         "status": service.status,

@@ -16,17 +16,16 @@ import asyncio
 import contextlib
 import logging
 import re
-from urllib.parse import urlsplit
 
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from comfyhub.auth import SESSION_COOKIE
 from comfyhub.models import ServiceStatus
 from comfyhub.proxy.access import ProxyAccess, Target
 from comfyhub.proxy.pages import error_page, status_page
 from comfyhub.proxy.relay import RELAY_MIN, Relays
 from comfyhub.net.http1 import UpstreamConnection, UpstreamError, UpstreamPool
+from comfyhub.security import SESSION_COOKIE, origin_required, same_origin, session_token
 
 log = logging.getLogger("comfyhub.proxy")
 
@@ -39,10 +38,9 @@ _HOP_BY_HOP = frozenset(
 _NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"authorization", b"cookie", b"content-length", b"expect",
                                 b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
                                 b"x-forwarded-prefix"}
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _HEAD_TIMEOUT = 300.0  # ComfyUI answers quickly; only a wedged instance takes this long
 MAX_ID = 2**31 - 1
-_SESSION_COOKIE_B = SESSION_COOKIE.encode()
+_SESSION_COOKIE_EQ = SESSION_COOKIE.encode() + b"="
 
 
 class ComfyProxy:
@@ -103,7 +101,7 @@ class ComfyProxy:
     # --- access ---------------------------------------------------------------------------
 
     async def _authorize(self, scope, project_id: int, headers: dict[bytes, bytes]):
-        token, from_cookie = _credentials(headers)
+        token, from_cookie = _session_token(headers)
         user_id = await self.access.user_id(token)
         if user_id is None:
             return None, (401, "未登录", "请先登录 comfyhub，再打开 ComfyUI。")
@@ -112,12 +110,15 @@ class ComfyProxy:
             return None, (404, "项目不存在", "该项目不存在或已被删除。")
         if target.owner_user_id != user_id:
             return None, (403, "无操作权限", "只有项目的所有者可以访问它的 ComfyUI。")
-        # Cookie-authenticated writes (and WebSocket handshakes, which browsers send
-        # cross-site with cookies) must come from a page of this site.
-        if from_cookie and (scope["type"] == "websocket" or scope["method"] not in _SAFE_METHODS):
-            if not _same_origin(headers, self.trusted_origins):
-                return None, (403, "跨站请求被拒绝", "请求来源与本站不一致。")
+        websocket = scope["type"] == "websocket"  # a handshake: no method, and not "safe"
+        if origin_required(from_cookie, scope.get("method", ""), websocket) and not self._from_this_site(headers):
+            return None, (403, "跨站请求被拒绝", "请求来源与本站不一致。")
         return target, None
+
+    def _from_this_site(self, headers: dict[bytes, bytes]) -> bool:
+        origin, referer = headers.get(b"origin"), headers.get(b"referer")
+        return same_origin(origin and origin.decode("latin-1"), referer and referer.decode("latin-1"),
+                           headers.get(b"host", b"").decode("latin-1"), self.trusted_origins)
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -259,7 +260,7 @@ class ComfyProxy:
                 open_timeout=10,
                 proxy=None,
             )
-        except (OSError, InvalidHandshake, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, InvalidHandshake) as exc:
             self.access.forget_target(target.project_id)
             code = exc.response.status_code if isinstance(exc, InvalidStatus) else 502
             return await _deny(scope, send, code, "ComfyUI 连接中断", "无法连接到实例。")
@@ -316,33 +317,9 @@ def _header_map(scope) -> dict[bytes, bytes]:
     return headers
 
 
-def _credentials(headers: dict[bytes, bytes]) -> tuple[str | None, bool]:
-    auth = headers.get(b"authorization", b"").decode("latin-1")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip(), False
-    raw = headers.get(b"cookie")
-    if raw:
-        # Lenient, like Starlette's parser that the API uses: another site's cookie on this
-        # host with a space, a quote or JSON in it must not hide the session (SimpleCookie
-        # gives up on the whole header then — measured: 401 on the proxy, 200 on the API).
-        for part in raw.split(b";"):
-            name, eq, value = part.partition(b"=")
-            if eq and name.strip() == _SESSION_COOKIE_B:
-                value = value.strip()
-                if len(value) > 1 and value[:1] == value[-1:] == b'"':
-                    value = value[1:-1]
-                if value:
-                    return value.decode("latin-1"), True
-    return None, False
-
-
-def _same_origin(headers: dict[bytes, bytes], trusted: set[str]) -> bool:
-    source = (headers.get(b"origin") or headers.get(b"referer") or b"").decode("latin-1")
-    if not source or source == "null":
-        return False
-    parts = urlsplit(source)
-    return parts.netloc == headers.get(b"host", b"").decode("latin-1") or f"{parts.scheme}://{parts.netloc}" in trusted
+def _session_token(headers: dict[bytes, bytes]) -> tuple[str | None, bool]:
+    return session_token(headers.get(b"authorization", b"").decode("latin-1"),
+                         headers.get(b"cookie", b"").decode("latin-1"))
 
 
 def _upstream_path(scope, project_id: int) -> bytes:
@@ -358,7 +335,7 @@ def _upstream_path(scope, project_id: int) -> bytes:
 def _forwarded(scope, headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     client = scope.get("client")
     proto = b"https" if scope.get("scheme") in ("https", "wss") else b"http"
-    out = [(b"x-forwarded-proto", proto), (b"x-forwarded-prefix", b"/comfy/%d" % _project_of(scope))]
+    out = [(b"x-forwarded-proto", proto), (b"x-forwarded-prefix", b"/comfy/%d" % _path_project_id(scope))]
     if b"host" in headers:
         out.append((b"x-forwarded-host", headers[b"host"]))
     if client:
@@ -366,12 +343,13 @@ def _forwarded(scope, headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def _project_of(scope) -> int:
+def _path_project_id(scope) -> int:
+    """The project id in a /comfy/{id}/… path (already validated by `__call__`)."""
     return int(_PATH.match(scope["path"]).group(1))
 
 
 def _without_session_cookie(raw: bytes) -> bytes | None:
-    kept = [c for c in raw.split(b";") if c.strip() and not c.strip().startswith(SESSION_COOKIE.encode() + b"=")]
+    kept = [c for c in raw.split(b";") if c.strip() and not c.strip().startswith(_SESSION_COOKIE_EQ)]
     return b";".join(kept).strip() or None
 
 

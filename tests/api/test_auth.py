@@ -102,6 +102,31 @@ async def test_cookie_write_from_same_origin_passes(client, settings):
     assert r.status_code == 201
 
 
+@pytest.mark.parametrize("others", ["ui=dark mode", 'prefs={"a":1,"b":2}', "name=张三"])
+async def test_other_cookies_on_the_host_do_not_hide_the_session(client, settings, others):
+    """Same rule as the proxy: a malformed cookie from another port must not log the user out."""
+    await add_user(settings, "alice")
+    r = await client.post("/api/auth/login", json={"username": "alice", "password": "password-123"})
+    session = f"comfyhub_session={r.json()['data']['token']}"
+    client.cookies.clear()
+    for header in (f"{others}; {session}", f"{session}; {others}"):
+        me = await client.get("/api/auth/me", headers={"Cookie": header.encode()})
+        assert me.status_code == 200, header
+
+
+async def test_cookie_writes_from_a_trusted_origin_pass(db_url, tmp_path):
+    """COMFYHUB_TRUSTED_ORIGINS: a front proxy serving the site under another name."""
+    from tests.support.app import running_app
+
+    async with running_app(db_url, tmp_path, comfyhub_trusted_origins="https://hub.example.org") as c:
+        assert (await c.post("/api/auth/login", json={"username": "alice", "password": "password-123"})).is_success
+        write = {"name": "x", "code": "TRUSTED-1"}
+        other = await c.post("/api/projects", json=write, headers={"Origin": "https://evil.example.org"})
+        assert other.status_code == 403
+        trusted = await c.post("/api/projects", json=write, headers={"Origin": "https://hub.example.org"})
+        assert trusted.status_code == 201
+
+
 async def test_login_from_foreign_origin_refused(client, settings):
     await add_user(settings, "alice")
     r = await client.post(

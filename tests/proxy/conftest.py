@@ -14,6 +14,8 @@ from tests.conftest import add_user
 from tests.support.hub import fake_comfyui_env
 from tests.support.server import LiveServer
 
+TRUSTED_ORIGIN = "https://hub.example.org"  # as if a front proxy served the site under this name
+
 
 class Hub:
     """A live comfyhub with alice (owner of an online project) and bob."""
@@ -39,7 +41,8 @@ class Hub:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     work = tmp_path_factory.mktemp("proxyhub")
-    env = {**fake_comfyui_env(work, 6), "COMFYHUB_ADMIN_PASSWORD": "admin-password-1"}
+    env = {**fake_comfyui_env(work, 6), "COMFYHUB_ADMIN_PASSWORD": "admin-password-1",
+           "COMFYHUB_TRUSTED_ORIGINS": TRUSTED_ORIGIN}
     server = LiveServer(work, env=env).start()
     settings = load_settings(_env_file=None, comfyhub_database_url=f"sqlite+aiosqlite:///{work}/runtime/comfyhub.db",
                              comfyui_instance_base_dir=work / "runtime" / "comfy_instances")

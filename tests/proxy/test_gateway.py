@@ -11,6 +11,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
+from tests.proxy.conftest import TRUSTED_ORIGIN
 from tests.support.net import wait_for, wait_for_sync
 
 MB = 1 << 20
@@ -78,6 +79,22 @@ async def test_cross_site_websocket_is_refused(hub):
                               additional_headers=headers, proxy=None):
             pass
     assert err.value.response.status_code == 403
+
+
+async def test_websocket_from_a_trusted_origin_passes(hub):
+    """A front proxy serving the site as TRUSTED_ORIGIN, forwarding its own name for us as
+    Host (a loopback Host with a foreign Origin would be refused by ComfyUI itself)."""
+    headers = {"Origin": TRUSTED_ORIGIN, "Cookie": hub.cookie_header("alice")}
+    async with ws_connect(f"ws://comfyhub.internal:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
+                          host="127.0.0.1", additional_headers=headers, proxy=None) as ws:
+        assert ws.request.headers["Host"].startswith("comfyhub.internal")
+        await ws.send('{"type": "ping"}')  # the connection is open both ways
+    headers["Origin"] = "https://evil.example.org"
+    with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+        async with ws_connect(f"ws://comfyhub.internal:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
+                              host="127.0.0.1", additional_headers=headers, proxy=None):
+            pass
+    assert err.value.response.status_code == 403 and "跨站请求被拒绝".encode() in err.value.response.body
 
 
 @pytest.mark.parametrize("others", ["ui=dark mode", 'prefs={"a":1,"b":2}', "name=张三"])

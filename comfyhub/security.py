@@ -1,0 +1,69 @@
+"""Who sent a request, and from which site: the checks the API and the proxy share.
+
+Both front doors (the /api routes and the /comfy/ gateway) read the session token the
+same way and refuse the same cross-site requests, so the rules live here once. The API
+works on Starlette requests and the proxy on raw ASGI headers (bytes), so these functions
+take plain strings; each caller extracts the header values in its own way.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+SESSION_COOKIE = "comfyhub_session"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def session_token(authorization: str, cookie: str) -> tuple[str | None, bool]:
+    """The caller's session token and whether it came from the cookie.
+
+    A bearer token wins over the cookie: scripts send the header, browsers the cookie.
+    """
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip(), False
+    token = cookie_value(cookie, SESSION_COOKIE)
+    return (token, True) if token else (None, False)
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The first non-empty value of cookie `name` in a Cookie header.
+
+    Lenient on purpose, like Starlette's parser: cookies are shared by every port of a
+    host, and another site's cookie with a space, a quote or JSON in it must not hide the
+    session (http.cookies.SimpleCookie gives up on the whole header then).
+    """
+    for part in header.split(";"):
+        key, eq, value = part.partition("=")
+        if eq and key.strip() == name:
+            value = value.strip()
+            if len(value) > 1 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            if value:
+                return value
+    return None
+
+
+def origin_required(from_cookie: bool, method: str, websocket: bool = False) -> bool:
+    """Whether the request must come from a page of this site to be let through.
+
+    Only cookie-authenticated requests can be forged by another site (a bearer token is
+    never sent by the browser on its own). Reads are harmless; writes are not, and neither
+    are WebSocket handshakes, which browsers send cross-site with cookies.
+    """
+    return from_cookie and (websocket or method not in SAFE_METHODS)
+
+
+def same_origin(origin: str | None, referer: str | None, host: str, trusted: set[str]) -> bool:
+    """Whether a browser request comes from a page of this site.
+
+    SameSite=Lax does not stop a page on another port of the same host, so the Origin
+    (or, without one, the Referer) must name this host, or be one of the `trusted`
+    origins (`scheme://host[:port]`, from COMFYHUB_TRUSTED_ORIGINS) when a front proxy
+    serves the site under another name.
+    """
+    source = origin or referer
+    if not source or source == "null":
+        return False
+    parts = urlsplit(source)
+    return parts.netloc == host or f"{parts.scheme}://{parts.netloc}" in trusted
