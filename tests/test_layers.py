@@ -12,7 +12,8 @@ The layers, top to bottom (docs/architecture.md explains each):
     services                             the instance lifecycle
     launchers                            how a process (or Ray actor) is started
     migrations                           the schema history
-    models, db, config, metrics, net     foundations (and the root package's version)
+    models, db, config, metrics,         foundations (and the root package's version)
+    net, reasons
 
 A module may import modules of its own layer and of any layer below it, never above.
 "Independent" siblings may not import each other either: `api` and `proxy` share
@@ -33,7 +34,12 @@ CLI that must work without the web app. Where the other modules go, and why:
 - `net/` (the HTTP/1.1 client and the port helpers) is used by both the proxy and the
   services, so it is a foundation.
 
-Foundations import no other part of comfyhub except `config`: they are what everything
+- `reasons` (stop and failure codes with their words) is stored by the services and
+  named by the launchers, also inside Ray actors on other machines: a foundation with
+  no imports at all.
+
+Foundations import no other part of comfyhub except the leaves `config`, `models` and
+`reasons` (metrics labels instances by the models' statuses): they are what everything
 else is built on. An import inside a function counts (a lazy import is still a
 dependency); one under `if TYPE_CHECKING:` does not (it never runs).
 """
@@ -61,10 +67,10 @@ LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import 
     ({"services"}, False),
     ({"launchers"}, False),
     ({"migrations"}, False),
-    ({"models", "db", "config", "metrics", "net", ""}, False),  # "": comfyhub/__init__.py
+    ({"models", "db", "config", "metrics", "net", "reasons", ""}, False),  # "": comfyhub/__init__.py
 ]
 FOUNDATIONS = LAYERS[-1][0]
-FOUNDATIONS_MAY_IMPORT = {"config", ""}
+FOUNDATIONS_MAY_IMPORT = {"config", "models", "reasons", ""}
 NEVER_IMPORTED = {"migrations"}
 NOT_PYTHON = {"web"}
 
@@ -225,6 +231,7 @@ def test_checker_finds_lazy_relative_and_sibling_imports_and_skips_type_checking
             "api/__init__.py": "",
             "net/__init__.py": "",
             "models.py": "",
+            "db.py": "",
             "launchers/__init__.py": "",
             "launchers/actor.py": """
             from typing import TYPE_CHECKING
@@ -236,7 +243,7 @@ def test_checker_finds_lazy_relative_and_sibling_imports_and_skips_type_checking
                 return port_is_free(port)
         """,
             "api/meta.py": "import comfyhub.proxy.upstream\n",
-            "net/http1.py": "from comfyhub import models\n",
+            "net/http1.py": "from comfyhub import db\n",
         },
     )
     found = violations(package_imports(package))
