@@ -10,6 +10,9 @@ import secrets
 import sys
 from pathlib import Path
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
 from sqlalchemy import func, select
 
 from comfyhub.auth import hash_password_sync
@@ -97,8 +100,10 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if not settings.comfyui_configured:
         print(NOT_CONFIGURED_BANNER, flush=True)
     print(f"comfyhub: serving on http://{args.host}:{args.port}", flush=True)
@@ -160,16 +165,15 @@ def cmd_services(args) -> int:
         try:
             if args.services_command == "list":
                 async with manager.sessions() as db:
-                    rows = (await db.execute(
-                        select(ComfyUIService, Project.code, User.username)
-                        .join(Project, Project.id == ComfyUIService.project_id)
-                        .join(User, User.id == ComfyUIService.user_id)
-                        .order_by(ComfyUIService.project_id))).all()
-                print(f"{'project':>7}  {'code':<14} {'user':<12} {'status':<9} {'port':>5} {'pid':>7} {'gpu':<4} started")
-                for svc, code, username in rows:
-                    started = svc.started_at.strftime("%Y-%m-%d %H:%M:%S") if svc.started_at else "-"
-                    print(f"{svc.project_id:>7}  {code:<14} {username:<12} {svc.status:<9} {svc.port or '-':>5} "
-                          f"{svc.pid or '-':>7} {svc.gpu or '-':<4} {started}")
+                    rows = (
+                        await db.execute(
+                            select(ComfyUIService, Project.code, User.username)
+                            .join(Project, Project.id == ComfyUIService.project_id)
+                            .join(User, User.id == ComfyUIService.user_id)
+                            .order_by(ComfyUIService.project_id)
+                        )
+                    ).all()
+                _print_table(_services_table(rows))
                 return 0
             if args.services_command == "stop":
                 record = await manager.stop(args.project_id, reason=Reason.CLI, actor="cli")
@@ -178,9 +182,7 @@ def cmd_services(args) -> int:
                     return 1
                 print(f"stopped the instance of project {args.project_id}")
                 return 0
-            for event in reversed(await manager.events(args.limit)):
-                print(f"{event.at:%Y-%m-%d %H:%M:%S}  {event.actor:<12} {event.action:<7} "
-                      f"project {event.project_id or '-':<5} {event.outcome:<9} {event.detail.splitlines()[0] if event.detail else ''}")
+            _print_table(_events_table(reversed(await manager.events(args.limit))))
             return 0
         finally:
             await manager.health.aclose()
@@ -189,15 +191,59 @@ def cmd_services(args) -> int:
     return asyncio.run(run())
 
 
+def _table(*columns: str) -> Table:
+    """A plain table: a header underline, no borders; columns named '>…' align right."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, header_style="bold")
+    for name in columns:
+        table.add_column(name.lstrip(">"), justify="right" if name.startswith(">") else "left")
+    return table
+
+
+def _print_table(table: Table) -> None:
+    # rich measures each cell by display width, so Chinese names and details keep the
+    # columns aligned. In a pipe nothing wraps: lines stay whole for grep and logs.
+    width = None if sys.stdout.isatty() else 10_000
+    Console(highlight=False, width=width).print(table)
+
+
+def _time(at) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S") if at else "-"
+
+
+def _services_table(rows) -> Table:
+    table = _table(">project", "code", "user", "status", ">port", ">pid", "gpu", "started")
+    for svc, code, username in rows:
+        table.add_row(
+            str(svc.project_id),
+            code,
+            username,
+            svc.status,
+            str(svc.port or "-"),
+            str(svc.pid or "-"),
+            svc.gpu or "-",
+            _time(svc.started_at),
+        )
+    return table
+
+
+def _events_table(events) -> Table:
+    table = _table("at", "actor", "action", ">project", "outcome", "detail")
+    for event in events:
+        detail = event.detail.splitlines()[0] if event.detail else ""
+        table.add_row(_time(event.at), event.actor, event.action, str(event.project_id or "-"), event.outcome, detail)
+    return table
+
+
 def cmd_comfyui_install(args) -> int:
-    from comfyhub.comfyui_install import InstallError, Installer
+    from comfyhub.comfyui_install import Installer, InstallError
     from comfyhub.services.gpus import GpuPicker
 
     settings = _settings()
     torch = args.torch or ("cuda" if GpuPicker("auto").list_gpus() else "cpu")
     extras = args.extra_packages.split() if args.extra_packages else []
-    installer = Installer(Path(args.dir), args.git_url or settings.comfyui_git_url, args.ref, torch, extras,
-                          env_file=Path.cwd() / ".env")
+    installer = Installer(
+        Path(args.dir), args.git_url or settings.comfyui_git_url, args.ref, torch, extras, env_file=Path.cwd() / ".env"
+    )
     try:
         installer.run()
     except InstallError as exc:
@@ -233,16 +279,22 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check settings, database, folders and ComfyUI")
     doctor.set_defaults(func=cmd_doctor)
 
-    comfyui = sub.add_parser("comfyui", help="set up ComfyUI itself").add_subparsers(dest="comfyui_command", required=True)
+    comfyui = sub.add_parser("comfyui", help="set up ComfyUI itself").add_subparsers(
+        dest="comfyui_command", required=True
+    )
     install = comfyui.add_parser("install", help="clone (or update) ComfyUI with its own venv and point .env at it")
     install.add_argument("--dir", default="runtime/ComfyUI", help="where the checkout goes (default runtime/ComfyUI)")
     install.add_argument("--ref", help="tag, branch or commit to check out (default: the default branch)")
-    install.add_argument("--torch", choices=("cpu", "cuda", "skip"),
-                         help="torch build (default: cuda when an NVIDIA GPU is visible, else cpu); "
-                              "skip keeps the torch already in the venv (installed by hand)")
+    install.add_argument(
+        "--torch",
+        choices=("cpu", "cuda", "skip"),
+        help="torch build (default: cuda when an NVIDIA GPU is visible, else cpu); "
+        "skip keeps the torch already in the venv (installed by hand)",
+    )
     install.add_argument("--git-url", help="repository to clone (default COMFYUI_GIT_URL)")
-    install.add_argument("--extra-packages", default="requests",
-                         help="packages ComfyUI imports without listing them (default: requests)")
+    install.add_argument(
+        "--extra-packages", default="requests", help="packages ComfyUI imports without listing them (default: requests)"
+    )
     install.set_defaults(func=cmd_comfyui_install)
 
     services = sub.add_parser("services", help="instances of a running deployment (same database)")

@@ -18,6 +18,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from dotenv import set_key
 from rich.console import Console
 
 TORCH_CHOICES = ("cpu", "cuda", "skip")
@@ -32,8 +33,16 @@ class InstallError(Exception):
 
 
 class Installer:
-    def __init__(self, target: Path, git_url: str, ref: str | None, torch: str, extra_packages: list[str],
-                 env_file: Path, console: Console | None = None):
+    def __init__(
+        self,
+        target: Path,
+        git_url: str,
+        ref: str | None,
+        torch: str,
+        extra_packages: list[str],
+        env_file: Path,
+        console: Console | None = None,
+    ):
         self.target = target.resolve()
         self.git_url = git_url
         self.ref = ref
@@ -75,7 +84,8 @@ class Installer:
             f"[bold yellow]![/] ComfyUI's python cannot load torch and torchvision: {last}\n"
             "  ComfyUI will not start until it can.\n"
             f"  what to do: install builds of torch and torchvision that match (CPU: {self.python} -m pip install "
-            f"torch torchvision --index-url {TORCH_CPU_INDEX}), then run this again with --torch skip")
+            f"torch torchvision --index-url {TORCH_CPU_INDEX}), then run this again with --torch skip"
+        )
         return False
 
     def _checkout(self) -> None:
@@ -85,14 +95,23 @@ class Installer:
             if self.ref:
                 self._run(["git", "-C", str(self.target), "checkout", "--quiet", self.ref], f"git checkout {self.ref}")
             else:
-                detached = subprocess.run(["git", "-C", str(self.target), "symbolic-ref", "-q", "HEAD"],
-                                          capture_output=True).returncode != 0
+                detached = (
+                    subprocess.run(
+                        ["git", "-C", str(self.target), "symbolic-ref", "-q", "HEAD"], capture_output=True
+                    ).returncode
+                    != 0
+                )
                 if detached:
                     # Installed with --ref TAG: there is no branch to pull.
-                    raise InstallError(f"{self.target} is pinned to a tag or commit (installed with --ref): run this "
-                                       "again with --ref NEW_TAG, or with --ref master to follow the default branch")
-                self._run(["git", "-C", str(self.target), "pull", "--ff-only", "--quiet"], "git pull",
-                          hint=f"keep or undo local changes in {self.target} first (git -C {self.target} status)")
+                    raise InstallError(
+                        f"{self.target} is pinned to a tag or commit (installed with --ref): run this "
+                        "again with --ref NEW_TAG, or with --ref master to follow the default branch"
+                    )
+                self._run(
+                    ["git", "-C", str(self.target), "pull", "--ff-only", "--quiet"],
+                    "git pull",
+                    hint=f"keep or undo local changes in {self.target} first (git -C {self.target} status)",
+                )
             return
         if self.target.exists() and any(self.target.iterdir()):
             raise InstallError(f"{self.target} exists and is not a git checkout: choose another --dir or remove it")
@@ -101,11 +120,17 @@ class Installer:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".comfyui-clone-", dir=self.target.parent))
         try:
-            self._run(["git", "clone", "--quiet", self.git_url, str(staging / "repo")], "git clone",
-                      hint="check COMFYUI_GIT_URL (or --git-url) and the network")
+            self._run(
+                ["git", "clone", "--quiet", self.git_url, str(staging / "repo")],
+                "git clone",
+                hint="check COMFYUI_GIT_URL (or --git-url) and the network",
+            )
             if self.ref:
-                self._run(["git", "-C", str(staging / "repo"), "checkout", "--quiet", self.ref], f"git checkout {self.ref}",
-                          hint="check --ref: a tag, branch or commit of that repository")
+                self._run(
+                    ["git", "-C", str(staging / "repo"), "checkout", "--quiet", self.ref],
+                    f"git checkout {self.ref}",
+                    hint="check --ref: a tag, branch or commit of that repository",
+                )
             if not (staging / "repo" / "main.py").is_file():
                 raise InstallError(f"{self.git_url} has no main.py: it does not look like ComfyUI")
             if self.target.exists():
@@ -119,23 +144,34 @@ class Installer:
             self._header("Virtual environment exists", done=True)
             return
         self._header(f"Creating a virtual environment with {sys.executable}")
-        self._run([sys.executable, "-m", "venv", str(self.target / "venv")], "python -m venv",
-                  hint="on Debian: apt-get install -y python3-venv")
+        self._run(
+            [sys.executable, "-m", "venv", str(self.target / "venv")],
+            "python -m venv",
+            hint="on Debian: apt-get install -y python3-venv",
+        )
 
     def _torch(self) -> None:
         pip = [str(self.python), "-m", "pip", "install", "--disable-pip-version-check", "--upgrade"]
-        by_hand = (f"or install them yourself ({self.python} -m pip install torch torchvision torchaudio …) "
-                   "and run this again with --torch skip")
+        by_hand = (
+            f"or install them yourself ({self.python} -m pip install torch torchvision torchaudio …) "
+            "and run this again with --torch skip"
+        )
         if self.torch == "skip":
             self._header("torch: skipped (--torch skip), keeping what the venv has", done=True)
         elif self.torch == "cpu":
             self._header("Installing torch (CPU build; a few hundred MB)")
-            self._run([*pip, *TORCH_PACKAGES, "--index-url", TORCH_CPU_INDEX], "pip install torch",
-                      hint=f"the CPU build comes from {TORCH_CPU_INDEX}: check that this machine reaches it, {by_hand}")
+            self._run(
+                [*pip, *TORCH_PACKAGES, "--index-url", TORCH_CPU_INDEX],
+                "pip install torch",
+                hint=f"the CPU build comes from {TORCH_CPU_INDEX}: check that this machine reaches it, {by_hand}",
+            )
         else:
             self._header("Installing torch (CUDA build; several GB)")
-            self._run([*pip, *TORCH_PACKAGES], "pip install torch",
-                      hint=f"check the network and the free disk space (several GB), {by_hand}")
+            self._run(
+                [*pip, *TORCH_PACKAGES],
+                "pip install torch",
+                hint=f"check the network and the free disk space (several GB), {by_hand}",
+            )
 
     def _requirements(self) -> None:
         requirements = self.target / "requirements.txt"
@@ -150,18 +186,23 @@ class Installer:
                 constraints.flush()
                 if pins:
                     self.console.print("    [dim]keeping " + ", ".join(f"{n} {v}" for n, v in pins.items()) + "[/]")
-                self._run([*pip, "-r", str(requirements), "-c", constraints.name], "pip install -r requirements.txt",
-                          hint="see pip's message above; with --torch skip, the torch in the venv must suit ComfyUI")
+                self._run(
+                    [*pip, "-r", str(requirements), "-c", constraints.name],
+                    "pip install -r requirements.txt",
+                    hint="see pip's message above; with --torch skip, the torch in the venv must suit ComfyUI",
+                )
         if self.extra_packages:
             # ComfyUI imports these without listing them.
             self._run([*pip, *self.extra_packages], f"pip install {' '.join(self.extra_packages)}")
 
     def _installed(self, names) -> dict[str, str]:
         """Versions of these distributions in the venv (the ones not installed are left out)."""
-        code = ("import importlib.metadata as m, sys\n"
-                "for n in sys.argv[1:]:\n"
-                "    try: print(n, m.version(n))\n"
-                "    except m.PackageNotFoundError: pass\n")
+        code = (
+            "import importlib.metadata as m, sys\n"
+            "for n in sys.argv[1:]:\n"
+            "    try: print(n, m.version(n))\n"
+            "    except m.PackageNotFoundError: pass\n"
+        )
         r = subprocess.run([str(self.python), "-c", code, *names], capture_output=True, text=True)
         return dict(line.split(" ", 1) for line in r.stdout.splitlines() if " " in line)
 
@@ -188,8 +229,9 @@ class Installer:
         env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "PIP_PROGRESS_BAR": "off"}
         with self.console.status(f"{what} …") as status:
             try:
-                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                        errors="replace")
+                proc = subprocess.Popen(
+                    cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace"
+                )
             except FileNotFoundError:
                 raise InstallError(f"{cmd[0]} not found: install it first (apt-get install -y {cmd[0]})") from None
             for line in proc.stdout:
@@ -206,13 +248,11 @@ class Installer:
 
 
 def update_env_file(path: Path, values: dict[str, str]) -> None:
-    """Set KEY=value lines in a .env file, keeping every other line as it was."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    seen = set()
-    for i, line in enumerate(lines):
-        key = line.split("=", 1)[0].strip()
-        if key in values:
-            lines[i] = f"{key}={values[key]}"
-            seen.add(key)
-    lines.extend(f"{k}={v}" for k, v in values.items() if k not in seen)
-    path.write_text("\n".join(lines) + "\n")
+    """Set KEY='value' lines in a .env file, keeping every other line and comment as it was.
+
+    python-dotenv writes what pydantic-settings reads back: values always quoted (a path
+    with spaces, `#` or quotes survives), the file replaced atomically with its mode kept,
+    and a symlinked .env updated where it points.
+    """
+    for key, value in values.items():
+        set_key(path, key, value, quote_mode="always", follow_symlinks=True)

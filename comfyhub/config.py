@@ -1,9 +1,9 @@
 """All of comfyhub's settings, declared once: name, default and meaning.
 
-Settings come from the environment and from `.env` in the working directory. The
-seed's names (COMFYUI_*) keep their meaning and defaults. Relative paths are resolved
-against the working directory when the settings are loaded, so every later use sees
-an absolute path.
+Settings come from the environment and from `.env` in the working directory. Relative
+paths are resolved against the working directory when the settings are loaded, so every
+later use sees an absolute path. `python -m comfyhub.config --markdown` prints the table
+README.md shows; `--readme README.md` rewrites it there.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ class SettingsError(Exception):
     """Invalid configuration; the message is one line per offending setting."""
 
 
+def shown(default: str) -> dict[str, str]:
+    """The default as the README states it, for a setting whose real default is computed."""
+    return {"shown_default": default}
+
+
 def _parse_port_range(value: str) -> tuple[int, int]:
     try:
         low_s, high_s = value.split("-", 1)
@@ -38,128 +43,144 @@ def _parse_port_range(value: str) -> tuple[int, int]:
 
 
 class Settings(BaseSettings):
-    """comfyhub configuration. Field names are the environment variable names, lowercased."""
+    """comfyhub configuration. Field names are the environment variable names, lowercased.
+
+    Each setting is declared once, here: its type, default, limits and meaning. The
+    settings table in README.md is generated from these declarations, in this order
+    (`python -m comfyhub.config --readme README.md`; tests/test_readme.py checks it).
+    """
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
 
-    # --- the seed's settings -------------------------------------------------------
+    # --- ComfyUI and its instances --------------------------------------------------------
     comfyui_repo_path: Path | None = Field(
-        None, description="ComfyUI checkout (holds main.py). Required to start instances."
+        None, description="ComfyUI checkout (holds `main.py`); required to start instances"
+    )
+    comfyui_python: Path | None = Field(
+        None, description="Python interpreter that runs ComfyUI; required to start instances"
     )
     comfyui_git_url: str = Field(
         "https://github.com/comfyanonymous/ComfyUI",
-        description="Where `comfyhub comfyui install` clones ComfyUI from (any git URL or local path).",
+        description="what `comfyhub comfyui install` clones (any git URL or local path)",
+        json_schema_extra=shown("the official ComfyUI repository"),
     )
-    comfyui_python: Path | None = Field(
-        None, description="Python interpreter that runs ComfyUI. Required to start instances."
-    )
-    comfyui_port_range: str = Field(
-        "8200-8299", description="Ports handed to instances, inclusive, LOW-HIGH."
-    )
+    comfyui_port_range: str = Field("8200-8299", description="ports handed to instances, inclusive")
     comfyui_listen: str = Field(
-        "127.0.0.1", description="Address instances listen on. Keep loopback: the proxy is the way in."
+        "127.0.0.1", description="address instances listen on; keep loopback, the proxy is the way in"
     )
     comfyui_startup_timeout_seconds: float = Field(
-        240, gt=0, description="A start that is not healthy by then is killed and marked failed."
+        240, gt=0, description="a start not healthy by then is killed and marked failed"
     )
-    comfyui_heartbeat_interval_seconds: float = Field(
-        30, gt=0, description="Seconds between health sweeps over all instances."
+    comfyui_heartbeat_interval_seconds: float = Field(30, gt=0, description="seconds between health sweeps")
+    comfyui_health_timeout_seconds: float = Field(2.5, gt=0, description="timeout of one `GET /system_stats`")
+    comfyui_stop_grace_seconds: float = Field(
+        10,
+        gt=0,
+        # launchers/process.py stop_steps: SIGINT, grace; SIGTERM, grace / 2; SIGKILL, grace / 2.
+        description="stop waits this long after SIGINT before SIGTERM (and half as long again before SIGKILL)",
     )
     comfyui_instance_base_dir: Path = Field(
-        Path("runtime/comfy_instances"), description="Per-instance folders u{user}/p{project} live here."
+        Path("runtime/comfy_instances"), description="per-instance folders `u{user}/p{project}`"
     )
-    comfyui_log_dir: Path = Field(
-        Path("runtime/comfy_logs"), description="Instance logs comfy_u{user}_p{project}_{port}.log."
+    comfyui_log_dir: Path = Field(Path("runtime/comfy_logs"), description="logs `comfy_u{user}_p{project}_{port}.log`")
+    comfyui_custom_nodes_dir: Path | None = Field(
+        None,
+        description="shared custom nodes, linked into each instance",
+        json_schema_extra=shown("`COMFYUI_REPO_PATH/custom_nodes`"),
+    )
+    comfyui_models_dir: Path | None = Field(
+        None,
+        description="shared models, linked into each instance",
+        json_schema_extra=shown("`COMFYUI_REPO_PATH/models`"),
+    )
+    comfyui_extra_args: str = Field("", description="extra ComfyUI arguments, shell-quoted (e.g. `--cpu`)")
+    comfyui_idle_timeout_seconds: float = Field(
+        0,
+        ge=0,
+        description="stop instances with no proxied traffic and an empty ComfyUI queue for this long "
+        "(`stopped`, 空闲超时; files kept); 0 = never",
+    )
+    comfyui_max_instances: int = Field(
+        0, ge=0, description="live instances in all; over it `open_comfy` answers 429 (0 = no limit)"
+    )
+    comfyui_max_instances_per_user: int = Field(
+        0, ge=0, description="live instances per user; over it 429 (0 = no limit)"
+    )
+    comfyui_max_concurrent_starts: int = Field(
+        2, ge=1, description="starts running at once per backend process; the others wait and show 排队中"
+    )
+    comfyui_auto_restart: bool = Field(
+        False, description="restart instances that died (not those stopped by a user or the culler)"
+    )
+    comfyui_restart_backoff_seconds: float = Field(
+        2, gt=0, description="delay before the first automatic restart, doubling with each further one"
+    )
+    comfyui_restart_max_failures: int = Field(
+        5, ge=1, description="automatic restarts within the window before giving up (`failed`, reason shown)"
+    )
+    comfyui_restart_window_seconds: float = Field(600, gt=0, description="the window automatic restarts are counted in")
+    comfyui_launcher: Literal["local", "ray"] = Field(
+        "local",
+        description="`local`: subprocesses of the backend on this machine. `ray`: one Ray actor per instance "
+        "on a cluster of GPU nodes ([docs/cluster.md](docs/cluster.md))",
+    )
+    ray_address: str = Field("auto", description="the Ray cluster to join with `COMFYUI_LAUNCHER=ray`")
+    comfyui_gpus_per_instance: float = Field(
+        1,
+        ge=0,
+        description="GPUs each instance asks Ray for (fractions share a GPU, `0` = CPU with `--cpu`); Ray only",
+    )
+    comfyui_gpus: str = Field(
+        "auto",
+        description="`auto`: GPUs through NVML, each start on the GPU with the most free memory (2 GiB counted "
+        "per instance already there); CPU with `--cpu` when none is found. `none`: always `--cpu`. `0,1`: "
+        "those GPUs, fewest instances first. The choice is `CUDA_VISIBLE_DEVICES` of the instance, recorded "
+        "and shown",
+    )
+    comfyui_stop_instances_on_exit: bool = Field(
+        False, description="stop all instances when the backend exits (default: keep them running)"
     )
 
-    # --- comfyhub's own ---------------------------------------------------------------
+    # --- the platform itself ------------------------------------------------------------
     comfyhub_database_url: str = Field(
-        "", description="SQLAlchemy async URL; empty means SQLite at runtime/comfyhub.db."
+        "",
+        description="`sqlite+aiosqlite:///…` or `postgresql+asyncpg://user:pw@host/db`",
+        json_schema_extra=shown("SQLite at `runtime/comfyhub.db`"),
     )
     comfyhub_secret_key: str = Field(
-        "", description="Key for session-token digests; generated into runtime/secret_key when empty."
+        "",
+        description="key for session-token digests; set it explicitly when several hosts share a database",
+        json_schema_extra=shown("generated into `runtime/secret_key` (0600)"),
     )
-    comfyhub_admin_user: str = Field(
-        "admin", description="Name of the first admin, created by `serve` when there is no user."
-    )
+    comfyhub_admin_user: str = Field("admin", description="first administrator, created when there is no user")
     comfyhub_admin_password: str = Field(
-        "", description="Password of the first admin; generated and printed once when empty."
+        "", description="its password", json_schema_extra=shown("generated, printed once")
     )
-    comfyhub_session_hours: float = Field(
-        24 * 7, gt=0, description="Lifetime of a login session (cookie and bearer token)."
+    comfyhub_session_hours: float = Field(24 * 7, gt=0, description="lifetime of a login")
+    comfyhub_login_max_failures: int = Field(
+        5, ge=1, description="failed logins per user name and client address before a lock-out"
+    )
+    comfyhub_login_lockout_seconds: float = Field(
+        300, gt=0, description="lock-out length, and the window failures are counted in"
     )
     comfyhub_trusted_origins: str = Field(
         "",
-        description="Extra origins (comma separated, e.g. https://hub.example.com) allowed to send "
-        "cookie-authenticated writes, for deployments behind a reverse proxy that rewrites Host.",
-    )
-    comfyhub_login_max_failures: int = Field(
-        5, ge=1, description="Failed logins per user name and client address before a lock-out."
-    )
-    comfyhub_login_lockout_seconds: float = Field(
-        300, gt=0, description="How long a lock-out lasts; also the window failures are counted in."
-    )
-    comfyui_stop_grace_seconds: float = Field(
-        10, gt=0, description="Stop waits this long after SIGINT before SIGTERM (and as long again before SIGKILL)."
-    )
-    comfyui_health_timeout_seconds: float = Field(
-        2.5, gt=0, description="Timeout of one GET /system_stats health check."
-    )
-    comfyui_extra_args: str = Field(
-        "", description="Extra ComfyUI arguments, shell-quoted (e.g. --cpu)."
-    )
-    comfyui_custom_nodes_dir: Path | None = Field(
-        None, description="Shared custom_nodes linked into each instance; default COMFYUI_REPO_PATH/custom_nodes."
-    )
-    comfyui_models_dir: Path | None = Field(
-        None, description="Shared models linked into each instance; default COMFYUI_REPO_PATH/models."
-    )
-    comfyui_idle_timeout_seconds: float = Field(
-        0, ge=0, description="Stop instances idle this long (0 = never)."
-    )
-    comfyui_max_instances: int = Field(0, ge=0, description="Live instances in all (0 = no limit).")
-    comfyui_max_instances_per_user: int = Field(
-        0, ge=0, description="Live instances per user (0 = no limit)."
-    )
-    comfyui_max_concurrent_starts: int = Field(
-        2, ge=1, description="Starts running at once per backend process; more wait their turn (排队中)."
-    )
-    comfyui_auto_restart: bool = Field(
-        False, description="Restart instances that died (not stopped by a user or the culler)."
-    )
-    comfyui_restart_max_failures: int = Field(
-        5, ge=1, description="Automatic restarts allowed within COMFYUI_RESTART_WINDOW_SECONDS before giving up."
-    )
-    comfyui_restart_window_seconds: float = Field(
-        600, gt=0, description="Window in which automatic restarts are counted."
-    )
-    comfyui_restart_backoff_seconds: float = Field(
-        2, gt=0, description="Delay before the first automatic restart; doubles with each further one."
-    )
-    comfyui_launcher: Literal["local", "ray"] = Field(
-        "local", description="How instances run: local subprocesses, or Ray actors on a cluster (docs/cluster.md)."
-    )
-    ray_address: str = Field(
-        "auto", description="Ray cluster to join with COMFYUI_LAUNCHER=ray (ray://host:10001, host:6379 or auto)."
-    )
-    comfyui_gpus_per_instance: float = Field(
-        1, ge=0, description="GPUs each instance asks Ray for (fractions share a GPU; 0 = CPU only). Ray only."
-    )
-    comfyui_gpus: str = Field("auto", description="auto (NVML; CPU when none found) | none (CPU) | GPU ids like 0,1.")
-    comfyui_stop_instances_on_exit: bool = Field(
-        False, description="Stop every instance when the backend shuts down (default: keep them running)."
+        description="extra origins (comma separated, e.g. `https://hub.example.com`) allowed for "
+        "cookie-authenticated writes (behind a reverse proxy that rewrites `Host`)",
     )
     comfyhub_list_refresh_seconds: float = Field(
-        8, gt=0, description="How often the workbench page refreshes the project list."
+        8, gt=0, description="how often the workbench refreshes the project list"
     )
 
     # --- validation -------------------------------------------------------------------
-    @field_validator("comfyui_repo_path", "comfyui_python", "comfyui_custom_nodes_dir", "comfyui_models_dir",
-                     mode="before")
+    @field_validator(
+        "comfyui_repo_path", "comfyui_python", "comfyui_custom_nodes_dir", "comfyui_models_dir", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value):
         # `COMFYUI_PYTHON=` in .env means "not set", not "the current directory".
         return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("comfyui_port_range")
     @classmethod
     def _check_port_range(cls, value: str) -> str:
@@ -191,7 +212,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _absolute_paths(self) -> "Settings":
+    def _absolute_paths(self) -> Settings:
         # Resolve once so that a later chdir (or a child's cwd) cannot change meanings.
         for name in (
             "comfyui_repo_path",
@@ -254,7 +275,7 @@ def _kept_secret(path: Path) -> str:
             if key:
                 return key
             time.sleep(0.01)  # another process created the file and is writing it
-        raise SettingsError(f"COMFYHUB_SECRET_KEY: {path} is empty; delete it or set the variable")
+        raise SettingsError(f"COMFYHUB_SECRET_KEY: {path} is empty; delete it or set the variable") from None
     key = secrets.token_urlsafe(48)
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
@@ -277,3 +298,69 @@ def load_settings(**overrides) -> Settings:
 @lru_cache
 def get_settings() -> Settings:
     return load_settings()
+
+
+# --- the README's settings table -----------------------------------------------------------
+
+README_START = (
+    "<!-- settings table: generated from comfyhub/config.py by `python -m comfyhub.config --readme README.md` -->"
+)
+README_END = "<!-- end of settings table -->"
+
+
+def _shown_default(field) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "shown_default" in extra:
+        return str(extra["shown_default"])
+    value = field.default
+    if value is None:
+        return "—"
+    if value == "":
+        return "empty"
+    if isinstance(value, bool):  # before numbers: a bool is an int
+        return f"`{str(value).lower()}`"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def markdown_table() -> str:
+    """The settings as a Markdown table (setting | default | meaning), in declaration order."""
+    rows = ["| setting | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        cells = (f"`{name.upper()}`", _shown_default(field), field.description or "")
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def readme_with_table(text: str) -> str:
+    """`text` (a README) with the part between the markers replaced by the current table."""
+    head, start, rest = text.partition(README_START)
+    _, end, tail = rest.partition(README_END)
+    if not start or not end:
+        raise ValueError(f"the README lacks the markers {README_START!r} … {README_END!r}")
+    # Blank lines around the table: Markdown then never reads a marker as part of it.
+    return f"{head}{README_START}\n\n{markdown_table()}\n{README_END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m comfyhub.config", description="comfyhub's settings")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--markdown", action="store_true", help="print the settings table (Markdown)")
+    what.add_argument("--readme", type=Path, metavar="PATH", help="rewrite the settings table in this README")
+    args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown_table(), end="")
+    else:
+        try:
+            text = readme_with_table(args.readme.read_text())
+        except (OSError, ValueError) as exc:
+            parser.error(str(exc))
+        args.readme.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -32,7 +32,12 @@ def check_database(settings: Settings) -> Check:
         path = Path(make_url(settings.database_url).database or "")
         if not path.exists():
             # Connecting would create an empty file; say what to do instead.
-            return Check("database", "fail", f"{path} does not exist yet", "run `comfyhub serve` once (it creates and migrates it)")
+            return Check(
+                "database",
+                "fail",
+                f"{path} does not exist yet",
+                "run `comfyhub serve` once (it creates and migrates it)",
+            )
 
     async def probe():
         engine = create_engine(settings.database_url)
@@ -44,12 +49,20 @@ def check_database(settings: Settings) -> Check:
     try:
         revision = asyncio.run(probe())
     except Exception as exc:  # noqa: BLE001 — report any failure to connect
-        return Check("database", "fail", f"cannot connect: {type(exc).__name__}: {exc}"[:300],
-                     "check COMFYHUB_DATABASE_URL and that the server is running")
+        return Check(
+            "database",
+            "fail",
+            f"cannot connect: {type(exc).__name__}: {exc}"[:300],
+            "check COMFYHUB_DATABASE_URL and that the server is running",
+        )
     head = head_revision()
     if revision != head:
-        return Check("database", "fail", f"schema at {revision or 'empty'}, code expects {head}",
-                     "run `comfyhub serve` once (it migrates)")
+        return Check(
+            "database",
+            "fail",
+            f"schema at {revision or 'empty'}, code expects {head}",
+            "run `comfyhub serve` once (it migrates)",
+        )
     return Check("database", "ok", f"reachable, schema at {revision}")
 
 
@@ -66,22 +79,40 @@ def check_writable_dir(name: str, path: Path) -> Check:
 
 def check_comfyui(settings: Settings) -> list[Check]:
     if not settings.comfyui_configured:
-        return [Check("comfyui", "fail", "COMFYUI_REPO_PATH / COMFYUI_PYTHON not set",
-                      "run `comfyhub comfyui install` (or set both in .env to a ComfyUI checkout and its python)")]
+        return [
+            Check(
+                "comfyui",
+                "fail",
+                "COMFYUI_REPO_PATH / COMFYUI_PYTHON not set",
+                "run `comfyhub comfyui install` (or set both in .env to a ComfyUI checkout and its python)",
+            )
+        ]
     checks = []
     main_py = settings.comfyui_repo_path / "main.py"
     if main_py.is_file():
         checks.append(Check("comfyui repo", "ok", f"{main_py} exists"))
     else:
-        checks.append(Check("comfyui repo", "fail", f"{main_py} not found",
-                            "point COMFYUI_REPO_PATH at a ComfyUI checkout, or run `comfyhub comfyui install`"))
+        checks.append(
+            Check(
+                "comfyui repo",
+                "fail",
+                f"{main_py} not found",
+                "point COMFYUI_REPO_PATH at a ComfyUI checkout, or run `comfyhub comfyui install`",
+            )
+        )
     python = settings.comfyui_python
     if python.is_file() and os.access(python, os.X_OK):
         checks.append(Check("comfyui python", "ok", f"{python} is executable"))
         checks.append(check_torch(python))
     else:
-        checks.append(Check("comfyui python", "fail", f"{python} is not an executable file",
-                            "point COMFYUI_PYTHON at the python of ComfyUI's venv"))
+        checks.append(
+            Check(
+                "comfyui python",
+                "fail",
+                f"{python} is not an executable file",
+                "point COMFYUI_PYTHON at the python of ComfyUI's venv",
+            )
+        )
     return checks
 
 
@@ -98,15 +129,25 @@ def check_torch(python: Path) -> Check:
     try:
         r = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=TORCH_TIMEOUT)
     except subprocess.TimeoutExpired:
-        return Check("comfyui torch", "fail", f"importing torch took over {TORCH_TIMEOUT} s",
-                     "check the venv (a broken CUDA setup can hang the import)")
+        return Check(
+            "comfyui torch",
+            "fail",
+            f"importing torch took over {TORCH_TIMEOUT} s",
+            "check the venv (a broken CUDA setup can hang the import)",
+        )
     except OSError as exc:
-        return Check("comfyui torch", "fail", f"cannot run {python}: {exc.strerror}", "reinstall: comfyhub comfyui install")
+        return Check(
+            "comfyui torch", "fail", f"cannot run {python}: {exc.strerror}", "reinstall: comfyhub comfyui install"
+        )
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        return Check("comfyui torch", "fail", f"import torch, torchvision failed: {last[:200]}",
-                     "install matching builds: comfyhub comfyui install (or pip install torch torchvision "
-                     "in that venv, from the same index)")
+        return Check(
+            "comfyui torch",
+            "fail",
+            f"import torch, torchvision failed: {last[:200]}",
+            "install matching builds: comfyhub comfyui install (or pip install torch torchvision "
+            "in that venv, from the same index)",
+        )
     version, cuda = (r.stdout.split() + ["?", "?"])[:2]
     return Check("comfyui torch", "ok", f"torch {version}, CUDA available: {cuda}")
 
@@ -121,13 +162,21 @@ def check_gpus(settings: Settings) -> Check:
         if found:
             names = ", ".join(f"{g.id}: {g.name} ({g.memory_free >> 30} GiB free)" for g in found)
             return Check("gpus", "ok", f"NVML sees {names}")
-        return Check("gpus", "warn", "NVML sees no GPU: instances run on the CPU (--cpu)",
-                     "install the NVIDIA driver, or set COMFYUI_GPUS=none to silence this")
+        return Check(
+            "gpus",
+            "warn",
+            "NVML sees no GPU: instances run on the CPU (--cpu)",
+            "install the NVIDIA driver, or set COMFYUI_GPUS=none to silence this",
+        )
     wanted = settings.comfyui_gpus.split(",")
     missing = [g for g in wanted if g not in {x.id for x in found}]
     if missing:
-        return Check("gpus", "fail", f"COMFYUI_GPUS names {','.join(missing)}, NVML sees "
-                     f"{','.join(x.id for x in found) or 'no GPU'}", "fix COMFYUI_GPUS or the driver")
+        return Check(
+            "gpus",
+            "fail",
+            f"COMFYUI_GPUS names {','.join(missing)}, NVML sees {','.join(x.id for x in found) or 'no GPU'}",
+            "fix COMFYUI_GPUS or the driver",
+        )
     return Check("gpus", "ok", f"GPUs {settings.comfyui_gpus} visible")
 
 
@@ -138,16 +187,21 @@ def check_listen(settings: Settings) -> Check:
         loopback = settings.comfyui_listen == "localhost"
     if loopback:
         return Check("listen address", "ok", f"{settings.comfyui_listen} is loopback")
-    return Check("listen address", "warn",
-                 f"{settings.comfyui_listen} is not loopback: instances are reachable without login",
-                 "set COMFYUI_LISTEN=127.0.0.1 unless a firewall closes the port range")
+    return Check(
+        "listen address",
+        "warn",
+        f"{settings.comfyui_listen} is not loopback: instances are reachable without login",
+        "set COMFYUI_LISTEN=127.0.0.1 unless a firewall closes the port range",
+    )
 
 
 def check_ports(settings: Settings) -> Check:
     low, high = settings.port_range
     free = sum(1 for p in range(low, high + 1) if _port_free(settings.comfyui_listen, p))
     if free == 0:
-        return Check("port range", "fail", f"no free port in {low}-{high}", "free some ports or widen COMFYUI_PORT_RANGE")
+        return Check(
+            "port range", "fail", f"no free port in {low}-{high}", "free some ports or widen COMFYUI_PORT_RANGE"
+        )
     return Check("port range", "ok", f"{free} of {high - low + 1} ports free in {low}-{high}")
 
 
@@ -169,8 +223,14 @@ def check_ray(settings: Settings) -> list[Check]:
     try:
         import ray  # noqa: F401
     except ImportError:
-        return [Check("ray", "fail", "COMFYUI_LAUNCHER=ray but Ray is not installed",
-                      "pip install 'comfyhub[ray]' here and on every node")]
+        return [
+            Check(
+                "ray",
+                "fail",
+                "COMFYUI_LAUNCHER=ray but Ray is not installed",
+                "pip install 'comfyhub[ray]' here and on every node",
+            )
+        ]
     markers = []
     try:
         for folder in (settings.comfyui_instance_base_dir, settings.comfyui_log_dir):
@@ -179,9 +239,18 @@ def check_ray(settings: Settings) -> list[Check]:
             marker.write_text("comfyhub doctor")
             markers.append(marker)
         r = subprocess.run(
-            [sys.executable, "-m", "comfyhub.launchers.ray_check", settings.ray_address, *map(str, markers),
-             *(str(p) for p in (settings.comfyui_repo_path, settings.comfyui_python) if p is not None)],
-            capture_output=True, text=True, timeout=RAY_TIMEOUT, check=False,
+            [
+                sys.executable,
+                "-m",
+                "comfyhub.launchers.ray_check",
+                settings.ray_address,
+                *map(str, markers),
+                *(str(p) for p in (settings.comfyui_repo_path, settings.comfyui_python) if p is not None),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=RAY_TIMEOUT,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         r = None
@@ -190,10 +259,14 @@ def check_ray(settings: Settings) -> list[Check]:
     finally:
         for marker in markers:
             marker.unlink(missing_ok=True)
-    fix = "start the cluster (`ray start --head` on one machine, `ray start --address=HEAD:6379` on each GPU node) " \
-          "and set RAY_ADDRESS to it"
+    fix = (
+        "start the cluster (`ray start --head` on one machine, `ray start --address=HEAD:6379` on each GPU node) "
+        "and set RAY_ADDRESS to it"
+    )
     if r is None:
-        return [Check("ray cluster", "fail", f"no answer from RAY_ADDRESS={settings.ray_address} in {RAY_TIMEOUT} s", fix)]
+        return [
+            Check("ray cluster", "fail", f"no answer from RAY_ADDRESS={settings.ray_address} in {RAY_TIMEOUT} s", fix)
+        ]
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
         return [Check("ray cluster", "fail", f"cannot join RAY_ADDRESS={settings.ray_address}: {last[:200]}", fix)]
@@ -201,27 +274,54 @@ def check_ray(settings: Settings) -> list[Check]:
     nodes = report["nodes"]
     need = settings.comfyui_gpus_per_instance
     largest = max((n["gpus"] for n in nodes), default=0)
-    checks = [Check("ray cluster", "ok", f"{len(nodes)} nodes, {sum(n['gpus'] for n in nodes):g} GPUs: "
-                    + ", ".join(f"{n['ip']} ({n['gpus']:g} GPU)" for n in nodes))]
+    checks = [
+        Check(
+            "ray cluster",
+            "ok",
+            f"{len(nodes)} nodes, {sum(n['gpus'] for n in nodes):g} GPUs: "
+            + ", ".join(f"{n['ip']} ({n['gpus']:g} GPU)" for n in nodes),
+        )
+    ]
     if need > largest:
-        checks.append(Check("ray gpus", "fail", f"COMFYUI_GPUS_PER_INSTANCE={need:g} but no node has more than "
-                            f"{largest:g} GPUs", "lower COMFYUI_GPUS_PER_INSTANCE or add bigger GPU nodes"))
+        checks.append(
+            Check(
+                "ray gpus",
+                "fail",
+                f"COMFYUI_GPUS_PER_INSTANCE={need:g} but no node has more than {largest:g} GPUs",
+                "lower COMFYUI_GPUS_PER_INSTANCE or add bigger GPU nodes",
+            )
+        )
     else:
         checks.append(Check("ray gpus", "ok", f"{need:g} GPU per instance fits on a node"))
     marker_names = {str(m) for m in markers}
-    unshared = [f"{n['ip']}: " + ", ".join(os.path.dirname(p) if p in marker_names else p for p in n["missing"])
-                for n in report["shared"] if n["missing"]]
+    unshared = [
+        f"{n['ip']}: " + ", ".join(os.path.dirname(p) if p in marker_names else p for p in n["missing"])
+        for n in report["shared"]
+        if n["missing"]
+    ]
     if unshared:
-        checks.append(Check("shared folders", "fail", "nodes missing what instances need: " + "; ".join(unshared),
-                            "put COMFYUI_INSTANCE_BASE_DIR, COMFYUI_LOG_DIR and the models on a filesystem mounted at "
-                            "the same path on every node (NFS, CephFS...), and install ComfyUI at the same path there"))
+        checks.append(
+            Check(
+                "shared folders",
+                "fail",
+                "nodes missing what instances need: " + "; ".join(unshared),
+                "put COMFYUI_INSTANCE_BASE_DIR, COMFYUI_LOG_DIR and the models on a filesystem mounted at "
+                "the same path on every node (NFS, CephFS...), and install ComfyUI at the same path there",
+            )
+        )
     else:
-        checks.append(Check("shared folders", "ok",
-                            "every node sees the instance and log folders, ComfyUI and its python"))
+        checks.append(
+            Check("shared folders", "ok", "every node sees the instance and log folders, ComfyUI and its python")
+        )
     low, high = settings.port_range
-    checks.append(Check("node ports", "warn",
-                        f"ComfyUI listens on each node's address, ports {low}-{high}, with no login of its own",
-                        f"let only the comfyhub host reach ports {low}-{high} on the nodes (firewall / security group)"))
+    checks.append(
+        Check(
+            "node ports",
+            "warn",
+            f"ComfyUI listens on each node's address, ports {low}-{high}, with no login of its own",
+            f"let only the comfyhub host reach ports {low}-{high} on the nodes (firewall / security group)",
+        )
+    )
     return checks
 
 
@@ -245,7 +345,9 @@ def run_checks() -> int:
     try:
         settings = load_settings()
     except SettingsError as exc:
-        checks = [Check("settings", "fail", str(exc).replace("\n", "; "), "fix the named setting in .env or the environment")]
+        checks = [
+            Check("settings", "fail", str(exc).replace("\n", "; "), "fix the named setting in .env or the environment")
+        ]
     else:
         checks = collect(settings)
     for c in checks:

@@ -11,8 +11,15 @@ from tests.support.server import LiveServer, initial_admin_password
 
 
 def comfyhub(*args, cwd, env=None, input=None):
-    return subprocess.run([sys.executable, "-m", "comfyhub.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, input=input, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "comfyhub.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        input=input,
+        timeout=120,
+    )
 
 
 def test_first_serve_prints_admin_password_and_curl_flow_works(tmp_path):
@@ -54,10 +61,18 @@ def test_user_create_with_password_stdin(tmp_path):
     assert r.returncode == 0
     env = {"COMFYHUB_ADMIN_PASSWORD": "unused-password"}
     with LiveServer(tmp_path, env=env) as server:
-        assert httpx.get(server.url + "/api/auth/me", headers=server.login("dora", "dora-password")).json()["data"][
-            "is_admin"] is False
-        assert httpx.get(server.url + "/api/auth/me", headers=server.login("eve", "eve-password")).json()["data"][
-            "is_admin"] is True
+        assert (
+            httpx.get(server.url + "/api/auth/me", headers=server.login("dora", "dora-password")).json()["data"][
+                "is_admin"
+            ]
+            is False
+        )
+        assert (
+            httpx.get(server.url + "/api/auth/me", headers=server.login("eve", "eve-password")).json()["data"][
+                "is_admin"
+            ]
+            is True
+        )
 
 
 def test_serve_refuses_many_workers_on_sqlite(tmp_path):
@@ -75,3 +90,113 @@ def test_doctor_reports_each_check(tmp_path):
     assert not (tmp_path / "runtime" / "comfyhub.db").exists()  # checking creates nothing
     r = comfyhub("doctor", cwd=tmp_path, env={"COMFYUI_PORT_RANGE": "9-1"})
     assert r.returncode == 1 and "COMFYUI_PORT_RANGE" in r.stdout
+
+
+# --- `services list` / `events`: tables whose columns line up, Chinese text included ------
+
+
+def _seed_instances(tmp_path):
+    """Two instances and their events in the folder's SQLite database, one with Chinese names."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from comfyhub.db import create_engine, migrate, session_factory
+    from comfyhub.models import ComfyUIService, Event, Project, User
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/runtime/comfyhub.db"
+    migrate(url)
+
+    async def insert():
+        engine = create_engine(url)
+        try:
+            async with session_factory(engine)() as db:
+                people = [User(username="张三丰", password_hash="x"), User(username="bob", password_hash="x")]
+                db.add_all(people)
+                await db.flush()
+                projects = [
+                    Project(name="演示", code="数据集-一号", owner_user_id=people[0].id),
+                    Project(name="demo", code="DEMO-2", owner_user_id=people[1].id),
+                ]
+                db.add_all(projects)
+                await db.flush()
+                at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+                db.add_all(
+                    [
+                        ComfyUIService(
+                            user_id=people[0].id,
+                            project_id=projects[0].id,
+                            status="online",
+                            port=8201,
+                            pid=4242,
+                            gpu="0",
+                            start_time=at,
+                        ),
+                        ComfyUIService(user_id=people[1].id, project_id=projects[1].id, status="stopped"),
+                        Event(
+                            at=at,
+                            actor="张三丰",
+                            action="start",
+                            project_id=projects[0].id,
+                            outcome="online",
+                            detail="端口 8201\nsecond line",
+                        ),
+                        Event(
+                            at=at,
+                            actor="cli",
+                            action="stop",
+                            project_id=projects[1].id,
+                            outcome="stopped",
+                            detail="命令行停止",
+                        ),
+                    ]
+                )
+                await db.commit()
+        finally:
+            await engine.dispose()
+
+    asyncio.run(insert())
+
+
+def _layout(line: str, cells: list[str], right: set[int]) -> list[int]:
+    """Where each cell sits, in display columns (a CJK character is two wide): its start, or
+    its end for the right-aligned columns. Cells are matched whole, in order, between spaces."""
+    import re
+
+    from rich.cells import cell_len
+
+    offsets, pos = [], 0
+    for i, cell in enumerate(cells):
+        match = re.compile(rf"(?<!\S){re.escape(cell)}(?!\S)").search(line, pos)
+        assert match, f"{cell!r} not in {line!r}"
+        pos = match.end()
+        offsets.append(cell_len(line[: match.end() if i in right else match.start()]))
+    return offsets
+
+
+def test_services_list_and_events_are_aligned_tables(tmp_path):
+    _seed_instances(tmp_path)
+
+    r = comfyhub("services", "list", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    header, rule, chinese, latin = [line for line in r.stdout.splitlines() if line.strip()]
+    assert set(rule.strip()) == {"─"}
+    right = {0, 4, 5}  # project, port, pid
+    expected = _layout(header, ["project", "code", "user", "status", "port", "pid", "gpu", "started"], right)
+    assert (
+        _layout(chinese, ["1", "数据集-一号", "张三丰", "online", "8201", "4242", "0", "2026-01-02 03:04:05"], right)
+        == expected
+    ), r.stdout
+    assert _layout(latin, ["2", "DEMO-2", "bob", "stopped", "-", "-", "-", "-"], right) == expected, r.stdout
+
+    r = comfyhub("services", "events", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    header, rule, first, second = [line for line in r.stdout.splitlines() if line.strip()]
+    right = {3}  # project
+    expected = _layout(header, ["at", "actor", "action", "project", "outcome", "detail"], right)
+    assert _layout(first, ["2026-01-02 03:04:05", "张三丰", "start", "1", "online", "端口 8201"], right) == expected, (
+        r.stdout
+    )
+    assert _layout(second, ["2026-01-02 03:04:05", "cli", "stop", "2", "stopped", "命令行停止"], right) == expected, (
+        r.stdout
+    )
+    assert "second line" not in r.stdout  # one line per event: the detail's first line

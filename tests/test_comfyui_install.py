@@ -6,12 +6,26 @@ import sys
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
+
+from comfyhub.comfyui_install import update_env_file
+from comfyhub.config import load_settings
 
 
 def git(*args, cwd):
-    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                   env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-                        "GIT_COMMITTER_EMAIL": "t@t"})
+    subprocess.run(
+        ["git", *args],
+        cwd=cwd,
+        check=True,
+        capture_output=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    )
 
 
 @pytest.fixture
@@ -30,13 +44,17 @@ def comfy_repo(tmp_path) -> Path:
 
 def install(workdir, *args):
     return subprocess.run(
-        [sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip", "--extra-packages", "",
-         *args], cwd=workdir, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PIP_NO_INDEX": "1", "COLUMNS": "120"})
+        [sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip", "--extra-packages", "", *args],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PIP_NO_INDEX": "1", "COLUMNS": "120"},
+    )
 
 
 def env_values(path: Path) -> dict:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return dotenv_values(path)
 
 
 def test_fresh_install_then_rerun_updates(tmp_path, comfy_repo):
@@ -51,8 +69,11 @@ def test_fresh_install_then_rerun_updates(tmp_path, comfy_repo):
     python = target / "venv" / "bin" / "python"
     assert python.exists()
     values = env_values(work / ".env")
-    assert values == {"COMFYUI_PORT_RANGE": "9100-9110", "COMFYUI_REPO_PATH": str(target),
-                      "COMFYUI_PYTHON": str(python)}
+    assert values == {
+        "COMFYUI_PORT_RANGE": "9100-9110",
+        "COMFYUI_REPO_PATH": str(target),
+        "COMFYUI_PYTHON": str(python),
+    }
     for step in ("[1/6]", "[2/6]", "[6/6]", "Start comfyhub with"):  # no torch here: not "ready"
         assert step in r.stdout
 
@@ -78,9 +99,39 @@ def test_fresh_install_then_rerun_updates(tmp_path, comfy_repo):
     assert "v3" in (target / "main.py").read_text()
 
     # doctor now finds main.py and the interpreter
-    doctor = subprocess.run([sys.executable, "-m", "comfyhub.cli", "doctor"], cwd=work, capture_output=True,
-                            text=True, timeout=120)
+    doctor = subprocess.run(
+        [sys.executable, "-m", "comfyhub.cli", "doctor"], cwd=work, capture_output=True, text=True, timeout=120
+    )
     assert "ok    comfyui repo" in doctor.stdout and "ok    comfyui python" in doctor.stdout
+
+
+def test_env_file_keeps_other_lines_and_round_trips_awkward_paths(tmp_path, monkeypatch):
+    """Paths with spaces, `#` and quotes come back from load_settings exactly as written."""
+    env = tmp_path / ".env"
+    env.write_text("# my settings\nCOMFYUI_PORT_RANGE=9100-9110\n\n# ComfyUI\nCOMFYUI_PYTHON=/old/python\n")
+    env.chmod(0o640)
+    repo = tmp_path / "Comfy UI #2" / "it's here"
+    python = repo / "venv" / "bin" / "python"
+    update_env_file(env, {"COMFYUI_REPO_PATH": str(repo), "COMFYUI_PYTHON": str(python)})
+
+    lines = env.read_text().splitlines()
+    assert lines[:4] == ["# my settings", "COMFYUI_PORT_RANGE=9100-9110", "", "# ComfyUI"]
+    assert lines[4].startswith("COMFYUI_PYTHON='") and lines[5].startswith("COMFYUI_REPO_PATH='")  # replaced in place
+    assert len(lines) == 6
+    assert env.stat().st_mode & 0o777 == 0o640
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(_env_file=env)
+    assert settings.comfyui_repo_path == repo and settings.comfyui_python == python
+    assert settings.port_range == (9100, 9110)
+
+
+def test_env_file_behind_a_symlink_is_updated_where_it_points(tmp_path):
+    shared = tmp_path / "shared.env"
+    shared.write_text("COMFYUI_LISTEN=127.0.0.1\n")
+    (tmp_path / ".env").symlink_to(shared)
+    update_env_file(tmp_path / ".env", {"COMFYUI_REPO_PATH": "/opt/ComfyUI"})
+    assert (tmp_path / ".env").is_symlink()
+    assert dotenv_values(shared) == {"COMFYUI_LISTEN": "127.0.0.1", "COMFYUI_REPO_PATH": "/opt/ComfyUI"}
 
 
 def test_broken_url_is_a_clear_error_and_leaves_nothing(tmp_path):
@@ -120,8 +171,13 @@ def test_repository_without_main_py_is_rejected(tmp_path):
 def offline_pip_env(find_links: Path) -> dict:
     """pip with no index, no configuration files, and only `find_links` to install from."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    return {**env, "PIP_NO_INDEX": "1", "PIP_CONFIG_FILE": os.devnull, "PIP_FIND_LINKS": str(find_links),
-            "COLUMNS": "120"}
+    return {
+        **env,
+        "PIP_NO_INDEX": "1",
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_FIND_LINKS": str(find_links),
+        "COLUMNS": "120",
+    }
 
 
 def fake_wheel(folder: Path, name: str, version: str) -> None:
@@ -150,18 +206,52 @@ def test_requirements_keep_the_installed_torch(tmp_path, comfy_repo):
     work.mkdir()
     env = offline_pip_env(wheels)
     # first run: skip torch; requirements.txt then installs torch 1.0, the only one there is
-    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip",
-                        "--extra-packages", "", "--git-url", str(comfy_repo)],
-                       cwd=work, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "comfyhub.cli",
+            "comfyui",
+            "install",
+            "--torch",
+            "skip",
+            "--extra-packages",
+            "",
+            "--git-url",
+            str(comfy_repo),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     python = work / "runtime" / "ComfyUI" / "venv" / "bin" / "python"
     version = [str(python), "-c", "import importlib.metadata as m; print(m.version('torch'))"]
     assert subprocess.run(version, capture_output=True, text=True).stdout.strip() == "1.0"
 
     fake_wheel(wheels, "torch", "2.0")  # a newer (say CUDA) build appears on the index
-    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip",
-                        "--extra-packages", "", "--git-url", str(comfy_repo)],
-                       cwd=work, capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "comfyhub.cli",
+            "comfyui",
+            "install",
+            "--torch",
+            "skip",
+            "--extra-packages",
+            "",
+            "--git-url",
+            str(comfy_repo),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert subprocess.run(version, capture_output=True, text=True).stdout.strip() == "1.0"
     assert "keeping torch 1.0" in r.stdout
@@ -171,9 +261,26 @@ def test_torch_download_failure_says_what_to_do(tmp_path, comfy_repo):
     """The CPU build's index out of reach (offline, a firewall): the error names --torch skip."""
     work = tmp_path / "work"
     work.mkdir()
-    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "cpu",
-                        "--extra-packages", "", "--git-url", str(comfy_repo)],
-                       cwd=work, capture_output=True, text=True, timeout=300, env=offline_pip_env(tmp_path / "none"))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "comfyhub.cli",
+            "comfyui",
+            "install",
+            "--torch",
+            "cpu",
+            "--extra-packages",
+            "",
+            "--git-url",
+            str(comfy_repo),
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=offline_pip_env(tmp_path / "none"),
+    )
     assert r.returncode == 1
     assert "pip install torch failed" in r.stderr
     assert "download.pytorch.org" in r.stderr and "--torch skip" in r.stderr
@@ -184,15 +291,17 @@ def test_torch_download_failure_says_what_to_do(tmp_path, comfy_repo):
 
 
 def test_torchvision_that_does_not_load_is_reported(tmp_path, comfy_repo):
-    """A torchvision built for another torch (a CUDA wheel next to CPU torch) fails at import: say so at install time."""
+    """A torchvision built for another torch (a CUDA wheel next to CPU torch) fails at import: say so at install."""
     work = tmp_path / "work"
     work.mkdir()
     r = install(work, "--git-url", str(comfy_repo))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "cannot load torch and torchvision" in r.stdout  # this venv has no torch at all
     site = next((work / "runtime" / "ComfyUI" / "venv" / "lib").glob("python3*/site-packages"))
-    for name, body in {"torch": "__version__ = '9.9+cpu'\n",
-                       "torchvision": "raise RuntimeError('operator torchvision::nms does not exist')\n"}.items():
+    for name, body in {
+        "torch": "__version__ = '9.9+cpu'\n",
+        "torchvision": "raise RuntimeError('operator torchvision::nms does not exist')\n",
+    }.items():
         (site / name).mkdir()
         (site / name / "__init__.py").write_text(body)
     r = install(work, "--git-url", str(comfy_repo))

@@ -57,8 +57,14 @@ def test_env_file_is_read(tmp_path, monkeypatch):
 
 def test_serve_refuses_bad_setting_with_one_line(tmp_path):
     env = {**os.environ, "COMFYUI_PORT_RANGE": "9000-8000"}
-    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "serve"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "comfyhub.cli", "serve"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0
     assert "COMFYUI_PORT_RANGE" in r.stderr

@@ -9,8 +9,14 @@ import pytest
 
 
 def doctor(cwd, **env):
-    return subprocess.run([sys.executable, "-m", "comfyhub.cli", "doctor"], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "comfyhub.cli", "doctor"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
 
 
 @pytest.fixture
@@ -21,17 +27,29 @@ def ready(tmp_path):
     (repo / "main.py").write_text("")
     fake_torch = tmp_path / "site" / "torch"
     fake_torch.mkdir(parents=True)
-    (fake_torch / "__init__.py").write_text("__version__ = '0.0-fake'\nclass cuda:\n    is_available = staticmethod(lambda: False)\n")
+    (fake_torch / "__init__.py").write_text(
+        "__version__ = '0.0-fake'\nclass cuda:\n    is_available = staticmethod(lambda: False)\n"
+    )
     (tmp_path / "site" / "torchvision").mkdir()
     (tmp_path / "site" / "torchvision" / "__init__.py").write_text("")
     python = tmp_path / "python"
-    python.write_text(f"#!/bin/sh\nPYTHONPATH={tmp_path / 'site'} exec {sys.executable} \"$@\"\n")
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={tmp_path / "site"} exec {sys.executable} "$@"\n')
     python.chmod(0o755)
-    r = subprocess.run([sys.executable, "-m", "comfyhub.cli", "user", "create", "x", "--password-stdin"], cwd=tmp_path,
-                       input="x-password\n", capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "comfyhub.cli", "user", "create", "x", "--password-stdin"],
+        cwd=tmp_path,
+        input="x-password\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
-    return {"COMFYUI_REPO_PATH": str(repo), "COMFYUI_PYTHON": str(python), "COMFYUI_GPUS": "none",
-            "COMFYUI_PORT_RANGE": "47200-47209"}
+    return {
+        "COMFYUI_REPO_PATH": str(repo),
+        "COMFYUI_PYTHON": str(python),
+        "COMFYUI_GPUS": "none",
+        "COMFYUI_PORT_RANGE": "47200-47209",
+    }
 
 
 def test_all_checks_pass_when_ready(tmp_path, ready):
@@ -52,14 +70,26 @@ def _squat(port):
     "case, change, expected, fix",
     [
         ("settings", {"COMFYUI_STARTUP_TIMEOUT_SECONDS": "soon"}, "fail  settings", "fix the named setting"),
-        ("database", {"COMFYHUB_DATABASE_URL": "sqlite+aiosqlite:////nonexistent/dir/x.db"}, "fail  database",
-         "run `comfyhub serve` once"),
-        ("not configured", {"COMFYUI_REPO_PATH": "", "COMFYUI_PYTHON": ""}, "fail  comfyui:",
-         "comfyhub comfyui install"),
+        (
+            "database",
+            {"COMFYHUB_DATABASE_URL": "sqlite+aiosqlite:////nonexistent/dir/x.db"},
+            "fail  database",
+            "run `comfyhub serve` once",
+        ),
+        (
+            "not configured",
+            {"COMFYUI_REPO_PATH": "", "COMFYUI_PYTHON": ""},
+            "fail  comfyui:",
+            "comfyhub comfyui install",
+        ),
         ("no main.py", {"COMFYUI_REPO_PATH": "/tmp"}, "fail  comfyui repo", "COMFYUI_REPO_PATH"),
         ("python missing", {"COMFYUI_PYTHON": "/no/python"}, "fail  comfyui python", "COMFYUI_PYTHON"),
-        ("no torch", {"COMFYUI_PYTHON": sys.executable}, "fail  comfyui torch: import torch, torchvision failed",
-         "pip install torch torchvision"),
+        (
+            "no torch",
+            {"COMFYUI_PYTHON": sys.executable},
+            "fail  comfyui torch: import torch, torchvision failed",
+            "pip install torch torchvision",
+        ),
         ("dirs", {"COMFYUI_LOG_DIR": "/proc/version/logs"}, "fail  log dir", "writable"),
         ("ports", {"COMFYUI_PORT_RANGE": "47299-47299"}, "fail  port range", "COMFYUI_PORT_RANGE"),
         ("listen", {"COMFYUI_LISTEN": "0.0.0.0"}, "warn  listen address", "COMFYUI_LISTEN=127.0.0.1"),
