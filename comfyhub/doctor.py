@@ -6,13 +6,13 @@ import asyncio
 import ipaddress
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from comfyhub.config import Settings, SettingsError, load_settings
+from comfyhub.net.ports import port_is_free
 
 
 @dataclass
@@ -206,13 +206,10 @@ def check_ports(settings: Settings) -> Check:
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+    try:
+        return port_is_free(host, port)
+    except OSError:
+        return False  # an address this machine cannot bind at all: none of its ports is usable
 
 
 RAY_TIMEOUT = 90

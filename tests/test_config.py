@@ -10,7 +10,7 @@ import pytest
 from comfyhub.config import SettingsError, load_settings
 
 
-def test_defaults_match_the_seed(tmp_path, monkeypatch):
+def test_defaults_are_the_contract_ones(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     s = load_settings(_env_file=None)
     assert s.port_range == (8200, 8299)

@@ -35,6 +35,7 @@ def service_view(service: ComfyUIService | None) -> dict | None:
         "last_activity": _iso(service.last_activity),
         "last_error": service.last_error,
         "stopped_reason": service.stopped_reason,
+        "reason": service.reason,  # the code of stopped_reason / last_error (comfyhub.reasons.Reason)
     }
 
 

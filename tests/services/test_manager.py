@@ -292,6 +292,7 @@ async def test_stop_and_delete_leave_no_process_and_keep_user_files(client, alic
         s.listen()
     stopped = await service(client, alice, pid)
     assert stopped["status"] == "stopped" and stopped["stopped_reason"] == "用户停止"
+    assert stopped["reason"] == "user_stop"  # the code beside the words
 
     await open_comfy(client, alice, pid)
     running = await service(client, alice, pid)

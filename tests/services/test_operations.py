@@ -61,6 +61,7 @@ async def test_idle_instance_is_culled_busy_one_is_not(db_url, tmp_path):
         await c.manager.heartbeat_once()
         culled = await service(c, c.alice, idle)
         assert culled["status"] == "stopped" and culled["stopped_reason"] == "空闲超时"
+        assert culled["reason"] == "idle"
         assert not pid_alive(idle_pid)
         assert (base / "output" / "result.png").read_bytes() == b"png"
         kept = await service(c, c.alice, busy)

@@ -137,7 +137,7 @@ def test_stop_instances_on_exit_when_configured(hub_factory):
     hub = hub_factory().start()
     with hub.client("alice") as c:
         svc = service_of(c, p)
-        assert svc["status"] == "stopped" and svc["stopped_reason"] == "后端退出"
+        assert svc["status"] == "stopped" and svc["stopped_reason"] == "后端退出" and svc["reason"] == "backend_exit"
 
 
 def test_whole_port_range_busy_is_503_and_starts_nothing(hub_factory):
