@@ -3,7 +3,10 @@
 import { del, get, post, put } from "./api.js";
 import { confirmDialog, logDialog, modal } from "./dialogs.js";
 import { h, setText, show, syncKeyed, toast } from "./dom.js";
-import { RUNNING, formatAgo, formatDateTime, formatDuration, parseTime, splitError, stateOf } from "./format.js";
+import { clearErrors, formField, showErrors } from "./forms.js";
+import { formatAgo, formatDateTime, formatDuration, parseTime, splitError } from "./format.js";
+import { Scope, poll } from "./lifecycle.js";
+import { RUNNING, badge as statusBadge, statusOf } from "./status.js";
 
 const SCOPE_KEY = "comfyhub.scope";
 
@@ -47,6 +50,7 @@ function saveScope(scope) {
   }
 }
 
+/** Render the workbench into `main`; returns the function that ends its timers and listeners. */
 export function renderWorkbench(main, { me, meta }) {
   document.title = "个人工作台 · comfyhub";
   const refreshMs = Math.max(1, Number(meta.list_refresh_seconds) || 8) * 1000;
@@ -59,8 +63,7 @@ export function renderWorkbench(main, { me, meta }) {
     busy: new Set(), // project ids with a stop request in flight
   };
   const cards = new Map();
-  let timer = null;
-  let listSeq = 0;
+  const scope = new Scope();
 
   // --- page head -------------------------------------------------------------------------
 
@@ -113,25 +116,24 @@ export function renderWorkbench(main, { me, meta }) {
 
   // --- the list --------------------------------------------------------------------------
 
-  async function refresh() {
-    clearTimeout(timer);
-    const seq = ++listSeq; // a newer refresh (e.g. after an action) wins over older answers
+  // A newer refresh (e.g. after an action) wins over older answers: isCurrent().
+  async function loadList(isCurrent) {
     try {
       const query = me.is_admin ? `?scope=${state.scope}` : "";
       const projects = await get(`/api/projects${query}`);
-      if (seq !== listSeq) return;
+      if (!isCurrent()) return;
       state.projects = projects;
       state.loaded = true;
       show(listError, false);
       renderCards();
     } catch (error) {
-      if (seq !== listSeq) return;
+      if (!isCurrent()) return;
       setText(listError, `刷新项目列表失败：${error.message}`);
       show(listError, true);
-    } finally {
-      if (seq === listSeq) timer = setTimeout(refresh, refreshMs);
     }
   }
+  const list = poll(scope, loadList, refreshMs);
+  const refresh = () => list.now();
 
   function renderCards() {
     show(loading, !state.loaded);
@@ -177,8 +179,7 @@ export function renderWorkbench(main, { me, meta }) {
     const nameId = `project-${id}-name`;
     const name = h("h2", { class: "card-title", id: nameId });
     const code = h("span", { class: "code" });
-    const badgeLabel = h("span", { class: "badge-label" });
-    const badge = h("span", { class: "badge" }, h("span", { class: "dot", "aria-hidden": "true" }), badgeLabel);
+    const badge = statusBadge(null);
     const elapsed = h("span", { class: "elapsed", hidden: true });
     const note = h("p", { class: "note" });
 
@@ -220,7 +221,7 @@ export function renderWorkbench(main, { me, meta }) {
     const el = h("article", { class: "card", dataset: { projectId: id }, "aria-labelledby": nameId },
       h("div", { class: "card-head" },
         h("div", { class: "card-heading" }, name, h("div", { class: "code-line" }, "项目号 ", code)),
-        h("div", { class: "state" }, badge, elapsed)),
+        h("div", { class: "state" }, badge.el, elapsed)),
       note,
       h("dl", { class: "meta" }, Object.values(rows).map((r) => r.el)),
       detail,
@@ -245,7 +246,7 @@ export function renderWorkbench(main, { me, meta }) {
       current = p;
       const s = p.service;
       const view = cardState(p);
-      const look = stateOf(view.status);
+      const look = statusOf(view.status);
       const mine = p.owner_user_id === me.id;
 
       setText(name, p.name);
@@ -253,9 +254,7 @@ export function renderWorkbench(main, { me, meta }) {
       setText(note, p.note);
       show(note, Boolean(p.note));
 
-      badge.className = `badge tone-${look.tone}`;
-      badge.dataset.state = view.status || "none";
-      setText(badgeLabel, look.label);
+      badge.set(view.status);
       el.dataset.state = view.status || "none";
       since = view.status === "starting" ? view.since : null;
       show(elapsed, since !== null);
@@ -304,9 +303,10 @@ export function renderWorkbench(main, { me, meta }) {
     return { el, update, tick };
   }
 
-  setInterval(() => {
+  // The "已用 N 秒" and "最近心跳" counters: every second while the tab is visible.
+  poll(scope, () => {
     for (const card of cards.values()) card.tick();
-  }, 1000);
+  }, 1000).now();
 
   // --- actions ---------------------------------------------------------------------------
 
@@ -418,19 +418,17 @@ export function renderWorkbench(main, { me, meta }) {
     refresh();
   }
 
-  /** Create (`p` null) or edit a project; the API's validation message is shown in the form. */
+  /** Create (`p` null) or edit a project; the API's field errors are shown at their fields. */
   async function editProject(p) {
     const creating = p === null;
-    const field = (key, label, input, help) => {
-      const helpEl = help ? h("p", { class: "help", id: `pf-${key}-help`, text: help }) : null;
-      if (helpEl) input.setAttribute("aria-describedby", helpEl.id);
-      return { key, input, el: h("div", { class: "field" }, h("label", { for: input.id, text: label }), input, helpEl) };
-    };
     const fields = [
-      field("name", LABELS.name, h("input", { id: "pf-name", name: "name", maxlength: "100", autocomplete: "off", autofocus: true })),
-      field("code", LABELS.code, h("input", { id: "pf-code", name: "code", maxlength: "64", autocomplete: "off", spellcheck: "false" }),
-        "字母、数字、下划线、点和短横线；全局唯一。"),
-      field("note", LABELS.note, h("textarea", { id: "pf-note", name: "note", rows: "3", maxlength: "2000" })),
+      formField({ key: "name", label: LABELS.name,
+        input: h("input", { id: "pf-name", name: "name", maxlength: "100", autocomplete: "off", autofocus: true }) }),
+      formField({ key: "code", label: LABELS.code,
+        input: h("input", { id: "pf-code", name: "code", maxlength: "64", autocomplete: "off", spellcheck: "false" }),
+        help: "字母、数字、下划线、点和短横线；全局唯一。" }),
+      formField({ key: "note", label: LABELS.note,
+        input: h("textarea", { id: "pf-note", name: "note", rows: "3", maxlength: "2000" }) }),
     ];
     for (const f of fields) f.input.value = p ? p[f.key] || "" : "";
 
@@ -447,25 +445,14 @@ export function renderWorkbench(main, { me, meta }) {
             submit));
         form.addEventListener("submit", async (event) => {
           event.preventDefault();
-          for (const f of fields) f.input.removeAttribute("aria-invalid");
-          show(error, false);
+          clearErrors(fields, error);
           const body = Object.fromEntries(fields.map((f) => [f.key, f.input.value]));
           submit.disabled = true;
           try {
             const result = creating ? await post("/api/projects", body) : await put(`/api/projects/${p.id}`, body);
             close(result);
           } catch (err) {
-            const bad = (err.data && err.data.errors && err.data.errors[0] && err.data.errors[0].field)
-              || (/项目号/.test(err.message) ? "code" : null);
-            const target = fields.find((f) => f.key === bad);
-            // "请求参数无效：code" names the field as the API spells it; say it as the form does.
-            // The reason in brackets, when the API gives one, is kept.
-            setText(error, target ? err.message.replace(new RegExp(`：${bad}(?=（|$)`), `：${LABELS[bad]}`) : err.message);
-            show(error, true);
-            if (target) {
-              target.input.setAttribute("aria-invalid", "true");
-              target.input.focus();
-            }
+            showErrors(err, fields, error);
             submit.disabled = false;
           }
         });
@@ -478,8 +465,6 @@ export function renderWorkbench(main, { me, meta }) {
     }
   }
 
-  document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "visible") refresh();
-  });
   refresh();
+  return () => scope.dispose();
 }
