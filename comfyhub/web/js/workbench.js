@@ -1,16 +1,15 @@
 // 个人工作台 (/): the caller's project cards, 数据生成, 停止, logs, create / edit / delete.
 
-import { del, get, post, put } from "./api.js";
-import { confirmDialog, logDialog, modal } from "./dialogs.js";
+import { del, get, post } from "./api.js";
+import { confirmDialog, logDialog } from "./dialogs.js";
 import { h, setText, show, syncKeyed, toast } from "./dom.js";
-import { clearErrors, formField, showErrors } from "./forms.js";
 import { formatAgo, formatDateTime, formatDuration, parseTime, splitError } from "./format.js";
 import { Scope, poll } from "./lifecycle.js";
+import { openPendingTab } from "./pending-tab.js";
+import { projectDialog } from "./project-form.js";
 import { RUNNING, badge as statusBadge, statusOf } from "./status.js";
 
 const SCOPE_KEY = "comfyhub.scope";
-
-const LABELS = { name: "名称", code: "项目号", note: "备注" };
 
 const ICONS = {
   edit: "M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4",
@@ -310,39 +309,6 @@ export function renderWorkbench(main, { me, meta }) {
 
   // --- actions ---------------------------------------------------------------------------
 
-  /** A tab opened synchronously in the click (so pop-up blockers allow it), saying "启动中". */
-  function openPendingTab(p) {
-    let tab = null;
-    try {
-      tab = window.open("", "_blank");
-    } catch {
-      tab = null;
-    }
-    if (!tab) return null;
-    try {
-      tab.opener = null;
-      const doc = tab.document;
-      doc.documentElement.lang = "zh-CN";
-      doc.title = "ComfyUI 启动中…";
-      const style = doc.createElement("style");
-      style.textContent = "body{margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center;"
-        + "font-family:system-ui,-apple-system,'PingFang SC','Microsoft YaHei','Noto Sans CJK SC',sans-serif;"
-        + "background:#f5f7fa;color:#1f2937}main{text-align:center;padding:24px}h1{font-size:20px;margin:0 0 8px}"
-        + "p{color:#6b7280;margin:0}";
-      doc.head.append(style);
-      const box = doc.createElement("main");
-      const title = doc.createElement("h1");
-      title.textContent = "ComfyUI 启动中…";
-      const text = doc.createElement("p");
-      text.textContent = `项目“${p.name}”的 ComfyUI 就绪后，本页会自动打开它。`;
-      box.append(title, text);
-      doc.body.replaceChildren(box);
-    } catch {
-      /* the tab is still usable for navigation */
-    }
-    return tab;
-  }
-
   async function openComfy(id) {
     const p = project(id);
     if (!p || state.flights.has(id)) return; // one start per card at a time
@@ -418,49 +384,11 @@ export function renderWorkbench(main, { me, meta }) {
     refresh();
   }
 
-  /** Create (`p` null) or edit a project; the API's field errors are shown at their fields. */
+  /** Create (`p` null) or edit a project in a dialog; then the list is fetched again. */
   async function editProject(p) {
-    const creating = p === null;
-    const fields = [
-      formField({ key: "name", label: LABELS.name,
-        input: h("input", { id: "pf-name", name: "name", maxlength: "100", autocomplete: "off", autofocus: true }) }),
-      formField({ key: "code", label: LABELS.code,
-        input: h("input", { id: "pf-code", name: "code", maxlength: "64", autocomplete: "off", spellcheck: "false" }),
-        help: "字母、数字、下划线、点和短横线；全局唯一。" }),
-      formField({ key: "note", label: LABELS.note,
-        input: h("textarea", { id: "pf-note", name: "note", rows: "3", maxlength: "2000" }) }),
-    ];
-    for (const f of fields) f.input.value = p ? p[f.key] || "" : "";
-
-    const saved = await modal({
-      title: creating ? "新建项目" : "编辑项目",
-      build: (close) => {
-        const error = h("p", { class: "form-error", role: "alert", hidden: true });
-        const submit = h("button", { type: "submit", class: "btn btn-primary" }, creating ? "创建" : "保存");
-        const form = h("form", { class: "dialog-body", novalidate: true },
-          fields.map((f) => f.el),
-          error,
-          h("div", { class: "dialog-actions" },
-            h("button", { type: "button", class: "btn", onclick: () => close(null) }, "取消"),
-            submit));
-        form.addEventListener("submit", async (event) => {
-          event.preventDefault();
-          clearErrors(fields, error);
-          const body = Object.fromEntries(fields.map((f) => [f.key, f.input.value]));
-          submit.disabled = true;
-          try {
-            const result = creating ? await post("/api/projects", body) : await put(`/api/projects/${p.id}`, body);
-            close(result);
-          } catch (err) {
-            showErrors(err, fields, error);
-            submit.disabled = false;
-          }
-        });
-        return form;
-      },
-    });
+    const saved = await projectDialog(p);
     if (saved) {
-      toast(creating ? "项目已创建" : "项目已更新", "success");
+      toast(p === null ? "项目已创建" : "项目已更新", "success");
       refresh();
     }
   }
