@@ -2,6 +2,11 @@
 
 HTTP status always equals `code`. Messages are Chinese, stable, and never carry
 internals (paths, stack traces, SQL).
+
+An error about particular fields of the request also says which, in `data.errors`:
+a list of `{"field", "type", "msg"}` (`field` as the API spells it, e.g. "code"; `msg`
+the Chinese reason for that field alone). Clients place each message by `field` and
+never need to parse `msg`.
 """
 
 from __future__ import annotations
@@ -41,6 +46,16 @@ class ApiError(Exception):
         self.code, self.msg, self.data, self.headers = code, msg, data, headers
 
 
+def field_errors(*errors: tuple[str, str, str]) -> dict:
+    """`data` for an error about fields: each (field, type, msg) becomes one entry."""
+    return {"errors": [{"field": field, "type": kind, "msg": msg} for field, kind, msg in errors]}
+
+
+def field_error(code: int, field: str, msg: str, kind: str = "invalid") -> ApiError:
+    """An ApiError about one field (e.g. a 项目号 that is taken): `msg` is also the reply's msg."""
+    return ApiError(code, msg, field_errors((field, kind, msg)))
+
+
 def envelope(data: Any = None, msg: str = "成功", code: int = 200, headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"code": code, "msg": msg, "data": data}, status_code=code, headers=headers)
 
@@ -62,6 +77,40 @@ def _field_name(loc: tuple) -> str:
     return ".".join(parts) or "请求体"
 
 
+# Pydantic's error types, said in Chinese for one field. Anything not listed is "格式无效".
+_REASONS = {
+    "missing": "必填",
+    "string_type": "必须是文本",
+    "int_type": "必须是整数",
+    "int_parsing": "必须是整数",
+    "bool_type": "必须是 true 或 false",
+    "bool_parsing": "必须是 true 或 false",
+    "extra_forbidden": "不允许的字段",
+    "model_type": "必须是 JSON 对象",
+    "model_attributes_type": "必须是 JSON 对象",
+    "dict_type": "必须是 JSON 对象",
+    "json_invalid": "JSON 格式错误",
+}
+
+
+def _reason(error: dict) -> str:
+    """One validation error's reason, in Chinese."""
+    kind, ctx = error.get("type"), error.get("ctx") or {}
+    if kind == "value_error":
+        # Our own validators speak Chinese: pass their reason on.
+        return str(error.get("msg", "")).removeprefix("Value error, ")
+    if kind == "string_too_short":
+        return "不能为空" if ctx.get("min_length") == 1 else f"至少 {ctx.get('min_length')} 个字符"
+    if kind == "string_too_long":
+        return f"最多 {ctx.get('max_length')} 个字符"
+    if kind in ("greater_than_equal", "less_than_equal"):
+        bound = ctx.get("ge", ctx.get("le"))
+        return f"不能小于 {bound}" if kind == "greater_than_equal" else f"不能大于 {bound}"
+    if kind == "literal_error":
+        return f"只能是 {ctx.get('expected')}"
+    return _REASONS.get(kind, "格式无效")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError):
@@ -73,17 +122,14 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        first = errors[0] if errors else {}
-        field = _field_name(tuple(first.get("loc", ())))
-        msg = f"请求参数无效：{field}"
-        if first.get("type") == "value_error":
-            # Our own validators speak Chinese: pass their reason on.
-            msg += f"（{str(first.get('msg', '')).removeprefix('Value error, ')}）"
-        if first.get("type") == "json_invalid":
+        errors = exc.errors()[:20]
+        details = field_errors(*((_field_name(tuple(e.get("loc", ()))), e.get("type"), _reason(e)) for e in errors))
+        first = details["errors"][0] if errors else {"field": "请求体", "type": None, "msg": "格式无效"}
+        if first["type"] == "json_invalid":
             msg = "请求参数无效：JSON 格式错误"
-        details = [{"field": _field_name(tuple(e.get("loc", ()))), "type": e.get("type")} for e in errors[:20]]
-        return envelope({"errors": details}, msg, 422)
+        else:
+            msg = f"请求参数无效：{first['field']}（{first['msg']}）"
+        return envelope(details, msg, 422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):

@@ -12,174 +12,14 @@ import asyncio
 import os
 import re
 import signal
-from contextlib import asynccontextmanager
-from pathlib import Path
-from urllib.parse import urlsplit
 
-import httpx
-import psutil
 import pytest
-import pytest_asyncio
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import expect
 
-from comfyhub.config import load_settings
-from tests.conftest import ROOT, add_user
 from tests.support.comfy import pid_alive, set_knobs
-from tests.support.hub import fake_comfyui_env
-from tests.support.server import LiveServer
+from tests.web.browser import ADMIN_PASSWORD, PASSWORD, PHONE, badge, card, login, new_project, screenshot, service
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-# Read at import: the session fixture in conftest clears COMFYHUB_* before tests run.
-SCREENSHOTS = os.environ.get("COMFYHUB_SCREENSHOTS") == "1"
-IMG_DIR = ROOT / "docs" / "img"
-PASSWORD = "password-123"
-ADMIN_PASSWORD = "admin-password-1"
-USERS = ("alice", "bob", "dana", "erin", "fay", "gus")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-LAPTOP = {"width": 1200, "height": 750}
-PHONE = {"width": 375, "height": 800}
-# The API answers errors with an HTTP status; Chromium logs each one as "Failed to load
-# resource". Those are expected under /api/ (the page shows their msg); anywhere else
-# (a missing script, stylesheet or icon) they are real errors.
-NETWORK_ERROR = re.compile(r"^Failed to load resource: the server responded with a status of \d+")
-
-expect.set_options(timeout=15_000)
-
-
-class Hub:
-    """A live comfyhub (fake ComfyUI, 1 s heartbeat and list refresh) and a Chromium."""
-
-    def __init__(self, server: LiveServer, settings, browser: Browser):
-        self.server, self.settings, self.browser = server, settings, browser
-        self.url = server.url
-        self._tokens: dict[str, str] = {}
-
-    @asynccontextmanager
-    async def api(self, user: str, password: str = PASSWORD):
-        """An API client acting as `user` (bearer token: no Origin needed; one login per user)."""
-        async with httpx.AsyncClient(base_url=self.url, timeout=30, trust_env=False) as client:
-            if user not in self._tokens:
-                r = await client.post("/api/auth/login", json={"username": user, "password": password})
-                assert r.status_code == 200, r.text
-                self._tokens[user] = r.json()["data"]["token"]
-                client.cookies.clear()
-            client.headers["Authorization"] = f"Bearer {self._tokens[user]}"
-            yield client
-
-
-def _env(work: Path) -> dict[str, str]:
-    """Like the `hub` fixture of tests/proxy/test_gateway.py, with a fast heartbeat and refresh."""
-    return {
-        **fake_comfyui_env(work, 10),
-        "COMFYUI_HEARTBEAT_INTERVAL_SECONDS": "1",
-        "COMFYUI_STARTUP_TIMEOUT_SECONDS": "20",
-        "COMFYHUB_LIST_REFRESH_SECONDS": "1",
-        "COMFYHUB_ADMIN_PASSWORD": ADMIN_PASSWORD,  # the first admin is "admin"
-    }
-
-
-def _kill_instances(work: Path) -> None:
-    """The backend keeps instances running when it exits (by design): end ours."""
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(work) in arg for arg in proc.info["cmdline"] or []):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def hub(tmp_path_factory):
-    work = tmp_path_factory.mktemp("webhub")
-    server = LiveServer(work, env=_env(work))
-    settings = load_settings(_env_file=None, comfyhub_database_url=f"sqlite+aiosqlite:///{work}/runtime/comfyhub.db",
-                             comfyui_instance_base_dir=work / "runtime" / "comfy_instances")
-    async with async_playwright() as playwright:
-        # The server, Chromium and the users' password hashes are slow: overlap them.
-        launching = asyncio.ensure_future(playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS))
-        try:
-            await asyncio.to_thread(server.start)
-            await asyncio.gather(*(asyncio.to_thread(asyncio.run, add_user(settings, name, PASSWORD))
-                                   for name in USERS))
-            browser = await launching
-        except BaseException:
-            server.stop()
-            _kill_instances(work)
-            raise
-        try:
-            yield Hub(server, settings, browser)
-        finally:
-            await browser.close()
-            server.stop()
-            _kill_instances(work)
-
-
-class Errors(list):
-    def watch(self, page: Page) -> Page:
-        def on_console(msg):
-            if msg.type != "error":
-                return
-            where = (msg.location or {}).get("url", "")
-            if NETWORK_ERROR.match(msg.text) and urlsplit(where).path.startswith("/api/"):
-                return
-            self.append(f"console: {msg.text} ({where})")
-
-        page.on("console", on_console)
-        page.on("pageerror", lambda exc: self.append(f"pageerror: {exc}"))
-        return page
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def browse(hub):
-    """browse(viewport) → (context, page): a fresh browser profile, its console watched."""
-    contexts, errors = [], Errors()
-
-    async def open_page(viewport=LAPTOP):
-        context = await hub.browser.new_context(base_url=hub.url, viewport=viewport, locale="zh-CN",
-                                                timezone_id="Asia/Shanghai")
-        contexts.append(context)
-        page = errors.watch(await context.new_page())
-        return context, page
-
-    yield open_page
-    for context in contexts:
-        await context.close()
-    assert not errors, "errors in the browser console:\n" + "\n".join(errors)
-
-
-async def login(page: Page, user: str, password: str = PASSWORD, start: str = "/") -> None:
-    await page.goto(start)
-    await page.get_by_label("用户名").fill(user)
-    await page.get_by_label("密码").fill(password)
-    await page.get_by_role("button", name="登录").click()
-    await expect(page.get_by_role("button", name="退出")).to_be_visible()
-
-
-def card(page: Page, project_id: int):
-    return page.locator(f'article.card[data-project-id="{project_id}"]')
-
-
-def badge(page: Page, project_id: int):
-    return card(page, project_id).locator(".badge")
-
-
-async def new_project(client: httpx.AsyncClient, name: str, code: str, note: str = "") -> int:
-    r = await client.post("/api/projects", json={"name": name, "code": code, "note": note})
-    assert r.status_code == 201, r.text
-    return r.json()["data"]["id"]
-
-
-async def service(client: httpx.AsyncClient, project_id: int) -> dict | None:
-    return (await client.get(f"/api/projects/{project_id}")).json()["data"]["service"]
-
-
-async def screenshot(page: Page, name: str) -> None:
-    if SCREENSHOTS:
-        IMG_DIR.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(IMG_DIR / name))
+pytestmark = pytest.mark.asyncio(loop_scope="package")
 
 
 # --- 1 + 2: log in, create, 数据生成, crash, reconnect -----------------------------------------
@@ -199,15 +39,17 @@ async def test_login_create_open_and_reconnect_after_a_crash(hub, browse):
     await expect(page.get_by_role("heading", name="个人工作台")).to_be_visible()
     await expect(page.get_by_role("link", name="管理")).to_have_count(0)  # not an admin
 
-    # Create a project through the dialog; the API's validation message is shown.
+    # Create a project through the dialog; the API's reason is shown at the field it names.
     await page.get_by_role("button", name="新建项目").first.click()
     dialog = page.get_by_role("dialog", name="新建项目")
     await dialog.get_by_label("名称").fill("演示项目")
     await dialog.get_by_label("项目号").fill("bad code!")
     await dialog.get_by_label("备注").fill("第一批人像数据")
     await dialog.get_by_role("button", name="创建").click()
-    await expect(dialog.get_by_role("alert")).to_have_text("请求参数无效：项目号（只能包含字母、数字、下划线、点和短横线）")
-    await expect(dialog.get_by_label("项目号")).to_have_attribute("aria-invalid", "true")
+    code_input = dialog.get_by_label("项目号")
+    await expect(code_input).to_have_attribute("aria-invalid", "true")
+    await expect(code_input).to_have_accessible_description(re.compile("^只能包含字母、数字、下划线、点和短横线"))
+    await expect(code_input).to_be_focused()
     await dialog.get_by_label("项目号").fill("DEMO-1")
     await dialog.get_by_role("button", name="创建").click()
     await expect(dialog).to_have_count(0)
@@ -349,7 +191,7 @@ async def test_stop_delete_and_the_admin_page(hub, browse):
         opened = await asyncio.gather(*(api.post(f"/api/projects/{p}/open_comfy") for p in (first, second)))
         assert [r.status_code for r in opened] == [200, 200], [r.text for r in opened]
         second_pid = (await service(api, second))["pid"]
-    context, page = await browse()
+    _context, page = await browse()
     await login(page, "erin")
     await expect(badge(page, first)).to_have_text("已连接")
     await card(page, first).get_by_role("button", name="停止").click()
@@ -369,7 +211,7 @@ async def test_stop_delete_and_the_admin_page(hub, browse):
     await expect(badge(page, second)).to_have_text("已连接")
 
     # The administrator: all projects by default, a switch to their own, and /admin.
-    admin_context, admin = await browse()
+    _admin_context, admin = await browse()
     await login(admin, "admin", ADMIN_PASSWORD)
     await expect(admin.get_by_role("button", name="全部项目")).to_have_attribute("aria-pressed", "true")
     erin_card = card(admin, second)
@@ -412,11 +254,15 @@ async def test_stop_delete_and_the_admin_page(hub, browse):
 
 async def test_phone_width_has_no_horizontal_overflow(hub, browse):
     async with hub.api("fay") as api:
-        online = await new_project(api, "一个名字相当长的移动端测试项目用于检查换行", "MOBILE-LONG-CODE-0123456789",
-                                   "备注也很长：" + "生成数据" * 30)
+        online = await new_project(
+            api,
+            "一个名字相当长的移动端测试项目用于检查换行",
+            "MOBILE-LONG-CODE-0123456789",
+            "备注也很长：" + "生成数据" * 30,
+        )
         await new_project(api, "第二个", "MOBILE-2")
         assert (await api.post(f"/api/projects/{online}/open_comfy")).status_code == 200
-    context, page = await browse(PHONE)
+    _context, page = await browse(PHONE)
     await login(page, "fay")
     await expect(badge(page, online)).to_have_text("已连接")
     await expect(page.locator("article.card")).to_have_count(2)
@@ -426,10 +272,12 @@ async def test_phone_width_has_no_horizontal_overflow(hub, browse):
     assert await page.evaluate("document.scrollingElement.scrollWidth") <= PHONE["width"]
     await page.keyboard.press("Escape")
 
-    admin_context, admin = await browse(PHONE)
+    _admin_context, admin = await browse(PHONE)
     # A deployment without the events API: that section hides itself.
-    await admin.route("**/api/admin/events*", lambda route: route.fulfill(
-        status=404, json={"code": 404, "msg": "接口不存在", "data": None}))
+    await admin.route(
+        "**/api/admin/events*",
+        lambda route: route.fulfill(status=404, json={"code": 404, "msg": "接口不存在", "data": None}),
+    )
     await login(admin, "admin", ADMIN_PASSWORD, start="/admin")
     await expect(admin).to_have_url(hub.url + "/admin")
     await expect(admin.locator(f'#admin-services tr[data-project-id="{online}"] .badge')).to_have_text("已连接")
@@ -446,8 +294,11 @@ async def test_keyboard_login_unconfigured_banner_and_logout(hub, browse):
     context, page = await browse()
     # This server has ComfyUI configured; play a deployment without it.
     hint = "请在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON"
-    meta = {"code": 200, "msg": "成功", "data": {"version": "x", "list_refresh_seconds": 1,
-                                                "comfyui_configured": False, "comfyui_hint": hint}}
+    meta = {
+        "code": 200,
+        "msg": "成功",
+        "data": {"version": "x", "list_refresh_seconds": 1, "comfyui_configured": False, "comfyui_hint": hint},
+    }
     refused = {"code": 503, "msg": "ComfyUI 未配置", "data": {"hint": hint}}
     await page.route("**/api/meta", lambda route: route.fulfill(status=200, json=meta))
     await page.route("**/open_comfy", lambda route: route.fulfill(status=503, json=refused))

@@ -3,10 +3,11 @@
 import { get, post } from "./api.js";
 import { confirmDialog } from "./dialogs.js";
 import { h, setText, show, syncKeyed, toast } from "./dom.js";
-import { RUNNING, STATES, formatAgo, formatDateTime, formatDuration, parseTime, stateOf } from "./format.js";
+import { formatAgo, formatDateTime, formatDuration, parseTime } from "./format.js";
+import { Scope, poll } from "./lifecycle.js";
+import { EVENT_OUTCOMES, RUNNING, actionWord, badge as statusBadge } from "./status.js";
 
-const ACTIONS = { start: "启动", stop: "停止", cull: "空闲回收", crash: "异常退出", restart: "自动重启" };
-
+/** Render the admin page into `main`; returns the function that ends its timers and listeners. */
 export function renderAdmin(main, { me, meta }) {
   document.title = "管理 · comfyhub";
   if (!me.is_admin) {
@@ -14,8 +15,9 @@ export function renderAdmin(main, { me, meta }) {
       h("h1", { text: "无操作权限" }),
       h("p", { class: "muted", text: "只有管理员可以查看此页面。" }),
       h("a", { href: "/", class: "btn btn-primary" }, "返回个人工作台")));
-    return;
+    return () => {};
   }
+  const scope = new Scope();
   const refreshMs = Math.max(1, Number(meta.list_refresh_seconds) || 8) * 1000;
 
   // --- ComfyUI 实例 ------------------------------------------------------------------------
@@ -46,9 +48,8 @@ export function renderAdmin(main, { me, meta }) {
     const projectName = h("span", { class: "strong" });
     const projectCode = h("span", { class: "muted small" });
     cells.project.append(projectName, h("br"), projectCode);
-    const badgeLabel = h("span", { class: "badge-label" });
-    const badge = h("span", { class: "badge" }, h("span", { class: "dot", "aria-hidden": "true" }), badgeLabel);
-    cells.state.append(badge);
+    const badge = statusBadge(initial.status);
+    cells.state.append(badge.el);
     const stopButton = h("button", { type: "button", class: "btn btn-sm" }, "停止");
     cells.action.append(stopButton);
     const el = h("tr", { dataset: { projectId: initial.project_id } }, Object.values(cells));
@@ -66,13 +67,10 @@ export function renderAdmin(main, { me, meta }) {
 
     function update(s) {
       current = s;
-      const look = stateOf(s.status);
       setText(cells.user, s.username);
       setText(projectName, s.project_name);
       setText(projectCode, s.project_code);
-      badge.className = `badge tone-${look.tone}`;
-      badge.dataset.state = s.status || "none";
-      setText(badgeLabel, look.label);
+      badge.set(s.status);
       const running = RUNNING.has(s.status);
       setText(cells.port, running && s.port ? String(s.port) : "—");
       setText(cells.pid, running && s.pid ? String(s.pid) : "—");
@@ -150,19 +148,18 @@ export function renderAdmin(main, { me, meta }) {
 
   function createEventRow() {
     const cells = [h("td"), h("td"), h("td"), h("td"), h("td"), h("td", { class: "detail-cell" })];
+    const outcome = statusBadge(null, EVENT_OUTCOMES);
     return {
       el: h("tr", {}, cells),
       update(e) {
         const when = parseTime(e.at);
         setText(cells[0], when ? formatDateTime(when) : "—");
         setText(cells[1], e.actor || "—");
-        setText(cells[2], ACTIONS[e.action] || e.action || "—");
+        setText(cells[2], actionWord(e.action));
         const project = projectNames.get(e.project_id);
         setText(cells[3], e.project_id ? `${project ? `${project} ` : ""}#${e.project_id}` : "—");
-        const look = STATES[e.outcome];
-        cells[4].replaceChildren(look
-          ? h("span", { class: `badge tone-${look.tone}` }, h("span", { class: "dot", "aria-hidden": "true" }), look.label)
-          : (e.outcome || "—"));
+        if (e.outcome) outcome.set(e.outcome);
+        cells[4].replaceChildren(e.outcome ? outcome.el : "—");
         const detail = String(e.detail || "");
         setText(cells[5], detail.split("\n")[0] || "—");
         cells[5].title = detail;
@@ -170,15 +167,17 @@ export function renderAdmin(main, { me, meta }) {
     };
   }
 
-  async function loadEvents() {
+  async function loadEvents(isCurrent) {
     try {
       const events = await get("/api/admin/events?limit=100");
+      if (!isCurrent()) return;
       const items = Array.isArray(events) ? events : [];
       syncKeyed(eventsBody, items, (e) => e.id, createEventRow, eventRows);
       setText(eventsNote, "暂无事件。");
       show(eventsNote, items.length === 0);
       show(eventsTable, items.length > 0);
     } catch (error) {
+      if (!isCurrent()) return;
       if (error.status === 404) show(eventsPanel, false); // no events API in this deployment
       else setText(eventsNote, `读取事件失败：${error.message}`);
     }
@@ -195,14 +194,11 @@ export function renderAdmin(main, { me, meta }) {
   );
 
   const projectNames = new Map();
-  let timer = null;
-  let seq = 0;
-  async function refresh() {
-    clearTimeout(timer);
-    const mine = ++seq;
+  // A newer refresh (e.g. after 停止) wins over older answers: isCurrent().
+  async function loadAll(isCurrent) {
     try {
       const [services, users] = await Promise.all([get("/api/admin/services"), get("/api/admin/users")]);
-      if (mine !== seq) return;
+      if (!isCurrent()) return;
       for (const s of services) projectNames.set(s.project_id, s.project_name);
       syncKeyed(servicesBody, services, (s) => s.project_id, createServiceRow, serviceRows);
       show(servicesEmpty, services.length === 0);
@@ -211,18 +207,20 @@ export function renderAdmin(main, { me, meta }) {
       syncKeyed(usersBody, users, (u) => u.id, createUserRow, userRows);
       setText(usersCount, `共 ${users.length} 人`);
       show(servicesError, false);
-      if (!eventsPanel.hidden) await loadEvents();
+      if (!eventsPanel.hidden) await loadEvents(isCurrent);
     } catch (error) {
-      if (mine !== seq) return;
+      if (!isCurrent()) return;
       setText(servicesError, `刷新失败：${error.message}`);
       show(servicesError, true);
-    } finally {
-      if (mine === seq) timer = setTimeout(refresh, refreshMs);
     }
   }
+  const lists = poll(scope, loadAll, refreshMs);
+  const refresh = () => lists.now();
 
-  setInterval(() => {
+  // The 运行时长 and 最近活动 counters: every second while the tab is visible.
+  poll(scope, () => {
     for (const row of serviceRows.values()) row.tick();
-  }, 1000);
+  }, 1000).now();
   refresh();
+  return () => scope.dispose();
 }

@@ -2,13 +2,16 @@
 
 import { get } from "./api.js";
 import { h, setText } from "./dom.js";
+import { Scope, poll } from "./lifecycle.js";
 
 /**
- * Open a modal dialog. `build(close)` returns the body; `close(value)` ends it.
+ * Open a modal dialog. `build(close, scope)` returns the body; `close(value)` ends it.
+ * What the body starts on `scope` (timers, polling, listeners) ends when it closes.
  * Resolves with the value passed to close (undefined on Esc or 关闭).
  */
-export function modal({ title, className = "", build, onClose }) {
+export function modal({ title, className = "", build }) {
   const opener = document.activeElement;
+  const scope = new Scope();
   return new Promise((resolve) => {
     let done = false;
     const titleId = `dlg-${Math.random().toString(36).slice(2, 9)}`;
@@ -16,7 +19,7 @@ export function modal({ title, className = "", build, onClose }) {
     const close = (value) => {
       if (done) return;
       done = true;
-      if (onClose) onClose();
+      scope.dispose();
       if (dialog.open) dialog.close();
       dialog.remove();
       if (opener && opener.isConnected && typeof opener.focus === "function") opener.focus();
@@ -32,7 +35,7 @@ export function modal({ title, className = "", build, onClose }) {
       h("h2", { id: titleId, text: title }),
       h("button", { type: "button", class: "icon-btn", "aria-label": "关闭", onclick: () => close(undefined) }, "×"),
     );
-    dialog.append(header, build(close));
+    dialog.append(header, build(close, scope));
     document.body.append(dialog);
     dialog.showModal();
     const first = dialog.querySelector("[autofocus]");
@@ -66,35 +69,31 @@ export function confirmDialog({ title, message, confirmText = "确认", danger =
 
 const LOG_REFRESH_MS = 2000;
 
-/** The last 200 lines of a project's ComfyUI log, refreshed every 2 s while open. */
+/** The last 200 lines of a project's ComfyUI log, refreshed every 2 s while open and visible. */
 export function logDialog(project) {
-  let timer = null;
-  let stopped = false;
   const pre = h("pre", { class: "log", tabindex: "0", "aria-label": "日志内容" });
   const info = h("p", { class: "log-info muted" });
-  const load = async (first) => {
+  let first = true;
+  const load = async (isCurrent) => {
     try {
       const data = await get(`/api/projects/${project.id}/comfy_log?tail=200`);
-      if (stopped) return;
+      if (!isCurrent()) return;
       const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 24;
       const lines = data.lines || [];
       setText(pre, lines.length ? lines.join("\n") : "（暂无日志）");
       setText(info, `${data.log_file ? `${data.log_file} · ` : ""}最后 ${lines.length} 行 · 每 2 秒刷新`);
       if (first || atBottom) pre.scrollTop = pre.scrollHeight;
+      first = false;
     } catch (error) {
-      if (!stopped) setText(info, `读取日志失败：${error.message}`);
+      if (isCurrent()) setText(info, `读取日志失败：${error.message}`);
     }
-    if (!stopped) timer = setTimeout(() => load(false), LOG_REFRESH_MS);
   };
-  const done = modal({
+  return modal({
     title: `日志 · ${project.name}`,
     className: "dialog-wide",
-    onClose: () => {
-      stopped = true;
-      clearTimeout(timer);
-    },
-    build: (close) =>
-      h(
+    build: (close, scope) => {
+      poll(scope, load, LOG_REFRESH_MS).now();
+      return h(
         "div",
         { class: "dialog-body" },
         info,
@@ -104,8 +103,7 @@ export function logDialog(project) {
           { class: "dialog-actions" },
           h("button", { type: "button", class: "btn", autofocus: true, onclick: () => close() }, "关闭"),
         ),
-      ),
+      );
+    },
   });
-  load(true);
-  return done;
 }

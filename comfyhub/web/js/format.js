@@ -1,4 +1,4 @@
-// Times, durations and the service states as the page shows them.
+// Times, durations and error texts as the pages show them (state words: status.js).
 
 /** ISO string from the API → Date (a value without a zone is UTC), or null. */
 export function parseTime(value) {
@@ -38,23 +38,6 @@ export function formatAgo(date, now = Date.now()) {
   if (s < 86400) return `${Math.floor(s / 3600)} 小时前`;
   return `${Math.floor(s / 86400)} 天前`;
 }
-
-/** Service status → label and colour (DESIGN.md §2: 启动中 / 已连接 / 连接中断 / 启动失败 / 已停止). */
-export const STATES = {
-  starting: { label: "启动中", tone: "blue" },
-  online: { label: "已连接", tone: "green" },
-  offline: { label: "连接中断", tone: "orange" },
-  failed: { label: "启动失败", tone: "red" },
-  stopped: { label: "已停止", tone: "grey" },
-  none: { label: "未启动", tone: "grey" },
-};
-
-export function stateOf(status) {
-  return STATES[status || "none"] || { label: status, tone: "grey" };
-}
-
-/** Statuses in which a process may be running (a 停止 makes sense). */
-export const RUNNING = new Set(["starting", "online", "offline"]);
 
 /**
  * last_error → {reason, tail}: the first line is the reason; what follows the

@@ -12,11 +12,25 @@ import { renderWorkbench } from "./workbench.js";
 
 const root = document.getElementById("app");
 const path = location.pathname.replace(/\/+$/, "") || "/";
+const DEFAULT_META = { list_refresh_seconds: 8, comfyui_configured: true, comfyui_hint: null };
+
+// The view on screen owns timers and listeners: they end before another view (or a
+// navigation away) takes its place.
+let disposeView = () => {};
+function mount(render, ...args) {
+  unmount();
+  disposeView = render(...args) || (() => {});
+}
+function unmount() {
+  disposeView();
+  disposeView = () => {};
+}
 
 function showLogin(next) {
   const target = safeNext(next);
   const url = target === "/" ? "/login" : `/login?next=${encodeURIComponent(target)}`;
   if (location.pathname + location.search !== url) history.replaceState(null, "", url);
+  unmount();
   renderLogin(root, target);
 }
 
@@ -52,18 +66,21 @@ async function boot() {
   setUnauthorizedHandler(() => {
     if (redirected) return;
     redirected = true;
+    unmount(); // no more polling with a session that has ended
     location.assign(path === "/" ? "/login" : `/login?next=${encodeURIComponent(path)}`);
   });
-  let meta = { list_refresh_seconds: 8, comfyui_configured: true, comfyui_hint: null };
+  // Without the deployment's settings the page still works on defaults, and says so.
+  let meta = { ...DEFAULT_META };
+  let metaError = null;
   try {
     meta = { ...meta, ...(await get("/api/meta")) };
   } catch (error) {
     if (error.status === 401) return;
+    metaError = error.message;
   }
   const current = path === "/admin" ? "admin" : "workbench";
-  const main = renderShell(root, { me, meta, current });
-  if (current === "admin") renderAdmin(main, { me, meta });
-  else renderWorkbench(main, { me, meta });
+  const main = renderShell(root, { me, meta, metaError, current });
+  mount(current === "admin" ? renderAdmin : renderWorkbench, main, { me, meta });
 }
 
 boot().finally(() => root.removeAttribute("aria-busy"));

@@ -1,10 +1,10 @@
 // The frame around the logged-in views: top bar (brand, navigation, user, 退出) and the
-// "ComfyUI 尚未配置" banner.
+// banners: "ComfyUI 尚未配置", and the settings (/api/meta) that could not be read.
 
 import { post } from "./api.js";
 import { h, toast } from "./dom.js";
 
-export function renderShell(root, { me, meta, current }) {
+export function renderShell(root, { me, meta, metaError = null, current }) {
   const link = (href, label, key) =>
     h("a", { href, class: "nav-link", "aria-current": current === key ? "page" : undefined }, label);
   const logout = h("button", { type: "button", class: "btn btn-ghost btn-sm" }, "退出");
@@ -53,7 +53,17 @@ export function renderShell(root, { me, meta, current }) {
     )
     : null;
 
-  const main = h("main", { id: "main", class: "page", tabindex: "-1" }, banner);
+  const metaBanner = metaError
+    ? h(
+      "div",
+      { class: "banner banner-error", role: "alert", id: "meta-error" },
+      h("strong", { text: "无法读取站点设置" }),
+      h("span", { text: `${metaError}。页面暂按默认设置运行。` }),
+      h("button", { type: "button", class: "btn btn-sm", onclick: () => location.reload() }, "重试"),
+    )
+    : null;
+
+  const main = h("main", { id: "main", class: "page", tabindex: "-1" }, metaBanner, banner);
   root.replaceChildren(header, main);
   return main;
 }

@@ -1,13 +1,15 @@
 // 个人工作台 (/): the caller's project cards, 数据生成, 停止, logs, create / edit / delete.
 
-import { del, get, post, put } from "./api.js";
-import { confirmDialog, logDialog, modal } from "./dialogs.js";
+import { del, get, post } from "./api.js";
+import { confirmDialog, logDialog } from "./dialogs.js";
 import { h, setText, show, syncKeyed, toast } from "./dom.js";
-import { RUNNING, formatAgo, formatDateTime, formatDuration, parseTime, splitError, stateOf } from "./format.js";
+import { formatAgo, formatDateTime, formatDuration, parseTime, splitError } from "./format.js";
+import { Scope, poll } from "./lifecycle.js";
+import { openPendingTab } from "./pending-tab.js";
+import { projectDialog } from "./project-form.js";
+import { RUNNING, badge as statusBadge, statusOf } from "./status.js";
 
 const SCOPE_KEY = "comfyhub.scope";
-
-const LABELS = { name: "名称", code: "项目号", note: "备注" };
 
 const ICONS = {
   edit: "M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4",
@@ -47,6 +49,7 @@ function saveScope(scope) {
   }
 }
 
+/** Render the workbench into `main`; returns the function that ends its timers and listeners. */
 export function renderWorkbench(main, { me, meta }) {
   document.title = "个人工作台 · comfyhub";
   const refreshMs = Math.max(1, Number(meta.list_refresh_seconds) || 8) * 1000;
@@ -59,8 +62,7 @@ export function renderWorkbench(main, { me, meta }) {
     busy: new Set(), // project ids with a stop request in flight
   };
   const cards = new Map();
-  let timer = null;
-  let listSeq = 0;
+  const scope = new Scope();
 
   // --- page head -------------------------------------------------------------------------
 
@@ -113,25 +115,24 @@ export function renderWorkbench(main, { me, meta }) {
 
   // --- the list --------------------------------------------------------------------------
 
-  async function refresh() {
-    clearTimeout(timer);
-    const seq = ++listSeq; // a newer refresh (e.g. after an action) wins over older answers
+  // A newer refresh (e.g. after an action) wins over older answers: isCurrent().
+  async function loadList(isCurrent) {
     try {
       const query = me.is_admin ? `?scope=${state.scope}` : "";
       const projects = await get(`/api/projects${query}`);
-      if (seq !== listSeq) return;
+      if (!isCurrent()) return;
       state.projects = projects;
       state.loaded = true;
       show(listError, false);
       renderCards();
     } catch (error) {
-      if (seq !== listSeq) return;
+      if (!isCurrent()) return;
       setText(listError, `刷新项目列表失败：${error.message}`);
       show(listError, true);
-    } finally {
-      if (seq === listSeq) timer = setTimeout(refresh, refreshMs);
     }
   }
+  const list = poll(scope, loadList, refreshMs);
+  const refresh = () => list.now();
 
   function renderCards() {
     show(loading, !state.loaded);
@@ -177,8 +178,7 @@ export function renderWorkbench(main, { me, meta }) {
     const nameId = `project-${id}-name`;
     const name = h("h2", { class: "card-title", id: nameId });
     const code = h("span", { class: "code" });
-    const badgeLabel = h("span", { class: "badge-label" });
-    const badge = h("span", { class: "badge" }, h("span", { class: "dot", "aria-hidden": "true" }), badgeLabel);
+    const badge = statusBadge(null);
     const elapsed = h("span", { class: "elapsed", hidden: true });
     const note = h("p", { class: "note" });
 
@@ -220,7 +220,7 @@ export function renderWorkbench(main, { me, meta }) {
     const el = h("article", { class: "card", dataset: { projectId: id }, "aria-labelledby": nameId },
       h("div", { class: "card-head" },
         h("div", { class: "card-heading" }, name, h("div", { class: "code-line" }, "项目号 ", code)),
-        h("div", { class: "state" }, badge, elapsed)),
+        h("div", { class: "state" }, badge.el, elapsed)),
       note,
       h("dl", { class: "meta" }, Object.values(rows).map((r) => r.el)),
       detail,
@@ -245,7 +245,7 @@ export function renderWorkbench(main, { me, meta }) {
       current = p;
       const s = p.service;
       const view = cardState(p);
-      const look = stateOf(view.status);
+      const look = statusOf(view.status);
       const mine = p.owner_user_id === me.id;
 
       setText(name, p.name);
@@ -253,9 +253,7 @@ export function renderWorkbench(main, { me, meta }) {
       setText(note, p.note);
       show(note, Boolean(p.note));
 
-      badge.className = `badge tone-${look.tone}`;
-      badge.dataset.state = view.status || "none";
-      setText(badgeLabel, look.label);
+      badge.set(view.status);
       el.dataset.state = view.status || "none";
       since = view.status === "starting" ? view.since : null;
       show(elapsed, since !== null);
@@ -304,44 +302,12 @@ export function renderWorkbench(main, { me, meta }) {
     return { el, update, tick };
   }
 
-  setInterval(() => {
+  // The "已用 N 秒" and "最近心跳" counters: every second while the tab is visible.
+  poll(scope, () => {
     for (const card of cards.values()) card.tick();
-  }, 1000);
+  }, 1000).now();
 
   // --- actions ---------------------------------------------------------------------------
-
-  /** A tab opened synchronously in the click (so pop-up blockers allow it), saying "启动中". */
-  function openPendingTab(p) {
-    let tab = null;
-    try {
-      tab = window.open("", "_blank");
-    } catch {
-      tab = null;
-    }
-    if (!tab) return null;
-    try {
-      tab.opener = null;
-      const doc = tab.document;
-      doc.documentElement.lang = "zh-CN";
-      doc.title = "ComfyUI 启动中…";
-      const style = doc.createElement("style");
-      style.textContent = "body{margin:0;min-height:100vh;display:flex;align-items:center;justify-content:center;"
-        + "font-family:system-ui,-apple-system,'PingFang SC','Microsoft YaHei','Noto Sans CJK SC',sans-serif;"
-        + "background:#f5f7fa;color:#1f2937}main{text-align:center;padding:24px}h1{font-size:20px;margin:0 0 8px}"
-        + "p{color:#6b7280;margin:0}";
-      doc.head.append(style);
-      const box = doc.createElement("main");
-      const title = doc.createElement("h1");
-      title.textContent = "ComfyUI 启动中…";
-      const text = doc.createElement("p");
-      text.textContent = `项目“${p.name}”的 ComfyUI 就绪后，本页会自动打开它。`;
-      box.append(title, text);
-      doc.body.replaceChildren(box);
-    } catch {
-      /* the tab is still usable for navigation */
-    }
-    return tab;
-  }
 
   async function openComfy(id) {
     const p = project(id);
@@ -418,68 +384,15 @@ export function renderWorkbench(main, { me, meta }) {
     refresh();
   }
 
-  /** Create (`p` null) or edit a project; the API's validation message is shown in the form. */
+  /** Create (`p` null) or edit a project in a dialog; then the list is fetched again. */
   async function editProject(p) {
-    const creating = p === null;
-    const field = (key, label, input, help) => {
-      const helpEl = help ? h("p", { class: "help", id: `pf-${key}-help`, text: help }) : null;
-      if (helpEl) input.setAttribute("aria-describedby", helpEl.id);
-      return { key, input, el: h("div", { class: "field" }, h("label", { for: input.id, text: label }), input, helpEl) };
-    };
-    const fields = [
-      field("name", LABELS.name, h("input", { id: "pf-name", name: "name", maxlength: "100", autocomplete: "off", autofocus: true })),
-      field("code", LABELS.code, h("input", { id: "pf-code", name: "code", maxlength: "64", autocomplete: "off", spellcheck: "false" }),
-        "字母、数字、下划线、点和短横线；全局唯一。"),
-      field("note", LABELS.note, h("textarea", { id: "pf-note", name: "note", rows: "3", maxlength: "2000" })),
-    ];
-    for (const f of fields) f.input.value = p ? p[f.key] || "" : "";
-
-    const saved = await modal({
-      title: creating ? "新建项目" : "编辑项目",
-      build: (close) => {
-        const error = h("p", { class: "form-error", role: "alert", hidden: true });
-        const submit = h("button", { type: "submit", class: "btn btn-primary" }, creating ? "创建" : "保存");
-        const form = h("form", { class: "dialog-body", novalidate: true },
-          fields.map((f) => f.el),
-          error,
-          h("div", { class: "dialog-actions" },
-            h("button", { type: "button", class: "btn", onclick: () => close(null) }, "取消"),
-            submit));
-        form.addEventListener("submit", async (event) => {
-          event.preventDefault();
-          for (const f of fields) f.input.removeAttribute("aria-invalid");
-          show(error, false);
-          const body = Object.fromEntries(fields.map((f) => [f.key, f.input.value]));
-          submit.disabled = true;
-          try {
-            const result = creating ? await post("/api/projects", body) : await put(`/api/projects/${p.id}`, body);
-            close(result);
-          } catch (err) {
-            const bad = (err.data && err.data.errors && err.data.errors[0] && err.data.errors[0].field)
-              || (/项目号/.test(err.message) ? "code" : null);
-            const target = fields.find((f) => f.key === bad);
-            // "请求参数无效：code" names the field as the API spells it; say it as the form does.
-            // The reason in brackets, when the API gives one, is kept.
-            setText(error, target ? err.message.replace(new RegExp(`：${bad}(?=（|$)`), `：${LABELS[bad]}`) : err.message);
-            show(error, true);
-            if (target) {
-              target.input.setAttribute("aria-invalid", "true");
-              target.input.focus();
-            }
-            submit.disabled = false;
-          }
-        });
-        return form;
-      },
-    });
+    const saved = await projectDialog(p);
     if (saved) {
-      toast(creating ? "项目已创建" : "项目已更新", "success");
+      toast(p === null ? "项目已创建" : "项目已更新", "success");
       refresh();
     }
   }
 
-  document.addEventListener("visibilitychange", () => {
-    if (document.visibilityState === "visible") refresh();
-  });
   refresh();
+  return () => scope.dispose();
 }
