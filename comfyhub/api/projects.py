@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from comfyhub.api.deps import CurrentUser, DbSession, Manager, ProjectId
-from comfyhub.api.errors import FORBIDDEN, PROJECT_NOT_FOUND, ApiError, envelope
+from comfyhub.api.errors import FORBIDDEN, PROJECT_NOT_FOUND, ApiError, envelope, field_error
 from comfyhub.api.schemas import ProjectCreate, ProjectUpdate
 from comfyhub.api.views import open_view, project_view, service_view
 from comfyhub.models import ComfyUIService, Project, ServiceStatus, User
@@ -68,7 +68,7 @@ async def list_projects(
 @router.post("", summary="创建项目", status_code=201)
 async def create_project(body: ProjectCreate, user: CurrentUser, db: DbSession):
     if await _code_taken(db, body.code):
-        raise ApiError(400, CODE_TAKEN)
+        raise field_error(400, "code", CODE_TAKEN, "taken")
     project = Project(name=body.name, code=body.code, note=body.note, owner_user_id=user.id)
     db.add(project)
     try:
@@ -76,7 +76,7 @@ async def create_project(body: ProjectCreate, user: CurrentUser, db: DbSession):
     except IntegrityError:
         # Lost a race with a concurrent create of the same code.
         await db.rollback()
-        raise ApiError(400, CODE_TAKEN) from None
+        raise field_error(400, "code", CODE_TAKEN, "taken") from None
     return envelope(project_view(project, None, user), "项目已创建", 201)
 
 
@@ -91,14 +91,14 @@ async def update_project(project_id: ProjectId, body: ProjectUpdate, user: Curre
     project = await load_project(db, project_id, user)
     changes = body.model_dump(exclude_none=True)
     if "code" in changes and await _code_taken(db, changes["code"], except_id=project.id):
-        raise ApiError(400, CODE_TAKEN)
+        raise field_error(400, "code", CODE_TAKEN, "taken")
     for field, value in changes.items():
         setattr(project, field, value)
     try:
         await db.commit()
     except IntegrityError:
         await db.rollback()
-        raise ApiError(400, CODE_TAKEN) from None
+        raise field_error(400, "code", CODE_TAKEN, "taken") from None
     return envelope(project_view(project, await _service_of(db, project_id)), "项目已更新")
 
 

@@ -274,11 +274,6 @@ async def test_form_errors_are_placed_by_field_name_not_by_message_text(hub, bro
     await expect(page.locator("article.card", has_text="FORM-1")).to_have_count(1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the duplicate-项目号 reply names no field yet: comfyhub/api/projects.py "
-    "must raise field_error(400, 'code', CODE_TAKEN, 'taken')",
-)
 async def test_a_taken_project_code_is_shown_at_its_field(hub, browse):
     async with hub.api("hana") as api:
         await new_project(api, "占用", "TAKEN-1")
