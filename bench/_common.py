@@ -71,13 +71,13 @@ def write_doc_section(section: str, generated: str, begin: str, end: str, after:
     else:
         nxt = re.compile(r"^## ", re.M).search(text, m.end())
         body_end = nxt.start() if nxt else len(text)
-        body = text[m.end():body_end]
+        body = text[m.end() : body_end]
         if begin in body and end in body:
             b, e = body.index(begin), body.index(end) + len(end)
             body = body[:b] + generated + body[e:]
         else:
             body = f"\n\n{generated}\n\n"
-        text = text[:m.end()] + body + text[body_end:]
+        text = text[: m.end()] + body + text[body_end:]
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
 
@@ -117,8 +117,10 @@ def summary(samples_s: list[float]) -> dict:
 
 
 def fmt(s: dict) -> str:
-    return (f"median {s['median_ms']:.2f} ms, min {s['min_ms']:.2f}, max {s['max_ms']:.2f}, "
-            f"p90 {s['p90_ms']:.2f} (n={s['n']})")
+    return (
+        f"median {s['median_ms']:.2f} ms, min {s['min_ms']:.2f}, max {s['max_ms']:.2f}, "
+        f"p90 {s['p90_ms']:.2f} (n={s['n']})"
+    )
 
 
 # --- machine -------------------------------------------------------------------------
@@ -135,10 +137,15 @@ def machine() -> dict:
     commit = os.environ.get("BENCH_SOURCE_LABEL", "")
     if not commit:
         with contextlib.suppress(Exception):
-            commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                    capture_output=True, text=True, timeout=10).stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "comfyhub"],
-                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            commit = subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            dirty = subprocess.run(
+                ["git", "-C", str(ROOT), "status", "--porcelain", "--", "comfyhub"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
             if dirty:
                 commit += " (working tree; comfyhub/ has uncommitted changes)"
     return {
@@ -146,7 +153,7 @@ def machine() -> dict:
         "cpu": model,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "commit": commit,
     }
@@ -212,7 +219,7 @@ class Workspace:
         (self.shared / "models").mkdir(parents=True)
         self.leftovers = 0
 
-    def __enter__(self) -> "Workspace":
+    def __enter__(self) -> Workspace:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -261,16 +268,24 @@ def live_server(ws: Workspace, port_range: tuple[int, int], **extra_env: str):
 
 
 def login_token(base_url: str) -> str:
-    r = httpx.post(base_url + "/api/auth/login", json={"username": ADMIN_USER, "password": ADMIN_PASSWORD},
-                   timeout=30, trust_env=False)
+    r = httpx.post(
+        base_url + "/api/auth/login",
+        json={"username": ADMIN_USER, "password": ADMIN_PASSWORD},
+        timeout=30,
+        trust_env=False,
+    )
     r.raise_for_status()
     return r.json()["data"]["token"]
 
 
 def api_client(server, timeout: float = 120) -> httpx.Client:
     """A keep-alive client to the server, logged in (bearer) as the benchmark admin."""
-    return httpx.Client(base_url=server.url, timeout=timeout, trust_env=False,
-                        headers={"Authorization": f"Bearer {login_token(server.url)}"})
+    return httpx.Client(
+        base_url=server.url,
+        timeout=timeout,
+        trust_env=False,
+        headers={"Authorization": f"Bearer {login_token(server.url)}"},
+    )
 
 
 def create_project(client: httpx.Client, code: str) -> int:

@@ -23,12 +23,24 @@ import sys
 import threading
 import time
 
-from _common import (
-    Workspace, api_client, clean_environment, create_project, finish, fmt, free_port_range, instance_processes,
-    live_server, login_token, machine, parse_args, summary, user_id,
-)
-
 import httpx
+
+from _common import (
+    Workspace,
+    api_client,
+    clean_environment,
+    create_project,
+    finish,
+    fmt,
+    free_port_range,
+    instance_processes,
+    live_server,
+    login_token,
+    machine,
+    parse_args,
+    summary,
+    user_id,
+)
 
 
 class Watcher(threading.Thread):
@@ -55,8 +67,9 @@ class Watcher(threading.Thread):
 
 async def burst(url: str, token: str, project: int, clicks: int) -> tuple[float, list[httpx.Response]]:
     limits = httpx.Limits(max_connections=clicks, max_keepalive_connections=clicks)
-    async with httpx.AsyncClient(base_url=url, timeout=120, trust_env=False, limits=limits,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=url, timeout=120, trust_env=False, limits=limits, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
         t0 = time.perf_counter()
         replies = await asyncio.gather(*(client.post(f"/api/projects/{project}/open_comfy") for _ in range(clicks)))
         return time.perf_counter() - t0, replies
@@ -94,7 +107,9 @@ def run(rounds: int, clicks: int) -> dict:
                 if codes != {200} or len(ports_seen) != 1 or statuses != {"online"}:
                     problems.append(f"round {i}: codes {codes}, ports {ports_seen}, statuses {statuses}")
                 if len(after) != 1 or watcher.max_seen != 1:
-                    problems.append(f"round {i}: {len(after)} process(es) after the burst, max {watcher.max_seen} during")
+                    problems.append(
+                        f"round {i}: {len(after)} process(es) after the burst, max {watcher.max_seen} during"
+                    )
                 max_seen_all = max(max_seen_all, watcher.max_seen)
                 distinct_pids |= watcher.pids
                 # The same burst on the now-online instance: the cost of 50 concurrent requests alone.
@@ -108,25 +123,35 @@ def run(rounds: int, clicks: int) -> dict:
                     warm_bursts.append(warm_wall)
     s, b = summary(singles), summary(bursts)
     result.update(
-        single_open=s, burst=b, burst_online=summary(warm_bursts), ratio=round(b["median_ms"] / s["median_ms"], 3),
-        processes_after_burst_ok=not problems, max_processes_seen=max_seen_all,
-        problems=problems, checks_ok=not problems, met=not problems, leftover_processes=ws.leftovers,
+        single_open=s,
+        burst=b,
+        burst_online=summary(warm_bursts),
+        ratio=round(b["median_ms"] / s["median_ms"], 3),
+        processes_after_burst_ok=not problems,
+        max_processes_seen=max_seen_all,
+        problems=problems,
+        checks_ok=not problems,
+        met=not problems,
+        leftover_processes=ws.leftovers,
     )
     return result
 
 
 def main() -> int:
     clean_environment()
-    args = parse_args(__doc__.splitlines()[0], rounds=(int, 5, "timed rounds"),
-                      clicks=(int, 50, "concurrent open_comfy per burst"))
+    args = parse_args(
+        __doc__.splitlines()[0], rounds=(int, 5, "timed rounds"), clicks=(int, 50, "concurrent open_comfy per burst")
+    )
     res = run(args.rounds, args.clicks)
     print(f"concurrent open ({res['clicks']} simultaneous open_comfy on one stopped project)")
     print(f"  single cold open:       {fmt(res['single_open'])}")
     print(f"  burst of {res['clicks']}, wall:      {fmt(res['burst'])}")
     print(f"  burst on online inst.:  {fmt(res['burst_online'])}")
     print(f"  ratio of medians:       {res['ratio']:.3f}x (burst / single cold open)")
-    print(f"  processes per instance: max {res['max_processes_seen']} seen during bursts, "
-          f"exactly 1 after every burst: {res['processes_after_burst_ok']}")
+    print(
+        f"  processes per instance: max {res['max_processes_seen']} seen during bursts, "
+        f"exactly 1 after every burst: {res['processes_after_burst_ok']}"
+    )
     for p in res["problems"]:
         print(f"  PROBLEM: {p}")
     return finish(res, args.json)

@@ -31,14 +31,23 @@ import signal
 import sys
 import time
 
-from _common import (
-    FAKE_COMFYUI, PYTHON, Workspace, clean_environment, finish, fmt, free_port_range, machine,
-    parse_args, processes_under, summary, verdict,
-)
-
 import httpx
 import psutil
 
+from _common import (
+    FAKE_COMFYUI,
+    PYTHON,
+    Workspace,
+    clean_environment,
+    finish,
+    fmt,
+    free_port_range,
+    machine,
+    parse_args,
+    processes_under,
+    summary,
+    verdict,
+)
 from comfyhub.auth import hash_password_sync
 from comfyhub.config import load_settings
 from comfyhub.db import create_engine, migrate, session_factory
@@ -155,8 +164,10 @@ async def run_async(ws: Workspace, instances: int, hung: int) -> dict:
                     sweeps.append(time.perf_counter() - t0)
                     if k == 0:
                         first_counts = counts
-                        after = {p: (await api.get(f"/api/projects/{p}")).json()["data"]["service"]["status"]
-                                 for p in projects}
+                        after = {
+                            p: (await api.get(f"/api/projects/{p}")).json()["data"]["service"]["status"]
+                            for p in projects
+                        }
                         offline = sorted(p for p, st in after.items() if st == "offline")
                         online = sum(1 for st in after.values() if st == "online")
                 out["sweep_with_hung"] = summary(sweeps)
@@ -175,20 +186,32 @@ async def run_async(ws: Workspace, instances: int, hung: int) -> dict:
 
 
 def run(instances: int, hung: int) -> dict:
-    result: dict = {"benchmark": "heartbeat_sweep", "machine": machine(), "instances": instances, "hung": hung,
-                    "health_timeout_s": HEALTH_TIMEOUT}
+    result: dict = {
+        "benchmark": "heartbeat_sweep",
+        "machine": machine(),
+        "instances": instances,
+        "hung": hung,
+        "health_timeout_s": HEALTH_TIMEOUT,
+    }
     with Workspace("heartbeat") as ws:
         migrate(f"sqlite+aiosqlite:///{ws.root / 'comfyhub.db'}")  # runs its own event loop
         out = asyncio.run(run_async(ws, instances, hung))
     result.update(out)
     sweep_median_s = out["sweep_with_hung"]["median_ms"] / 1000
     ratio = sweep_median_s / HEALTH_TIMEOUT
-    ok = (out["offline_projects_match"] and out["first_sweep_counts"] == {"online": instances - hung, "offline": hung}
-          and out["online_after_first_sweep"] == instances - hung and out["left_after_shutdown"] == 0)
+    ok = (
+        out["offline_projects_match"]
+        and out["first_sweep_counts"] == {"online": instances - hung, "offline": hung}
+        and out["online_after_first_sweep"] == instances - hung
+        and out["left_after_shutdown"] == 0
+    )
     result.update(
         ratio=round(ratio, 3),
         ratio_vs_single_hung_check=round(sweep_median_s / out["single_hung_check_s"], 3),
-        target_ratio=TARGET_RATIO, met=ratio <= TARGET_RATIO, checks_ok=ok, leftover_processes=ws.leftovers,
+        target_ratio=TARGET_RATIO,
+        met=ratio <= TARGET_RATIO,
+        checks_ok=ok,
+        leftover_processes=ws.leftovers,
     )
     return result
 
@@ -196,18 +219,29 @@ def run(instances: int, hung: int) -> dict:
 def main() -> int:
     clean_environment()
     logging.getLogger("comfyhub").setLevel(logging.ERROR)  # the sweep logs each hung instance; expected here
-    args = parse_args(__doc__.splitlines()[0], instances=(int, 100, "instances online"),
-                      hung=(int, 10, "instances made to hang (SIGSTOP)"))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        instances=(int, 100, "instances online"),
+        hung=(int, 10, "instances made to hang (SIGSTOP)"),
+    )
     res = run(args.instances, args.hung)
     print(f"heartbeat sweep ({res['instances']} instances online, {res['hung']} hung by SIGSTOP, in-process app)")
-    print(f"  opening all ({OPEN_CONCURRENCY} at a time): {res['open_all_s']} s; fake RSS ~{res['fake_rss_mib_each']} MiB each")
+    print(
+        f"  opening all ({OPEN_CONCURRENCY} at a time): {res['open_all_s']} s; fake RSS ~{res['fake_rss_mib_each']} MiB each"
+    )
     print(f"  sweep, all healthy:       {fmt(res['sweep_all_healthy'])}")
-    print(f"  one hung check alone:     {res['single_hung_check_s'] * 1000:.1f} ms (baseline, health timeout {HEALTH_TIMEOUT} s)")
+    print(
+        f"  one hung check alone:     {res['single_hung_check_s'] * 1000:.1f} ms (baseline, health timeout {HEALTH_TIMEOUT} s)"
+    )
     print(f"  sweep, {res['hung']} hung:           {fmt(res['sweep_with_hung'])}")
-    print(f"  first sweep: {res['first_sweep_counts']}, offline = exactly the hung ones: {res['offline_projects_match']} "
-          f"(healthy marked offline: {res['healthy_marked_offline']}, hung left online: {res['hung_not_marked_offline']})")
-    print(f"  sweep / health timeout:   {res['ratio']:.3f}x  (target <= {TARGET_RATIO}x: {verdict(res['met'])}); "
-          f"vs one hung check measured: {res['ratio_vs_single_hung_check']:.3f}x")
+    print(
+        f"  first sweep: {res['first_sweep_counts']}, offline = exactly the hung ones: {res['offline_projects_match']} "
+        f"(healthy marked offline: {res['healthy_marked_offline']}, hung left online: {res['hung_not_marked_offline']})"
+    )
+    print(
+        f"  sweep / health timeout:   {res['ratio']:.3f}x  (target <= {TARGET_RATIO}x: {verdict(res['met'])}); "
+        f"vs one hung check measured: {res['ratio_vs_single_hung_check']:.3f}x"
+    )
     print(f"  processes left after shutdown: {res['left_after_shutdown']}")
     return finish(res, args.json)
 

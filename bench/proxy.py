@@ -55,6 +55,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from _common import (
     ROOT,
     Workspace,
@@ -105,8 +106,9 @@ class RawHTTP:
     def _send(self, path: str) -> None:
         if self.sock is None:
             self.connect()
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {self.host_header}\r\n{self.head_extra}"
-                          "Accept: */*\r\n\r\n".encode("latin-1"))
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {self.host_header}\r\n{self.head_extra}Accept: */*\r\n\r\n".encode("latin-1")
+        )
 
     def _head(self) -> tuple[int, dict[str, str]]:
         while b"\r\n\r\n" not in self.buf:
@@ -202,9 +204,12 @@ class RawWS:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         key = base64.b64encode(os.urandom(16)).decode()
-        head = (f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-                + "".join(f"{k}: {v}\r\n" for k, v in (extra or {}).items()) + "\r\n")
+        head = (
+            f"GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in (extra or {}).items())
+            + "\r\n"
+        )
         self.sock.sendall(head.encode("latin-1"))
         self.buf = b""
         while b"\r\n\r\n" not in self.buf:
@@ -258,8 +263,11 @@ class RawWS:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
-            self.sock.sendall(struct.pack("!BB", 0x88, 0x82) + self.mask
-                              + bytes(b ^ self.mask[i] for i, b in enumerate(struct.pack("!H", 1000))))
+            self.sock.sendall(
+                struct.pack("!BB", 0x88, 0x82)
+                + self.mask
+                + bytes(b ^ self.mask[i] for i, b in enumerate(struct.pack("!H", 1000)))
+            )
             self.sock.settimeout(2)
             while self.sock.recv(65536):
                 pass
@@ -337,11 +345,14 @@ def _rotations(names: list[str], i: int) -> list[str]:
     return names[k:] + names[:k]
 
 
-def bench_download(hub_port, comfy_port, relay_port, project, cookie, size, rounds, hub_proc,
-                   blocking_port=None) -> dict:
+def bench_download(
+    hub_port, comfy_port, relay_port, project, cookie, size, rounds, hub_proc, blocking_port=None
+) -> dict:
     query = "/view?filename=big.bin&type=output"
-    clients = {"proxied": (RawHTTP(hub_port, f"127.0.0.1:{hub_port}", {"Cookie": cookie}), f"/comfy/{project}{query}"),
-               "direct": (RawHTTP(comfy_port, f"127.0.0.1:{comfy_port}"), query)}
+    clients = {
+        "proxied": (RawHTTP(hub_port, f"127.0.0.1:{hub_port}", {"Cookie": cookie}), f"/comfy/{project}{query}"),
+        "direct": (RawHTTP(comfy_port, f"127.0.0.1:{comfy_port}"), query),
+    }
     if relay_port:
         clients["relay"] = (RawHTTP(relay_port, f"127.0.0.1:{comfy_port}"), query)
     if blocking_port:
@@ -374,8 +385,12 @@ def bench_download(hub_port, comfy_port, relay_port, project, cookie, size, roun
     out = {"size_mib": mb, "rounds": rounds, "loadavg": la, "same_bytes": len(set(digests.values())) == 1}
     for k, v in times.items():
         rates = sorted(mb / t for t in v)
-        out[k] = {"median_mibps": round(statistics.median(rates), 1), "min_mibps": round(rates[0], 1),
-                  "max_mibps": round(rates[-1], 1), "time": summary(v)}
+        out[k] = {
+            "median_mibps": round(statistics.median(rates), 1),
+            "min_mibps": round(rates[0], 1),
+            "max_mibps": round(rates[-1], 1),
+            "time": summary(v),
+        }
     out["ratio"] = round(out["proxied"]["median_mibps"] / out["direct"]["median_mibps"], 3)
     if "relay" in out:
         out["relay_ratio"] = round(out["relay"]["median_mibps"] / out["direct"]["median_mibps"], 3)
@@ -390,7 +405,7 @@ def _latency_result(n, la, times: dict) -> dict:
     out = {"n": n, "loadavg": la}
     for k, v in times.items():
         out[k] = summary(v)
-    out["paired_added"] = summary([a - b for a, b in zip(times["proxied"], times["direct"])])
+    out["paired_added"] = summary([a - b for a, b in zip(times["proxied"], times["direct"], strict=False)])
     out["added_median_ms"] = added(out["proxied"], out["direct"])
     out["added_p90_ms"] = round(out["proxied"]["p90_ms"] - out["direct"]["p90_ms"], 3)
     if "relay" in times:
@@ -399,9 +414,13 @@ def _latency_result(n, la, times: dict) -> dict:
 
 
 def bench_get(hub_port, comfy_port, relay_port, project, cookie, n, hub_proc) -> dict:
-    clients = {"proxied": (RawHTTP(hub_port, f"127.0.0.1:{hub_port}", {"Cookie": cookie}),
-                           f"/comfy/{project}/api/system_stats"),
-               "direct": (RawHTTP(comfy_port, f"127.0.0.1:{comfy_port}"), "/api/system_stats")}
+    clients = {
+        "proxied": (
+            RawHTTP(hub_port, f"127.0.0.1:{hub_port}", {"Cookie": cookie}),
+            f"/comfy/{project}/api/system_stats",
+        ),
+        "direct": (RawHTTP(comfy_port, f"127.0.0.1:{comfy_port}"), "/api/system_stats"),
+    }
     if relay_port:
         clients["relay"] = (RawHTTP(relay_port, f"127.0.0.1:{comfy_port}"), "/api/system_stats")
     for _ in range(50):  # warm-up: connections, caches
@@ -427,15 +446,24 @@ def bench_get(hub_port, comfy_port, relay_port, project, cookie, n, hub_proc) ->
     for client, _ in clients.values():
         client.close()
     out = _latency_result(n, la, times)
-    out.update(hub_cpu_ms_per_request=round(hub_cpu * 1000, 3), same_answer=len({json.dumps(a) for a in argv.values()}) == 1,
-               met=out["added_median_ms"] <= TARGET_GET_ADDED_MS)
+    out.update(
+        hub_cpu_ms_per_request=round(hub_cpu * 1000, 3),
+        same_answer=len({json.dumps(a) for a in argv.values()}) == 1,
+        met=out["added_median_ms"] <= TARGET_GET_ADDED_MS,
+    )
     return out
 
 
 def bench_ws(hub_port, comfy_port, relay_port, project, cookie, origin, n) -> dict:
-    clients = {"proxied": RawWS(hub_port, f"/comfy/{project}/ws?clientId=bench-proxied", f"127.0.0.1:{hub_port}",
-                                {"Cookie": cookie, "Origin": origin}),
-               "direct": RawWS(comfy_port, "/ws?clientId=bench-direct", f"127.0.0.1:{comfy_port}")}
+    clients = {
+        "proxied": RawWS(
+            hub_port,
+            f"/comfy/{project}/ws?clientId=bench-proxied",
+            f"127.0.0.1:{hub_port}",
+            {"Cookie": cookie, "Origin": origin},
+        ),
+        "direct": RawWS(comfy_port, "/ws?clientId=bench-direct", f"127.0.0.1:{comfy_port}"),
+    }
     if relay_port:
         clients["relay"] = RawWS(relay_port, "/ws?clientId=bench-relay", f"127.0.0.1:{comfy_port}")
     for ws in clients.values():
@@ -557,8 +585,15 @@ async def _ws_burst(url: str, headers: dict, conns: int, msgs: int, opened: list
 
     async def one(i: int) -> None:
         try:
-            async with connect(url + f"?clientId=burst-{i}", additional_headers=headers, compression=None,
-                               open_timeout=60, ping_interval=None, max_size=None, proxy=None) as ws:
+            async with connect(
+                url + f"?clientId=burst-{i}",
+                additional_headers=headers,
+                compression=None,
+                open_timeout=60,
+                ping_interval=None,
+                max_size=None,
+                proxy=None,
+            ) as ws:
                 greeting = json.loads(await asyncio.wait_for(ws.recv(), 30))
                 assert greeting["type"] == "status", greeting
                 opened.append(i)
@@ -593,8 +628,12 @@ async def _ws_burst(url: str, headers: dict, conns: int, msgs: int, opened: list
 def _wait_websockets_closed(hub) -> None:
     from tests.support.net import wait_for_sync
 
-    wait_for_sync(lambda: metric(hub, "comfyhub_proxy_websockets_open") == 0, timeout=30, interval=0.05,
-                  what="the proxy to close every WebSocket")
+    wait_for_sync(
+        lambda: metric(hub, "comfyhub_proxy_websockets_open") == 0,
+        timeout=30,
+        interval=0.05,
+        what="the proxy to close every WebSocket",
+    )
 
 
 def bench_burst(hub, hub_port, comfy_port, project, cookie, origin, conns, msgs) -> dict:
@@ -606,24 +645,37 @@ def bench_burst(hub, hub_port, comfy_port, project, cookie, origin, conns, msgs)
     sampler = RssSampler(hub.proc.pid)
     sampler.start()
     opened: list[int] = []
-    proxied = asyncio.run(_ws_burst(f"ws://127.0.0.1:{hub_port}/comfy/{project}/ws",
-                                    {"Cookie": cookie, "Origin": origin}, conns, msgs, opened))
+    proxied = asyncio.run(
+        _ws_burst(
+            f"ws://127.0.0.1:{hub_port}/comfy/{project}/ws", {"Cookie": cookie, "Origin": origin}, conns, msgs, opened
+        )
+    )
     sampler.stop()
     # After: once the proxy has wound down every relayed WebSocket.
     _wait_websockets_closed(hub)
     after = hub_proc.memory_info().rss
     # The same burst once more: memory that comes back for it is reused, not leaked.
-    again = asyncio.run(_ws_burst(f"ws://127.0.0.1:{hub_port}/comfy/{project}/ws",
-                                  {"Cookie": cookie, "Origin": origin}, conns, msgs, []))
+    again = asyncio.run(
+        _ws_burst(
+            f"ws://127.0.0.1:{hub_port}/comfy/{project}/ws", {"Cookie": cookie, "Origin": origin}, conns, msgs, []
+        )
+    )
     _wait_websockets_closed(hub)
     after_again = hub_proc.memory_info().rss
     still_open = metric(hub, "comfyhub_proxy_websockets_open")
     return {
-        "connections": conns, "messages_each": msgs, "loadavg": la,
-        "proxied": proxied, "direct": direct,
-        "rss_mib": {"before": round(before / MIB, 1), "peak": round(sampler.peak / MIB, 1),
-                    "after": round(after / MIB, 1), "samples": sampler.samples,
-                    "after_second_burst": round(after_again / MIB, 1)},
+        "connections": conns,
+        "messages_each": msgs,
+        "loadavg": la,
+        "proxied": proxied,
+        "direct": direct,
+        "rss_mib": {
+            "before": round(before / MIB, 1),
+            "peak": round(sampler.peak / MIB, 1),
+            "after": round(after / MIB, 1),
+            "samples": sampler.samples,
+            "after_second_burst": round(after_again / MIB, 1),
+        },
         "second_burst_errors": again["errors"],
         "rss_per_connection_kib": round((sampler.peak - before) / 1024 / conns, 1),
         "proxy_websockets_gauge_after": still_open,
@@ -653,9 +705,12 @@ def run(args) -> dict:
     relay = blocking = None
     with Workspace("proxy") as ws:
         low, high = free_port_range(8)
-        hub = LiveHub(ws.root / "work", comfyui_port_range=f"{low}-{high}",
-                      comfyui_heartbeat_interval_seconds="3600",  # no sweep during a measurement
-                      comfyui_stop_instances_on_exit="true")
+        hub = LiveHub(
+            ws.root / "work",
+            comfyui_port_range=f"{low}-{high}",
+            comfyui_heartbeat_interval_seconds="3600",  # no sweep during a measurement
+            comfyui_stop_instances_on_exit="true",
+        )
         hub.start(timeout=60)
         try:
             hub.add_user("benchuser")
@@ -673,8 +728,12 @@ def run(args) -> dict:
             out_dir.mkdir(parents=True, exist_ok=True)
             with open(out_dir / "big.bin", "wb") as f:
                 f.writelines(os.urandom(MIB) for _ in range(args.size_mib))
-            result["server"] = {"hub_pid": hub.proc.pid, "instance_pid": pid, "instance_port": port,
-                                "hub_rss_mib_at_start": round(hub_proc.memory_info().rss / MIB, 1)}
+            result["server"] = {
+                "hub_pid": hub.proc.pid,
+                "instance_pid": pid,
+                "instance_port": port,
+                "hub_rss_mib_at_start": round(hub_proc.memory_info().rss / MIB, 1),
+            }
             print(f"comfyhub serve pid {hub.proc.pid} on {hub.port}; fake ComfyUI pid {pid} on {port}", flush=True)
             relay_port = blocking_port = None
             if not args.no_relay:
@@ -684,12 +743,17 @@ def run(args) -> dict:
                 relay = subprocess.Popen([sys.executable, __file__, "--relay-serve", str(relay_port), str(port)])
                 wait_for_sync(lambda: _listening(relay_port), timeout=30, what="the relay")
                 blocking_port = free_port()
-                blocking = subprocess.Popen([sys.executable, __file__, "--blocking-serve", str(blocking_port),
-                                             str(port)])
+                blocking = subprocess.Popen(
+                    [sys.executable, __file__, "--blocking-serve", str(blocking_port), str(port)]
+                )
                 wait_for_sync(lambda: _listening(blocking_port), timeout=30, what="the blocking relay")
             steps = [
-                ("download", lambda: bench_download(hub.port, port, relay_port, project, cookie, size, args.rounds,
-                                                    hub_proc, blocking_port)),
+                (
+                    "download",
+                    lambda: bench_download(
+                        hub.port, port, relay_port, project, cookie, size, args.rounds, hub_proc, blocking_port
+                    ),
+                ),
                 ("get", lambda: bench_get(hub.port, port, relay_port, project, cookie, args.n, hub_proc)),
                 ("ws", lambda: bench_ws(hub.port, port, relay_port, project, cookie, hub.url, args.ws_n)),
                 ("burst", lambda: bench_burst(hub, hub.port, port, project, cookie, hub.url, args.conns, args.msgs)),
@@ -702,7 +766,8 @@ def run(args) -> dict:
                 result[name] = step()
                 if name == "download":  # how many proxied downloads the relay thread carried
                     result[name]["relayed"] = int(
-                        (metric(hub, "comfyhub_proxy_relays_total", '{outcome="done"}') or 0.0) - relayed)
+                        (metric(hub, "comfyhub_proxy_relays_total", '{outcome="done"}') or 0.0) - relayed
+                    )
             result["instance_pid_unchanged"] = comfy_proc.is_running()
         finally:
             for proc in (relay, blocking):
@@ -711,8 +776,12 @@ def run(args) -> dict:
                     proc.wait(10)
             hub.stop()
     result["leftover_processes"] = ws.leftovers
-    checks = [result.get("download", {}).get("same_bytes", True), result.get("get", {}).get("same_answer", True),
-              result.get("burst", {}).get("met", True), result.get("instance_pid_unchanged", False)]
+    checks = [
+        result.get("download", {}).get("same_bytes", True),
+        result.get("get", {}).get("same_answer", True),
+        result.get("burst", {}).get("met", True),
+        result.get("instance_pid_unchanged", False),
+    ]
     result["checks_ok"] = all(checks)
     return result
 
@@ -738,17 +807,23 @@ def render(res: dict) -> str:
         "raw-socket client code against `/comfy/{id}/…` (session cookie) and straight against the instance's "
         "port; the series alternate request by request (downloads: round by round) in rotating order, so load "
         "from other work on the machine hits them alike."
-        + (" The *floor* column is a third series in the same rotation: a raw TCP relay (uvloop Protocols, no "
-           "HTTP parsing, no auth; `bench/proxy.py --relay-serve`) in front of the same instance, i.e. what one "
-           "extra hop through an asyncio event loop costs at the least; comfyhub's large downloads leave the event "
-           "loop (a relay thread, `comfyhub/proxy/relay.py`), so (1) can beat it. For (1) the column also "
-           "gives a fourth series: a plain blocking relay (a thread per direction, `recv_into` a 1 MiB buffer + "
-           "`sendall`; `--blocking-serve`), the design the issue quotes at 0.88–0.98×. Both are context, not "
-           "targets."
-           if relay else ""))
+        + (
+            " The *floor* column is a third series in the same rotation: a raw TCP relay (uvloop Protocols, no "
+            "HTTP parsing, no auth; `bench/proxy.py --relay-serve`) in front of the same instance, i.e. what one "
+            "extra hop through an asyncio event loop costs at the least; comfyhub's large downloads leave the event "
+            "loop (a relay thread, `comfyhub/proxy/relay.py`), so (1) can beat it. For (1) the column also "
+            "gives a fourth series: a plain blocking relay (a thread per direction, `recv_into` a 1 MiB buffer + "
+            "`sendall`; `--blocking-serve`), the design the issue quotes at 0.88–0.98×. Both are context, not "
+            "targets."
+            if relay
+            else ""
+        )
+    )
     lines.append("")
-    lines.append("| benchmark | proxied (median) | direct, same run (median) | added / ratio | target | result "
-                 + ("| floor: raw relay, same run |" if relay else "|"))
+    lines.append(
+        "| benchmark | proxied (median) | direct, same run (median) | added / ratio | target | result "
+        + ("| floor: raw relay, same run |" if relay else "|")
+    )
     lines.append("| --- | --- | --- | --- | --- | --- |" + (" --- |" if relay else ""))
 
     def floor(x, kind):
@@ -757,82 +832,115 @@ def render(res: dict) -> str:
         if x is None or "relay" not in x:
             return " — |"
         if kind == "rate":
-            blocking = (f"; blocking relay {x['blocking']['median_mibps']:.1f} MiB/s, {x['blocking_ratio']:.2f}×"
-                        if "blocking" in x else "")
+            blocking = (
+                f"; blocking relay {x['blocking']['median_mibps']:.1f} MiB/s, {x['blocking_ratio']:.2f}×"
+                if "blocking" in x
+                else ""
+            )
             return f" {x['relay']['median_mibps']:.1f} MiB/s, {x['relay_ratio']:.2f}×{blocking} |"
         return f" {x['relay']['median_ms']:.3f} ms, +{x['relay_added_median_ms']:.3f} ms |"
 
     if d:
-        lines.append(f"| (1) `GET /view` of a {d['size_mib']:.0f} MiB file, {d['rounds']} rounds each, 1 MiB reads | "
-                     f"{d['proxied']['median_mibps']:.1f} MiB/s | {d['direct']['median_mibps']:.1f} MiB/s | "
-                     f"{d['ratio']:.2f}× | ≥ {TARGET_THROUGHPUT_RATIO}× | {_v(d['met'])} |" + floor(d, "rate"))
+        lines.append(
+            f"| (1) `GET /view` of a {d['size_mib']:.0f} MiB file, {d['rounds']} rounds each, 1 MiB reads | "
+            f"{d['proxied']['median_mibps']:.1f} MiB/s | {d['direct']['median_mibps']:.1f} MiB/s | "
+            f"{d['ratio']:.2f}× | ≥ {TARGET_THROUGHPUT_RATIO}× | {_v(d['met'])} |" + floor(d, "rate")
+        )
     if g:
-        lines.append(f"| (2) `GET /api/system_stats`, {g['n']} sequential keep-alive each | "
-                     f"{g['proxied']['median_ms']:.3f} ms | {g['direct']['median_ms']:.3f} ms | "
-                     f"+{g['added_median_ms']:.3f} ms (p90 +{g['added_p90_ms']:.3f}) | ≤ +{TARGET_GET_ADDED_MS} ms | "
-                     f"{_v(g['met'])} |" + floor(g, "ms"))
+        lines.append(
+            f"| (2) `GET /api/system_stats`, {g['n']} sequential keep-alive each | "
+            f"{g['proxied']['median_ms']:.3f} ms | {g['direct']['median_ms']:.3f} ms | "
+            f"+{g['added_median_ms']:.3f} ms (p90 +{g['added_p90_ms']:.3f}) | ≤ +{TARGET_GET_ADDED_MS} ms | "
+            f"{_v(g['met'])} |" + floor(g, "ms")
+        )
     if w:
-        lines.append(f"| (3) WebSocket echo round trip, {w['n']} on one connection each | "
-                     f"{w['proxied']['median_ms']:.3f} ms | {w['direct']['median_ms']:.3f} ms | "
-                     f"+{w['added_median_ms']:.3f} ms (p90 +{w['added_p90_ms']:.3f}) | ≤ +{TARGET_WS_ADDED_MS} ms | "
-                     f"{_v(w['met'])} |" + floor(w, "ms"))
+        lines.append(
+            f"| (3) WebSocket echo round trip, {w['n']} on one connection each | "
+            f"{w['proxied']['median_ms']:.3f} ms | {w['direct']['median_ms']:.3f} ms | "
+            f"+{w['added_median_ms']:.3f} ms (p90 +{w['added_p90_ms']:.3f}) | ≤ +{TARGET_WS_ADDED_MS} ms | "
+            f"{_v(w['met'])} |" + floor(w, "ms")
+        )
     if b:
         r = b["rss_mib"]
-        lines.append(f"| (4) {b['connections']} WebSockets open at once, {b['messages_each']} echoes each | "
-                     f"{len(b['proxied']['errors'])} errors, {b['proxied']['open_and_echo_s']:.2f} s; comfyhub RSS "
-                     f"{r['before']:.1f} → peak {r['peak']:.1f} → {r['after']:.1f} MiB | "
-                     f"{len(b['direct']['errors'])} errors, {b['direct']['open_and_echo_s']:.2f} s | "
-                     f"{b['proxied']['open_and_echo_s'] / b['direct']['open_and_echo_s']:.2f}× wall; "
-                     f"+{b['rss_per_connection_kib']:.0f} KiB RSS per connection | no errors | {_v(b['met'])} |"
-                     + (" — |" if relay else ""))
+        lines.append(
+            f"| (4) {b['connections']} WebSockets open at once, {b['messages_each']} echoes each | "
+            f"{len(b['proxied']['errors'])} errors, {b['proxied']['open_and_echo_s']:.2f} s; comfyhub RSS "
+            f"{r['before']:.1f} → peak {r['peak']:.1f} → {r['after']:.1f} MiB | "
+            f"{len(b['direct']['errors'])} errors, {b['direct']['open_and_echo_s']:.2f} s | "
+            f"{b['proxied']['open_and_echo_s'] / b['direct']['open_and_echo_s']:.2f}× wall; "
+            f"+{b['rss_per_connection_kib']:.0f} KiB RSS per connection | no errors | {_v(b['met'])} |"
+            + (" — |" if relay else "")
+        )
     lines.append("")
-    las = " · ".join(f"({i}) {res[k]['loadavg']}" for i, k in
-                     ((1, "download"), (2, "get"), (3, "ws"), (4, "burst")) if k in res)
-    lines.append(f"Load average (1/5/15 min) when each started: {las}. Other work may share the machine; compare "
-                 "the columns of one run, not absolute times between runs.")
+    las = " · ".join(
+        f"({i}) {res[k]['loadavg']}" for i, k in ((1, "download"), (2, "get"), (3, "ws"), (4, "burst")) if k in res
+    )
+    lines.append(
+        f"Load average (1/5/15 min) when each started: {las}. Other work may share the machine; compare "
+        "the columns of one run, not absolute times between runs."
+    )
     lines.append("")
     lines.append("Details (times in ms):")
     lines.append("")
     lines.append("| series | n | median | min | max | p90 |")
     lines.append("| --- | ---: | ---: | ---: | ---: | ---: |")
-    labels = {"proxied": "proxied", "direct": "direct", "relay": "raw relay (floor)",
-              "blocking": "plain blocking relay"}
+    labels = {
+        "proxied": "proxied",
+        "direct": "direct",
+        "relay": "raw relay (floor)",
+        "blocking": "plain blocking relay",
+    }
     if d:
         for k in ("proxied", "direct", "relay", "blocking"):
             if k in d:
                 t = d[k]["time"]
-                lines.append(f"| (1) download {d['size_mib']:.0f} MiB, {labels[k]} (ms per download; MiB/s median "
-                             f"{d[k]['median_mibps']:.1f}, min {d[k]['min_mibps']:.1f}, max {d[k]['max_mibps']:.1f}) | "
-                             f"{t['n']} | {_row(t)} |")
+                lines.append(
+                    f"| (1) download {d['size_mib']:.0f} MiB, {labels[k]} (ms per download; MiB/s median "
+                    f"{d[k]['median_mibps']:.1f}, min {d[k]['min_mibps']:.1f}, max {d[k]['max_mibps']:.1f}) | "
+                    f"{t['n']} | {_row(t)} |"
+                )
     for tag, x, what in (("(2)", g, "`GET …/api/system_stats`"), ("(3)", w, "WebSocket echo")):
         if x:
             for k in ("proxied", "direct", "relay"):
                 if k in x:
                     lines.append(f"| {tag} {what}, {labels[k]} | {x[k]['n']} | {_row(x[k])} |")
-            lines.append(f"| {tag} paired difference proxied − direct | {x['paired_added']['n']} | "
-                         f"{_row(x['paired_added'])} |")
+            lines.append(
+                f"| {tag} paired difference proxied − direct | {x['paired_added']['n']} | {_row(x['paired_added'])} |"
+            )
     lines.append("")
     notes = []
     if d:
-        notes.append(f"(1) the bytes of every series were checked (SHA-256) in an untimed round: "
-                     f"{'same' if d['same_bytes'] else 'DIFFERENT'}; comfyhub CPU ≈ {d['hub_cpu_ms_per_mib']:.2f} ms "
-                     "per MiB proxied (`/proc/PID/stat`, relay threads included; 10 ms ticks)"
-                     + (f"; {d['relayed']} of the {d['rounds'] + 1} proxied downloads went through the relay "
-                        "thread (`comfyhub_proxy_relays_total`)." if "relayed" in d else "."))
+        notes.append(
+            f"(1) the bytes of every series were checked (SHA-256) in an untimed round: "
+            f"{'same' if d['same_bytes'] else 'DIFFERENT'}; comfyhub CPU ≈ {d['hub_cpu_ms_per_mib']:.2f} ms "
+            "per MiB proxied (`/proc/PID/stat`, relay threads included; 10 ms ticks)"
+            + (
+                f"; {d['relayed']} of the {d['rounds'] + 1} proxied downloads went through the relay "
+                "thread (`comfyhub_proxy_relays_total`)."
+                if "relayed" in d
+                else "."
+            )
+        )
     if g:
-        notes.append(f"(2) comfyhub CPU ≈ {g['hub_cpu_ms_per_request']:.3f} ms per proxied request (200 extra "
-                     "requests, `/proc/PID/task/*/schedstat`).")
+        notes.append(
+            f"(2) comfyhub CPU ≈ {g['hub_cpu_ms_per_request']:.3f} ms per proxied request (200 extra "
+            "requests, `/proc/PID/task/*/schedstat`)."
+        )
     if b:
-        notes.append(f"(4) all {b['connections']} connections are opened first, then all echo at once, and all stay "
-                     f"open until every one is done; opening took {b['proxied']['open_s']:.2f} s proxied, "
-                     f"{b['direct']['open_s']:.2f} s direct; RSS sampled every 10 ms ({b['rss_mib']['samples']} "
-                     f"samples), 'after' once the proxy reports no open WebSocket; after a second identical burst "
-                     f"({len(b['second_burst_errors'])} errors): {b['rss_mib']['after_second_burst']:.1f} MiB; "
-                     f"`comfyhub_proxy_websockets_open` at the end: {b['proxy_websockets_gauge_after']}.")
+        notes.append(
+            f"(4) all {b['connections']} connections are opened first, then all echo at once, and all stay "
+            f"open until every one is done; opening took {b['proxied']['open_s']:.2f} s proxied, "
+            f"{b['direct']['open_s']:.2f} s direct; RSS sampled every 10 ms ({b['rss_mib']['samples']} "
+            f"samples), 'after' once the proxy reports no open WebSocket; after a second identical burst "
+            f"({len(b['second_burst_errors'])} errors): {b['rss_mib']['after_second_burst']:.1f} MiB; "
+            f"`comfyhub_proxy_websockets_open` at the end: {b['proxy_websockets_gauge_after']}."
+        )
         if b["proxied"]["errors"]:
             notes.append("Errors: " + "; ".join(b["proxied"]["errors"][:5]))
-    run_line = ("Run: `.venv/bin/python bench/proxy.py` (2–4 minutes; `--no-write` only prints, `--no-relay` skips "
-                "the floor series).")
+    run_line = (
+        "Run: `.venv/bin/python bench/proxy.py` (2–4 minutes; `--no-write` only prints, `--no-relay` skips "
+        "the floor series)."
+    )
     lines += [" ".join(notes), "", run_line, "", END]
     return "\n".join(lines)
 
@@ -850,51 +958,71 @@ def print_table(res: dict) -> None:
     print("\nproxy overhead (one comfyhub serve, one fake ComfyUI; proxied vs direct, same client, interleaved)")
     d, g, w, b = (res.get(k) for k in ("download", "get", "ws", "burst"))
     if d:
-        print(f"  (1) download {d['size_mib']:.0f} MiB x{d['rounds']} [load {d['loadavg']}]: proxied "
-              f"{d['proxied']['median_mibps']:.1f} MiB/s (min {d['proxied']['min_mibps']:.1f}, max "
-              f"{d['proxied']['max_mibps']:.1f}), direct {d['direct']['median_mibps']:.1f} MiB/s (min "
-              f"{d['direct']['min_mibps']:.1f}, max {d['direct']['max_mibps']:.1f}); ratio {d['ratio']:.2f}x "
-              f"(target >= {TARGET_THROUGHPUT_RATIO}x: {verdict(d['met'])}); same bytes: {d['same_bytes']}")
+        print(
+            f"  (1) download {d['size_mib']:.0f} MiB x{d['rounds']} [load {d['loadavg']}]: proxied "
+            f"{d['proxied']['median_mibps']:.1f} MiB/s (min {d['proxied']['min_mibps']:.1f}, max "
+            f"{d['proxied']['max_mibps']:.1f}), direct {d['direct']['median_mibps']:.1f} MiB/s (min "
+            f"{d['direct']['min_mibps']:.1f}, max {d['direct']['max_mibps']:.1f}); ratio {d['ratio']:.2f}x "
+            f"(target >= {TARGET_THROUGHPUT_RATIO}x: {verdict(d['met'])}); same bytes: {d['same_bytes']}"
+        )
         if "relay" in d:
             print(f"        floor, raw relay: {d['relay']['median_mibps']:.1f} MiB/s, {d['relay_ratio']:.2f}x direct")
         if "blocking" in d:
-            print(f"        plain blocking relay: {d['blocking']['median_mibps']:.1f} MiB/s, "
-                  f"{d['blocking_ratio']:.2f}x direct")
-        print(f"        comfyhub CPU {d['hub_cpu_ms_per_mib']:.2f} ms/MiB; relayed by the thread: {d.get('relayed')} "
-              f"of {d['rounds'] + 1}")
+            print(
+                f"        plain blocking relay: {d['blocking']['median_mibps']:.1f} MiB/s, "
+                f"{d['blocking_ratio']:.2f}x direct"
+            )
+        print(
+            f"        comfyhub CPU {d['hub_cpu_ms_per_mib']:.2f} ms/MiB; relayed by the thread: {d.get('relayed')} "
+            f"of {d['rounds'] + 1}"
+        )
     if g:
         print(f"  (2) GET system_stats x{g['n']} [load {g['loadavg']}]:")
-        print(f"        proxied {fmt3(g['proxied'])}\n        direct  {fmt3(g['direct'])}\n"
-              f"        paired  {fmt3(g['paired_added'])}")
-        print(f"        added median {g['added_median_ms']:+.3f} ms, p90 {g['added_p90_ms']:+.3f} ms "
-              f"(target <= {TARGET_GET_ADDED_MS} ms: {verdict(g['met'])}); hub CPU/request "
-              f"{g['hub_cpu_ms_per_request']:.3f} ms")
+        print(
+            f"        proxied {fmt3(g['proxied'])}\n        direct  {fmt3(g['direct'])}\n"
+            f"        paired  {fmt3(g['paired_added'])}"
+        )
+        print(
+            f"        added median {g['added_median_ms']:+.3f} ms, p90 {g['added_p90_ms']:+.3f} ms "
+            f"(target <= {TARGET_GET_ADDED_MS} ms: {verdict(g['met'])}); hub CPU/request "
+            f"{g['hub_cpu_ms_per_request']:.3f} ms"
+        )
         if "relay" in g:
             print(f"        floor, raw relay: {fmt3(g['relay'])}; added {g['relay_added_median_ms']:+.3f} ms")
     if w:
         print(f"  (3) WebSocket echo x{w['n']} [load {w['loadavg']}]:")
-        print(f"        proxied {fmt3(w['proxied'])}\n        direct  {fmt3(w['direct'])}\n"
-              f"        paired  {fmt3(w['paired_added'])}")
-        print(f"        added median {w['added_median_ms']:+.3f} ms, p90 {w['added_p90_ms']:+.3f} ms "
-              f"(target <= {TARGET_WS_ADDED_MS} ms: {verdict(w['met'])})")
+        print(
+            f"        proxied {fmt3(w['proxied'])}\n        direct  {fmt3(w['direct'])}\n"
+            f"        paired  {fmt3(w['paired_added'])}"
+        )
+        print(
+            f"        added median {w['added_median_ms']:+.3f} ms, p90 {w['added_p90_ms']:+.3f} ms "
+            f"(target <= {TARGET_WS_ADDED_MS} ms: {verdict(w['met'])})"
+        )
         if "relay" in w:
             print(f"        floor, raw relay: {fmt3(w['relay'])}; added {w['relay_added_median_ms']:+.3f} ms")
     if b:
         r = b["rss_mib"]
-        print(f"  (4) {b['connections']} WebSockets x {b['messages_each']} echoes [load {b['loadavg']}]: proxied "
-              f"{len(b['proxied']['errors'])} errors, open {b['proxied']['open_s']:.2f} s, open+echo "
-              f"{b['proxied']['open_and_echo_s']:.2f} s; direct {len(b['direct']['errors'])} errors, open+echo "
-              f"{b['direct']['open_and_echo_s']:.2f} s")
-        print(f"        comfyhub RSS before {r['before']:.1f} MiB, peak {r['peak']:.1f}, after {r['after']:.1f} "
-              f"({b['rss_per_connection_kib']:.0f} KiB/connection); after a second burst {r['after_second_burst']:.1f}; "
-              f"{verdict(b['met'])}")
+        print(
+            f"  (4) {b['connections']} WebSockets x {b['messages_each']} echoes [load {b['loadavg']}]: proxied "
+            f"{len(b['proxied']['errors'])} errors, open {b['proxied']['open_s']:.2f} s, open+echo "
+            f"{b['proxied']['open_and_echo_s']:.2f} s; direct {len(b['direct']['errors'])} errors, open+echo "
+            f"{b['direct']['open_and_echo_s']:.2f} s"
+        )
+        print(
+            f"        comfyhub RSS before {r['before']:.1f} MiB, peak {r['peak']:.1f}, after {r['after']:.1f} "
+            f"({b['rss_per_connection_kib']:.0f} KiB/connection); after a second burst {r['after_second_burst']:.1f}; "
+            f"{verdict(b['met'])}"
+        )
         for e in b["proxied"]["errors"][:5] + b["direct"]["errors"][:5]:
             print("        error:", e)
 
 
 def fmt3(s: dict) -> str:
-    return (f"median {s['median_ms']:.3f} ms, min {s['min_ms']:.3f}, max {s['max_ms']:.3f}, "
-            f"p90 {s['p90_ms']:.3f} (n={s['n']})")
+    return (
+        f"median {s['median_ms']:.3f} ms, min {s['min_ms']:.3f}, max {s['max_ms']:.3f}, "
+        f"p90 {s['p90_ms']:.3f} (n={s['n']})"
+    )
 
 
 def main() -> int:

@@ -16,12 +16,22 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import (
-    Workspace, api_client, create_project, finish, fmt, free_port_range, live_server, machine,
-    parse_args, summary, verdict, clean_environment,
-)
-
 import httpx
+
+from _common import (
+    Workspace,
+    api_client,
+    clean_environment,
+    create_project,
+    finish,
+    fmt,
+    free_port_range,
+    live_server,
+    machine,
+    parse_args,
+    summary,
+    verdict,
+)
 
 TARGET_RATIO = 3.0
 TARGET_MEDIAN_MS = 10.0
@@ -42,9 +52,9 @@ def run(n: int) -> dict:
                 open_url = f"/api/projects/{project}/open_comfy"
                 # Floors, for the breakdown (informative, not part of the target):
                 floors = {
-                    "index": lambda: api.get("/"),                             # framework only, no database
-                    "healthz": lambda: api.get("/healthz"),                    # framework + 1 trivial query
-                    "auth_me": lambda: api.get("/api/auth/me"),                # framework + the auth query
+                    "index": lambda: api.get("/"),  # framework only, no database
+                    "healthz": lambda: api.get("/healthz"),  # framework + 1 trivial query
+                    "auth_me": lambda: api.get("/api/auth/me"),  # framework + the auth query
                     "get_project": lambda: api.get(f"/api/projects/{project}"),  # + project and service rows
                 }
                 for _ in range(WARMUP):
@@ -74,11 +84,16 @@ def run(n: int) -> dict:
     o, s = summary(opens), summary(stats)
     ratio = o["median_ms"] / s["median_ms"]
     result.update(
-        open_comfy=o, system_stats=s, floors={k: summary(v) for k, v in floor_times.items()}, ratio=round(ratio, 2),
-        target_ratio=TARGET_RATIO, target_median_ms=TARGET_MEDIAN_MS,
+        open_comfy=o,
+        system_stats=s,
+        floors={k: summary(v) for k, v in floor_times.items()},
+        ratio=round(ratio, 2),
+        target_ratio=TARGET_RATIO,
+        target_median_ms=TARGET_MEDIAN_MS,
         met=ratio <= TARGET_RATIO and o["median_ms"] <= TARGET_MEDIAN_MS,
         same_pid_throughout=pid_before == pid_after,
-        checks_ok=pid_before == pid_after, leftover_processes=ws.leftovers,
+        checks_ok=pid_before == pid_after,
+        leftover_processes=ws.leftovers,
     )
     return result
 
@@ -90,11 +105,17 @@ def main() -> int:
     print("reuse path (one online instance, sequential, keep-alive)")
     print(f"  open_comfy (reuse):     {fmt(res['open_comfy'])}")
     print(f"  GET /system_stats:      {fmt(res['system_stats'])}")
-    for name, label in (("index", "GET / (no DB)"), ("healthz", "GET /healthz (1 query)"), ("auth_me", "GET /api/auth/me"),
-                        ("get_project", "GET /api/projects/{id}")):
+    for name, label in (
+        ("index", "GET / (no DB)"),
+        ("healthz", "GET /healthz (1 query)"),
+        ("auth_me", "GET /api/auth/me"),
+        ("get_project", "GET /api/projects/{id}"),
+    ):
         print(f"  {label + ':':24s}{fmt(res['floors'][name])}")
-    print(f"  ratio of medians:       {res['ratio']:.2f}x  (target <= {TARGET_RATIO}x and <= {TARGET_MEDIAN_MS} ms: "
-          f"{verdict(res['met'])})")
+    print(
+        f"  ratio of medians:       {res['ratio']:.2f}x  (target <= {TARGET_RATIO}x and <= {TARGET_MEDIAN_MS} ms: "
+        f"{verdict(res['met'])})"
+    )
     return finish(res, args.json)
 
 

@@ -55,8 +55,9 @@ BENCHMARKS = {
 def export_commit(rev: str, dest: Path) -> str:
     """A clean copy of comfyhub at `rev` (git archive: the repository is only read) plus the
     current bench/ scripts, so that edits in progress in the working tree are not measured."""
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev], capture_output=True, text=True, check=True
+    ).stdout.strip()
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha], capture_output=True, check=True).stdout
     dest.mkdir(parents=True)
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
@@ -79,9 +80,14 @@ def run_one(name: str, tmp: Path, source: Path | None = None, label: str = "") -
     scratch.mkdir()
     print(f"\n=== {name} ===", flush=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, str(bench_dir / script), "--json", str(out), *extra],
-                            cwd=source or ROOT, env={**env, "TMPDIR": str(scratch)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(bench_dir / script), "--json", str(out), *extra],
+        cwd=source or ROOT,
+        env={**env, "TMPDIR": str(scratch)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         stdout, _ = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -93,8 +99,11 @@ def run_one(name: str, tmp: Path, source: Path | None = None, label: str = "") -
             stdout, _ = proc.communicate()
         killed = _kill_under(scratch)
         print(stdout)
-        return {"benchmark": name, "error": f"did not finish within {limit} s"
-                + (f"; killed {killed} leftover process(es)" if killed else ""), "output": stdout[-2000:]}
+        return {
+            "benchmark": name,
+            "error": f"did not finish within {limit} s" + (f"; killed {killed} leftover process(es)" if killed else ""),
+            "output": stdout[-2000:],
+        }
     finally:
         _kill_under(scratch)
     print(stdout, end="", flush=True)
@@ -175,7 +184,8 @@ def render(results: dict[str, dict], started: str) -> str:
         lines.append(
             f"| (a) reuse path: `open_comfy` on an online instance, {r['n']} sequential calls | {_ms(r['open_comfy'])} "
             f"| `GET /system_stats` to the instance: {_ms(r['system_stats'])} | {r['ratio']:.2f}× "
-            f"| ≤ {r['target_ratio']:g}× and ≤ {r['target_median_ms']:g} ms | {_verdict(r)} |")
+            f"| ≤ {r['target_ratio']:g}× and ≤ {r['target_median_ms']:g} ms | {_verdict(r)} |"
+        )
     r = results.get("start_overhead", {})
     if "open_comfy" in r:
         lines.append(
@@ -183,37 +193,53 @@ def render(results: dict[str, dict], started: str) -> str:
             f"{r['start_delay_s']:g} s | {_ms(r['open_comfy'])}; overhead **{r['overhead_ms']:.1f} ms** "
             f"(paired: {r['paired_overhead']['median_ms']:.1f} ms) "
             f"| same fake spawned directly, polled every 2 ms: {_ms(r['direct_ready'])} | {r['ratio']:.3f}× "
-            f"| overhead ≤ {r['target_overhead_ms']:g} ms | {_verdict(r)} |")
+            f"| overhead ≤ {r['target_overhead_ms']:g} ms | {_verdict(r)} |"
+        )
     r = results.get("heartbeat_sweep", {})
     if "sweep_with_hung" in r:
         lines.append(
             f"| (c) heartbeat sweep: {r['instances']} online, {r['hung']} hung (SIGSTOP) "
             f"| {_ms(r['sweep_with_hung'])} | `COMFYUI_HEALTH_TIMEOUT_SECONDS` = {r['health_timeout_s']:g} s "
             f"(one hung check alone, measured: {r['single_hung_check_s'] * 1000:.0f} ms) | {r['ratio']:.3f}× "
-            f"| ≤ {r['target_ratio']:g}× | {_verdict(r)} |")
+            f"| ≤ {r['target_ratio']:g}× | {_verdict(r)} |"
+        )
     r = results.get("concurrent_open", {})
     if "burst" in r:
         lines.append(
             f"| (d) {r['clicks']} concurrent `open_comfy` on one stopped project, {r['rounds']} rounds "
             f"| wall {_ms(r['burst'])}; processes per instance: max {r['max_processes_seen']} "
             f"| one cold `open_comfy`: {_ms(r['single_open'])} | {r['ratio']:.2f}× "
-            f"| exactly 1 process | {_verdict(r)} |")
+            f"| exactly 1 process | {_verdict(r)} |"
+        )
     for name, r in results.items():
         if "error" in r:
             lines.append(f"| {name} | — | — | — | — | **failed to run**: {r['error']} |")
 
-    loads = " · ".join(f"{tag} {results[name]['machine']['loadavg_at_start']}"
-                       for tag, name in (("(a)", "reuse_path"), ("(b)", "start_overhead"),
-                                         ("(c)", "heartbeat_sweep"), ("(d)", "concurrent_open"))
-                       if "machine" in results.get(name, {}))
-    lines += ["", f"Load average (1/5/15 min) when each started: {loads}. Other work may share the machine; "
-              "compare ratios, not absolute times, between runs.", "", "Details (all times in ms):", ""]
+    loads = " · ".join(
+        f"{tag} {results[name]['machine']['loadavg_at_start']}"
+        for tag, name in (
+            ("(a)", "reuse_path"),
+            ("(b)", "start_overhead"),
+            ("(c)", "heartbeat_sweep"),
+            ("(d)", "concurrent_open"),
+        )
+        if "machine" in results.get(name, {})
+    )
+    lines += [
+        "",
+        f"Load average (1/5/15 min) when each started: {loads}. Other work may share the machine; "
+        "compare ratios, not absolute times, between runs.",
+        "",
+        "Details (all times in ms):",
+        "",
+    ]
     r = results.get("reuse_path", {})
     if "open_comfy" in r:
         lines += [
             "**(a) Reuse path** (`bench/reuse_path.py`). One keep-alive `httpx.Client` each; the series "
             "alternate call by call. The extra rows are floors for the breakdown, not part of the target.",
-            "", TABLE_HEAD,
+            "",
+            TABLE_HEAD,
             _row("`POST /api/projects/{id}/open_comfy` (reuse)", r["open_comfy"]),
             _row("`GET /system_stats` on the instance (baseline)", r["system_stats"]),
             _row("`GET /` (framework, no database)", r["floors"]["index"]),
@@ -231,7 +257,8 @@ def render(results: dict[str, dict], started: str) -> str:
             f"per-round differences. Target series: the fake's `start_delay` knob = {r['start_delay_s']:g} s "
             "(it binds its port that long after starting), which absorbs the jitter of its Python imports "
             "on a busy machine; the second series has no delay (imports only) and is noisier.",
-            "", TABLE_HEAD,
+            "",
+            TABLE_HEAD,
             _row(f"cold `open_comfy`, request to reply (start_delay {r['start_delay_s']:g} s)", r["open_comfy"]),
             _row("fake spawned directly, spawn to first 200 (baseline)", r["direct_ready"]),
             _row("paired difference open_comfy − direct", r["paired_overhead"]),
@@ -254,10 +281,15 @@ def render(results: dict[str, dict], started: str) -> str:
             f"(fake RSS ≈ {r['fake_rss_mib_each']} MiB each); then `manager.heartbeat_once()` timed. First sweep "
             f"after SIGSTOP: {r['first_sweep_counts']}; exactly the stopped ones marked offline: "
             f"{r['offline_projects_match']}"
-            + (f" ({r['healthy_marked_offline']} healthy marked offline, {r['hung_not_marked_offline']} hung left "
-               "online)" if "healthy_marked_offline" in r else "")
+            + (
+                f" ({r['healthy_marked_offline']} healthy marked offline, {r['hung_not_marked_offline']} hung left "
+                "online)"
+                if "healthy_marked_offline" in r
+                else ""
+            )
             + f"; processes left after shutdown: {r['left_after_shutdown']}.",
-            "", TABLE_HEAD,
+            "",
+            TABLE_HEAD,
             _row(f"sweep, {r['hung']} of {r['instances']} hung", r["sweep_with_hung"]),
             _row(f"sweep, all {r['instances']} healthy", r["sweep_all_healthy"]),
             f"| one `GET /system_stats` to a hung instance, timeout {r['health_timeout_s']:g} s (baseline) | 1 "
@@ -274,14 +306,19 @@ def render(results: dict[str, dict], started: str) -> str:
             "warm-up round. "
             f"Max processes for the instance seen during any burst: {r['max_processes_seen']}; exactly one "
             f"after every burst, all replies 200 with one port: {r['processes_after_burst_ok']}.",
-            "", TABLE_HEAD,
+            "",
+            TABLE_HEAD,
             _row(f"burst of {r['clicks']}, first request to last reply", r["burst"]),
             _row("single cold `open_comfy` (baseline)", r["single_open"]),
             _row(f"burst of {r['clicks']} on the instance once online (no start)", r["burst_online"]),
             "",
         ]
-    lines += ["Run: `.venv/bin/python bench/run_all.py --commit HEAD` (about 5 minutes; `--commit` measures a clean "
-              "export of that commit, the default is the working tree), or one script alone.", "", END]
+    lines += [
+        "Run: `.venv/bin/python bench/run_all.py --commit HEAD` (about 5 minutes; `--commit` measures a clean "
+        "export of that commit, the default is the working tree), or one script alone.",
+        "",
+        END,
+    ]
     return "\n".join(lines)
 
 
@@ -293,11 +330,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument("--only", nargs="*", choices=list(BENCHMARKS), help="run only these")
-    parser.add_argument("--commit", metavar="REV",
-                        help="benchmark a clean export of this commit (e.g. HEAD) instead of the working tree")
+    parser.add_argument(
+        "--commit",
+        metavar="REV",
+        help="benchmark a clean export of this commit (e.g. HEAD) instead of the working tree",
+    )
     parser.add_argument("--save", type=Path, help="also keep the raw results (JSON) in this folder")
-    parser.add_argument("--render", type=Path, metavar="DIR",
-                        help="run nothing: rewrite the section from results saved earlier with --save")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="DIR",
+        help="run nothing: rewrite the section from results saved earlier with --save",
+    )
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = {}

@@ -29,13 +29,25 @@ import sys
 import time
 from pathlib import Path
 
-from _common import (
-    FAKE_COMFYUI, PYTHON, Workspace, api_client, clean_environment, create_project, finish, fmt,
-    free_port_range, live_server, machine, parse_args, summary, user_id, verdict,
-)
-
 import httpx
 
+from _common import (
+    FAKE_COMFYUI,
+    PYTHON,
+    Workspace,
+    api_client,
+    clean_environment,
+    create_project,
+    finish,
+    fmt,
+    free_port_range,
+    live_server,
+    machine,
+    parse_args,
+    summary,
+    user_id,
+    verdict,
+)
 from comfyhub.launchers.base import comfyui_argv
 
 TARGET_OVERHEAD_MS = 100.0
@@ -58,8 +70,16 @@ def direct_ready_time(ws: Workspace, port: int, n: str, client: httpx.Client, st
     log = open(ws.root / "direct" / f"d{n}.log", "ab", buffering=0)
     url = f"http://127.0.0.1:{port}/system_stats"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=FAKE_COMFYUI, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    proc = subprocess.Popen(
+        argv,
+        cwd=FAKE_COMFYUI,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        close_fds=True,
+    )
     try:
         deadline = t0 + 60
         while True:
@@ -85,8 +105,17 @@ def direct_ready_time(ws: Workspace, port: int, n: str, client: httpx.Client, st
     return elapsed
 
 
-def measure(ws: Workspace, api, project: int, knob_dir: Path, direct_port: int, n: int,
-            start_delay: float, poller: httpx.Client, tag: str) -> dict:
+def measure(
+    ws: Workspace,
+    api,
+    project: int,
+    knob_dir: Path,
+    direct_port: int,
+    n: int,
+    start_delay: float,
+    poller: httpx.Client,
+    tag: str,
+) -> dict:
     """n timed rounds (after one untimed warm-up) of: cold open_comfy, stop, direct spawn."""
     write_knobs(knob_dir, start_delay)
     opens, directs, pids = [], [], set()
@@ -106,10 +135,14 @@ def measure(ws: Workspace, api, project: int, knob_dir: Path, direct_port: int, 
     o, d = summary(opens), summary(directs)
     overhead = o["median_ms"] - d["median_ms"]
     return dict(
-        start_delay_s=start_delay, open_comfy=o, direct_ready=d,
-        paired_overhead=summary([a - b for a, b in zip(opens, directs)]),
-        overhead_ms=round(overhead, 2), ratio=round(o["median_ms"] / d["median_ms"], 3),
-        distinct_pids=len(pids), checks_ok=len(pids) == n + 1,
+        start_delay_s=start_delay,
+        open_comfy=o,
+        direct_ready=d,
+        paired_overhead=summary([a - b for a, b in zip(opens, directs, strict=False)]),
+        overhead_ms=round(overhead, 2),
+        ratio=round(o["median_ms"] / d["median_ms"], 3),
+        distinct_pids=len(pids),
+        checks_ok=len(pids) == n + 1,
     )
 
 
@@ -128,8 +161,11 @@ def run(n: int, start_delay: float, raw_n: int) -> dict:
                 raw = measure(ws, api, project, knob_dir, direct_port, raw_n, 0.0, poller, "b") if raw_n else None
     result.update(main_run)
     result.update(
-        raw=raw, target_overhead_ms=TARGET_OVERHEAD_MS, met=main_run["overhead_ms"] <= TARGET_OVERHEAD_MS,
-        checks_ok=main_run["checks_ok"] and (raw is None or raw["checks_ok"]), leftover_processes=ws.leftovers,
+        raw=raw,
+        target_overhead_ms=TARGET_OVERHEAD_MS,
+        met=main_run["overhead_ms"] <= TARGET_OVERHEAD_MS,
+        checks_ok=main_run["checks_ok"] and (raw is None or raw["checks_ok"]),
+        leftover_processes=ws.leftovers,
     )
     return result
 

@@ -120,9 +120,7 @@ async def record_failure(db: AsyncSession, key: str, max_failures: int, window_s
         .values(key=key, failures=0, window_start=now)
         .on_conflict_do_nothing(index_elements=["key"])
     )
-    row = (
-        await db.execute(select(LoginThrottle).where(LoginThrottle.key == key).with_for_update())
-    ).scalar_one()
+    row = (await db.execute(select(LoginThrottle).where(LoginThrottle.key == key).with_for_update())).scalar_one()
     if _expired(row.window_start, now, window_s):
         row.failures, row.window_start, row.locked_until = 0, now, None
     row.failures += 1

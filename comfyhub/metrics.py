@@ -12,31 +12,39 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from comfyhub.models import ServiceStatus
 
 
-
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         self.instances = Gauge("comfyhub_instances", "Instances by status", ["status"], registry=self.registry)
         self.start_seconds = Histogram(
-            "comfyhub_start_duration_seconds", "From spawn to first healthy answer",
-            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 240), registry=self.registry,
+            "comfyhub_start_duration_seconds",
+            "From spawn to first healthy answer",
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 240),
+            registry=self.registry,
         )
         self.start_failures = Counter(
-            "comfyhub_start_failures_total", "Starts that ended failed, by reason code", ["reason"], registry=self.registry
+            "comfyhub_start_failures_total",
+            "Starts that ended failed, by reason code",
+            ["reason"],
+            registry=self.registry,
         )
         self.health_failures = Counter(
-            "comfyhub_health_check_failures_total", "Heartbeat checks that found an instance unhealthy",
+            "comfyhub_health_check_failures_total",
+            "Heartbeat checks that found an instance unhealthy",
             registry=self.registry,
         )
         self.proxy_bytes = Counter(
             "comfyhub_proxy_bytes_total", "Body bytes relayed by the proxy", ["direction"], registry=self.registry
         )
         self.proxy_relays = Gauge(
-            "comfyhub_proxy_relays_active", "Large downloads being relayed by a thread, off the event loop",
+            "comfyhub_proxy_relays_active",
+            "Large downloads being relayed by a thread, off the event loop",
             registry=self.registry,
         )
         self.proxy_relays_total = Counter(
-            "comfyhub_proxy_relays_total", "Large downloads relayed by a thread, by outcome", ["outcome"],
+            "comfyhub_proxy_relays_total",
+            "Large downloads relayed by a thread, by outcome",
+            ["outcome"],
             registry=self.registry,
         )
         self.websockets = Gauge("comfyhub_proxy_websockets_open", "Open proxied WebSockets", registry=self.registry)

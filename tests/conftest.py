@@ -32,8 +32,12 @@ ORIGIN = "http://testserver"
 
 
 def pytest_addoption(parser):
-    parser.addoption("--launcher", choices=("local", "ray"), default="local",
-                     help="run the lifecycle tests' instances with this launcher (ray: on a local Ray cluster)")
+    parser.addoption(
+        "--launcher",
+        choices=("local", "ray"),
+        default="local",
+        help="run the lifecycle tests' instances with this launcher (ray: on a local Ray cluster)",
+    )
 
 
 def pytest_configure(config):

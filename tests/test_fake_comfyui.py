@@ -87,8 +87,15 @@ def _default_sigint_in_child():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def spawn(tmp: Path, *, env: dict | None = None, knobs_file: dict | None = None, port: int | None = None,
-          custom_nodes: bool = True, preexec=None) -> Fake:
+def spawn(
+    tmp: Path,
+    *,
+    env: dict | None = None,
+    knobs_file: dict | None = None,
+    port: int | None = None,
+    custom_nodes: bool = True,
+    preexec=None,
+) -> Fake:
     base = tmp / "instance"
     base.mkdir(parents=True, exist_ok=True)
     if custom_nodes:
@@ -96,18 +103,36 @@ def spawn(tmp: Path, *, env: dict | None = None, knobs_file: dict | None = None,
     if knobs_file is not None:
         (base / "fake_comfyui.json").write_text(json.dumps(knobs_file))
     port = port or free_port()
-    full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith("FAKE_COMFYUI_") and k != "CUDA_VISIBLE_DEVICES"}
+    full_env = {
+        k: v for k, v in os.environ.items() if not k.startswith("FAKE_COMFYUI_") and k != "CUDA_VISIBLE_DEVICES"
+    }
     full_env["PYTHONUNBUFFERED"] = "1"
     full_env.update(env or {})
     log_path = tmp / "fake.log"
     with open(log_path, "wb") as log_file:
         started = time.monotonic()
         proc = subprocess.Popen(
-            [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
-             "--base-directory", str(base), "--database-url", f"sqlite:///{base}/user/comfyui.db",
-             "--cpu", "--preview-method", "auto"],
-            cwd=FAKE_DIR, env=full_env, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+            [
+                sys.executable,
+                "main.py",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--disable-auto-launch",
+                "--base-directory",
+                str(base),
+                "--database-url",
+                f"sqlite:///{base}/user/comfyui.db",
+                "--cpu",
+                "--preview-method",
+                "auto",
+            ],
+            cwd=FAKE_DIR,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
             preexec_fn=preexec or _default_sigint_in_child,
         )
     return Fake(proc, port, base, log_path, started)
@@ -188,7 +213,7 @@ def test_ready_fast_with_argv_devices_and_folders(server):
     assert (server.base / "user" / "comfyui.db").is_file()
     assert list((server.base / "temp").iterdir()) == []  # wiped at start
     log = server.log()
-    assert "To see the GUI go to: http://127.0.0.1:%d" % server.port in log
+    assert f"To see the GUI go to: http://127.0.0.1:{server.port}" in log
     assert "knobs:" in log and "job_seconds=0.5" in log
 
 
@@ -276,12 +301,14 @@ async def test_health_status_knob_json_overrides_env(fakes):
     fake = fakes(env={"FAKE_COMFYUI_HEALTH_STATUS": "200"}, knobs_file={"health_status": 503})
     fake.wait_listening()
     async with aiohttp.ClientSession() as session:
+
         async def stats_status():
             try:
                 async with session.get(fake.url + "/system_stats") as r:
                     return r.status
             except aiohttp.ClientConnectionError:
                 return None
+
         assert await wait_for(stats_status, what="an answer") == 503
         async with session.get(fake.url + "/api/queue") as r:
             assert r.status == 200
@@ -319,6 +346,7 @@ async def test_prompt_runs_writes_png_and_reports_on_websocket(server):
             async def running():
                 queue = await get_json(session, server.url + "/api/queue")
                 return [e for e in queue["queue_running"] if e[1] == prompt_id]
+
             entry = (await wait_for(running, what="job in queue_running"))[0]
             assert entry[2] == prompt and entry[3]["client_id"] == "client-1" and entry[4] == ["9"]
 
@@ -342,14 +370,16 @@ async def test_interrupt_and_queue_clear(server):
         async with session.ws_connect(server.url + "/api/ws?clientId=client-2") as ws:
             ids = []
             for _ in range(2):
-                async with session.post(server.url + "/api/prompt",
-                                        json={"prompt": {"1": {"class_type": "SaveImage", "inputs": {}}},
-                                              "client_id": "client-2"}) as r:
+                async with session.post(
+                    server.url + "/api/prompt",
+                    json={"prompt": {"1": {"class_type": "SaveImage", "inputs": {}}}, "client_id": "client-2"},
+                ) as r:
                     ids.append((await r.json())["prompt_id"])
 
             async def first_running():
                 queue = await get_json(session, server.url + "/queue")
                 return [e[1] for e in queue["queue_running"]] == [ids[0]] and queue
+
             queue = await wait_for(first_running, what="first job running")
             assert [e[1] for e in queue["queue_pending"]] == [ids[1]]
             async with session.post(server.url + "/queue", json={"clear": True}) as r:
@@ -376,8 +406,9 @@ async def test_view_streams_large_file_and_refuses_traversal(server):
     async with aiohttp.ClientSession() as session:
         digest = hashlib.sha256()
         size = 0
-        async with session.get(server.url + "/api/view",
-                               params={"filename": "big.bin", "type": "input", "subfolder": "sub"}) as r:
+        async with session.get(
+            server.url + "/api/view", params={"filename": "big.bin", "type": "input", "subfolder": "sub"}
+        ) as r:
             assert r.status == 200
             async for chunk in r.content.iter_chunked(1 << 20):
                 digest.update(chunk)
@@ -387,6 +418,7 @@ async def test_view_streams_large_file_and_refuses_traversal(server):
         async def status(params):
             async with session.get(server.url + "/view", params=params) as r:
                 return r.status
+
         assert await status({"filename": "nope.png", "type": "output"}) == 404
         assert await status({"filename": "big.bin", "type": "input", "subfolder": "../.."}) == 403
         assert await status({"filename": "big.bin", "type": "input", "subfolder": "/etc"}) == 403
@@ -397,6 +429,7 @@ async def test_view_streams_large_file_and_refuses_traversal(server):
 async def test_upload_image(server):
     data = os.urandom(300_000)
     async with aiohttp.ClientSession() as session:
+
         async def upload(content: bytes, **fields):
             form = aiohttp.FormData()
             form.add_field("image", content, filename="pic.png", content_type="image/png")
@@ -425,32 +458,34 @@ async def test_echo_streams_body_back(server):
         for _ in range(8):
             yield chunk
 
-    async with aiohttp.ClientSession() as session:
-        async with session.post(server.url + "/echo", data=body(),
-                                headers={"Content-Type": "application/octet-stream"}) as r:
-            assert r.status == 200
-            assert r.headers.get("Transfer-Encoding") == "chunked"
-            assert await r.read() == chunk * 8
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(server.url + "/echo", data=body(), headers={"Content-Type": "application/octet-stream"}) as r,
+    ):
+        assert r.status == 200
+        assert r.headers.get("Transfer-Encoding") == "chunked"
+        assert await r.read() == chunk * 8
 
 
 async def test_websocket_echo_and_close_code(server):
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(server.url + "/ws?clientId=echo-1") as ws:
-            status = await receive_until(ws, lambda m: True)
-            assert status == {"type": "status",
-                              "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "echo-1"}}
-            await ws.send_str("hello")
-            msg = await ws.receive(timeout=5)
-            assert (msg.type, msg.data) == (aiohttp.WSMsgType.TEXT, "hello")
-            payload = os.urandom(100_000)
-            await ws.send_bytes(payload)
-            msg = await ws.receive(timeout=5)
-            assert (msg.type, msg.data) == (aiohttp.WSMsgType.BINARY, payload)
-            await ws.send_str("close:4001")
-            msg = await ws.receive(timeout=5)
-            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-            await ws.close()
-            assert ws.close_code == 4001
+    async with aiohttp.ClientSession() as session, session.ws_connect(server.url + "/ws?clientId=echo-1") as ws:
+        status = await receive_until(ws, lambda m: True)
+        assert status == {
+            "type": "status",
+            "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "echo-1"},
+        }
+        await ws.send_str("hello")
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.TEXT, "hello")
+        payload = os.urandom(100_000)
+        await ws.send_bytes(payload)
+        msg = await ws.receive(timeout=5)
+        assert (msg.type, msg.data) == (aiohttp.WSMsgType.BINARY, payload)
+        await ws.send_str("close:4001")
+        msg = await ws.receive(timeout=5)
+        assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        await ws.close()
+        assert ws.close_code == 4001
 
 
 async def test_foreign_origin_on_loopback_host_is_403(server):
@@ -468,8 +503,9 @@ async def test_foreign_origin_on_loopback_host_is_403(server):
             async with session.get(server.url + "/api/system_stats", headers=headers) as r:
                 assert r.status == expected, headers
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
-            await session.ws_connect(server.url + "/ws?clientId=x",
-                                     headers={"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example"})
+            await session.ws_connect(
+                server.url + "/ws?clientId=x", headers={"Host": f"127.0.0.1:{port}", "Origin": "http://evil.example"}
+            )
         assert err.value.status == 403
 
 

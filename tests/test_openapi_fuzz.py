@@ -16,7 +16,8 @@ def no_undocumented_server_error(ctx, response, case):
         return None
     raise AssertionError(f"{response.status_code} from {case.method} {case.path}: {response.text[:300]}")
 
-from tests.support.server import LiveServer, initial_admin_password
+
+from tests.support.server import LiveServer, initial_admin_password  # noqa: E402 — after the fuzz helpers
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,13 @@ def test_schema_lists_every_route(fuzz_server):
     import httpx
 
     paths = httpx.get(fuzz_server.url + "/openapi.json").json()["paths"]
-    for path in ("/api/auth/login", "/api/auth/logout", "/api/auth/me", "/api/projects",
-                 "/api/projects/{project_id}", "/api/admin/users", "/healthz"):
+    for path in (
+        "/api/auth/login",
+        "/api/auth/logout",
+        "/api/auth/me",
+        "/api/projects",
+        "/api/projects/{project_id}",
+        "/api/admin/users",
+        "/healthz",
+    ):
         assert path in paths, path

@@ -30,11 +30,19 @@ async def list_services(_admin: AdminUser, db: DbSession):
             .order_by(ComfyUIService.project_id)
         )
     ).all()
-    return envelope([
-        {**service_view(s), "project_id": p.id, "project_name": p.name, "project_code": p.code,
-         "user_id": u.id, "username": u.username}
-        for s, p, u in rows
-    ])
+    return envelope(
+        [
+            {
+                **service_view(s),
+                "project_id": p.id,
+                "project_name": p.name,
+                "project_code": p.code,
+                "user_id": u.id,
+                "username": u.username,
+            }
+            for s, p, u in rows
+        ]
+    )
 
 
 @router.post("/services/{project_id}/stop", summary="停止某个实例（管理员）")

@@ -49,8 +49,7 @@ def request_token(request: Request) -> tuple[str | None, bool]:
 def from_this_site(request: Request, settings: Settings) -> bool:
     """Whether a browser request comes from a page of this site (see `security.same_origin`)."""
     headers = request.headers
-    return same_origin(headers.get("origin"), headers.get("referer"), headers.get("host", ""),
-                       settings.trusted_origins)
+    return same_origin(headers.get("origin"), headers.get("referer"), headers.get("host", ""), settings.trusted_origins)
 
 
 async def current_user(request: Request, db: DbSession, settings: SettingsDep) -> User:

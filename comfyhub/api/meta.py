@@ -14,9 +14,11 @@ router = APIRouter(tags=["meta"])
 
 @router.get("/meta", summary="部署信息（页面使用）")
 async def meta(_user: CurrentUser, settings: SettingsDep):
-    return envelope({
-        "version": __version__,
-        "list_refresh_seconds": settings.comfyhub_list_refresh_seconds,
-        "comfyui_configured": settings.comfyui_configured,
-        "comfyui_hint": None if settings.comfyui_configured else NOT_CONFIGURED_HINT,
-    })
+    return envelope(
+        {
+            "version": __version__,
+            "list_refresh_seconds": settings.comfyhub_list_refresh_seconds,
+            "comfyui_configured": settings.comfyui_configured,
+            "comfyui_hint": None if settings.comfyui_configured else NOT_CONFIGURED_HINT,
+        }
+    )

@@ -116,11 +116,13 @@ async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession
 @router.post("/{project_id}/open_comfy", summary="数据生成：打开（必要时启动）ComfyUI")
 async def open_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
     # Project and service in one query: the reuse path must stay within milliseconds.
-    row = (await db.execute(
-        select(Project, ComfyUIService)
-        .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
-        .where(Project.id == project_id)
-    )).first()
+    row = (
+        await db.execute(
+            select(Project, ComfyUIService)
+            .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
+            .where(Project.id == project_id)
+        )
+    ).first()
     await db.commit()  # hand the connection back: a start can take minutes
     if row is None:
         raise ApiError(404, PROJECT_NOT_FOUND)

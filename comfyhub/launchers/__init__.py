@@ -1,7 +1,7 @@
 """Launchers run ComfyUI processes; see base.py for the contract."""
 
 from comfyhub.config import Settings
-from comfyhub.launchers.base import Exit, Handle, LaunchError, Launcher, LaunchSpec, PortInUse
+from comfyhub.launchers.base import Exit, Handle, Launcher, LaunchError, LaunchSpec, PortInUse
 
 
 def connect_host(listen: str) -> str:

@@ -9,9 +9,10 @@ message is a Chinese sentence a user can act on.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 from comfyhub.reasons import Reason
 
@@ -64,7 +65,7 @@ class Handle:
         return asdict(self)
 
     @classmethod
-    def from_state(cls, state: dict, default_host: str = "127.0.0.1") -> "Handle":
+    def from_state(cls, state: dict, default_host: str = "127.0.0.1") -> Handle:
         return cls(
             pid=int(state["pid"]),
             create_time=float(state["create_time"]),
@@ -75,7 +76,7 @@ class Handle:
             gpu=str(state.get("gpu") or ""),
         )
 
-    def same_process(self, other: "Handle") -> bool:
+    def same_process(self, other: Handle) -> bool:
         # Creation times come from /proc with clock-tick resolution; allow for float rounding.
         return (self.host, self.pid) == (other.host, other.pid) and abs(self.create_time - other.create_time) < 0.05
 
@@ -152,9 +153,7 @@ class Launcher(Protocol):
         ...
 
 
-def comfyui_argv(
-    python: Path, listen: str, port: int, base_dir: Path, extra_args: list[str]
-) -> list[str]:
+def comfyui_argv(python: Path, listen: str, port: int, base_dir: Path, extra_args: list[str]) -> list[str]:
     """ComfyUI's command line for one instance, with its own database inside the instance dir.
 
     ComfyUI's own SQLite database otherwise lands in the install's shared user/ folder.

@@ -42,8 +42,13 @@ class LocalLauncher:
             await asyncio.to_thread(proc.wait)
             raise
         self._children[proc.pid] = proc
-        return Handle(pid=proc.pid, create_time=process.create_time(proc.pid, time.time()),
-                      cmdline=list(spec.argv), host=self.connect_host, port=spec.port)
+        return Handle(
+            pid=proc.pid,
+            create_time=process.create_time(proc.pid, time.time()),
+            cmdline=list(spec.argv),
+            host=self.connect_host,
+            port=spec.port,
+        )
 
     def poll(self, handle: Handle) -> Exit | None:
         child = self._children.get(handle.pid)
@@ -98,8 +103,15 @@ class LocalLauncher:
                 base_dir = argv_value(cmdline, "--base-directory") or ""
                 port = argv_value(cmdline, "--port")
                 if base_dir.startswith(root) and port and port.isdigit():
-                    found.append(Handle(pid=proc.info["pid"], create_time=proc.info["create_time"],
-                                        cmdline=cmdline, host=self.connect_host, port=int(port)))
+                    found.append(
+                        Handle(
+                            pid=proc.info["pid"],
+                            create_time=proc.info["create_time"],
+                            cmdline=cmdline,
+                            host=self.connect_host,
+                            port=int(port),
+                        )
+                    )
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         return found

@@ -67,8 +67,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def spawn(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
-          die_with_parent: bool = False) -> subprocess.Popen:
+def spawn(
+    argv: list[str], cwd: Path, env: dict[str, str], log_path: Path, die_with_parent: bool = False
+) -> subprocess.Popen:
     """Start ComfyUI in its own process group, output appended to `log_path`.
 
     Raises LaunchError with a reason a user can act on.
@@ -97,9 +98,13 @@ def spawn(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path,
             close_fds=True,
         )
     except FileNotFoundError:
-        raise LaunchError(f"找不到 ComfyUI 程序：{argv[0]}（检查 COMFYUI_PYTHON / COMFYUI_REPO_PATH）", Reason.MISSING_EXECUTABLE) from None
+        raise LaunchError(
+            f"找不到 ComfyUI 程序：{argv[0]}（检查 COMFYUI_PYTHON / COMFYUI_REPO_PATH）", Reason.MISSING_EXECUTABLE
+        ) from None
     except PermissionError:
-        raise LaunchError(f"ComfyUI 程序不可执行：{argv[0]}（检查 COMFYUI_PYTHON 的权限）", Reason.MISSING_EXECUTABLE) from None
+        raise LaunchError(
+            f"ComfyUI 程序不可执行：{argv[0]}（检查 COMFYUI_PYTHON 的权限）", Reason.MISSING_EXECUTABLE
+        ) from None
     except NotADirectoryError:
         raise LaunchError(f"COMFYUI_REPO_PATH 不是目录：{cwd}", Reason.MISSING_EXECUTABLE) from None
     except OSError as exc:

@@ -96,8 +96,9 @@ class RayLauncher:
                 if problem:
                     raise LaunchError(f"无法连接 Ray 集群（RAY_ADDRESS={self.address}）：{problem}")
                 try:
-                    ray.init(address=self.address, namespace=NAMESPACE, log_to_driver=False,
-                             logging_level=logging.WARNING)
+                    ray.init(
+                        address=self.address, namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING
+                    )
                 except (ConnectionError, RuntimeError, ValueError) as exc:
                     raise LaunchError(f"无法连接 Ray 集群（RAY_ADDRESS={self.address}）：{exc}") from None
             self._remote = ray.remote(ComfyUIActor)
@@ -128,8 +129,9 @@ class RayLauncher:
         await asyncio.to_thread(self._connect_and_check)
         name = actor_name(spec.name)
         actor = await asyncio.to_thread(self._create_actor, name)
-        ref = actor.start.remote(spec.argv, str(spec.cwd), spec.env, str(spec.log_path), spec.port,
-                                 str(spec.base_dir), spec.name)
+        ref = actor.start.remote(
+            spec.argv, str(spec.cwd), spec.env, str(spec.log_path), spec.port, str(spec.base_dir), spec.name
+        )
         started = asyncio.wrap_future(ref.future())
         try:
             try:
@@ -176,8 +178,12 @@ class RayLauncher:
         while True:
             try:
                 return self._remote.options(
-                    name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=0,
-                    num_gpus=self.gpus_per_instance, max_restarts=0,
+                    name=name,
+                    namespace=NAMESPACE,
+                    lifetime="detached",
+                    num_cpus=0,
+                    num_gpus=self.gpus_per_instance,
+                    max_restarts=0,
                 ).remote()
             except ValueError:  # the killed leftover still holds the name for a moment
                 if time.monotonic() > deadline:
@@ -190,8 +196,10 @@ class RayLauncher:
         if need > 0:
             largest = max((n["Resources"].get("GPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
             if largest < need:
-                raise LaunchError(f"集群中没有 GPU 数达到 COMFYUI_GPUS_PER_INSTANCE={need:g} 的节点"
-                                  f"（单个节点最多 {largest:g} 个），该实例无法启动")
+                raise LaunchError(
+                    f"集群中没有 GPU 数达到 COMFYUI_GPUS_PER_INSTANCE={need:g} 的节点"
+                    f"（单个节点最多 {largest:g} 个），该实例无法启动"
+                )
             if ray.available_resources().get("GPU", 0) < need:
                 return "排队中（等待空闲 GPU）"
         return "排队中（等待 Ray 集群资源）"
@@ -339,8 +347,14 @@ class RayLauncher:
                 except RayError:
                     continue  # ended meanwhile
             if info is None:  # not placed yet, or placed but never started: names its instance only
-                info = {"pid": 0, "create_time": 0, "cmdline": [], "host": "", "port": 0,
-                        "extra": {"instance": name[len(ACTOR_PREFIX):]}}
+                info = {
+                    "pid": 0,
+                    "create_time": 0,
+                    "cmdline": [],
+                    "host": "",
+                    "port": 0,
+                    "extra": {"instance": name[len(ACTOR_PREFIX) :]},
+                }
             handle = Handle.from_state(info)
             handle.extra.update(actor=name, actor_id=actor._actor_id.hex())
             found.append(handle)

@@ -29,21 +29,26 @@ class ComfyUIActor:
         self._proc = None
         self._info: dict | None = None
 
-    def start(self, argv: list[str], cwd: str, env: dict[str, str], log_path: str, port: int,
-              base_dir: str, instance: str) -> dict:
+    def start(
+        self, argv: list[str], cwd: str, env: dict[str, str], log_path: str, port: int, base_dir: str, instance: str
+    ) -> dict:
         import ray
 
         host = ray.util.get_node_ip_address()
         if not os.path.isdir(base_dir):
-            return {"reason": Reason.INSTANCE_DIR, "error": f"节点 {host} 上找不到实例目录 {base_dir}："
-                             "COMFYUI_INSTANCE_BASE_DIR 必须放在所有节点共享的文件系统上"}
+            return {
+                "reason": Reason.INSTANCE_DIR,
+                "error": f"节点 {host} 上找不到实例目录 {base_dir}："
+                "COMFYUI_INSTANCE_BASE_DIR 必须放在所有节点共享的文件系统上",
+            }
         if not port_is_free(host, port):
             return {"port_in_use": True, "host": host}
         # On a node ComfyUI must be reachable from the comfyhub host, not only from itself.
         argv = with_argv_value(argv, "--listen", host)
         try:
-            self._proc = process.spawn(argv, Path(cwd), process.child_environment(env), Path(log_path),
-                                       die_with_parent=True)
+            self._proc = process.spawn(
+                argv, Path(cwd), process.child_environment(env), Path(log_path), die_with_parent=True
+            )
         except LaunchError as exc:
             return {"reason": exc.reason, "error": f"{exc}（节点 {host}）"}
         self._info = {
@@ -54,8 +59,7 @@ class ComfyUIActor:
             "port": port,
             # Ray chose the GPUs of this actor and says which in CUDA_VISIBLE_DEVICES.
             "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-            "extra": {"node_id": ray.get_runtime_context().get_node_id(), "log_path": log_path,
-                      "instance": instance},
+            "extra": {"node_id": ray.get_runtime_context().get_node_id(), "log_path": log_path, "instance": instance},
         }
         return self._info
 

@@ -53,13 +53,19 @@ def main(argv: list[str]) -> int:
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     probe = ray.remote(num_cpus=0)(_missing_on_node)
-    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(markers)
-            for n in nodes]
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(markers)
+        for n in nodes
+    ]
     seen = ray.get(refs, timeout=60)
-    print(json.dumps({
-        "nodes": [{"ip": n["NodeManagerAddress"], "gpus": n["Resources"].get("GPU", 0)} for n in nodes],
-        "shared": seen,
-    }))
+    print(
+        json.dumps(
+            {
+                "nodes": [{"ip": n["NodeManagerAddress"], "gpus": n["Resources"].get("GPU", 0)} for n in nodes],
+                "shared": seen,
+            }
+        )
+    )
     return 0
 
 

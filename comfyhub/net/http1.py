@@ -260,7 +260,7 @@ class UpstreamPool:
             _transport, conn = await asyncio.wait_for(
                 loop.create_connection(lambda: UpstreamConnection(key), host, port), self.connect_timeout
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise UpstreamError(f"cannot connect to instance: {exc}") from None
         return conn
 

@@ -2,8 +2,8 @@
 pass, where to), upstream (HTTP client to ComfyUI), pages (what the browser sees
 when an instance is not there)."""
 
+from comfyhub.net.http1 import UpstreamPool
 from comfyhub.proxy.access import ProxyAccess
 from comfyhub.proxy.gateway import ComfyProxy
-from comfyhub.net.http1 import UpstreamPool
 
 __all__ = ["ComfyProxy", "ProxyAccess", "UpstreamPool"]

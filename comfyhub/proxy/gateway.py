@@ -21,10 +21,10 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from comfyhub.models import ServiceStatus
+from comfyhub.net.http1 import UpstreamConnection, UpstreamError, UpstreamPool
 from comfyhub.proxy.access import ProxyAccess, Target
 from comfyhub.proxy.pages import error_page, status_page
 from comfyhub.proxy.relay import RELAY_MIN, Relays
-from comfyhub.net.http1 import UpstreamConnection, UpstreamError, UpstreamPool
 from comfyhub.security import SESSION_COOKIE, origin_required, same_origin, session_token
 
 log = logging.getLogger("comfyhub.proxy")
@@ -35,9 +35,17 @@ _HOP_BY_HOP = frozenset(
     b"connection keep-alive proxy-authenticate proxy-authorization te trailer trailers "
     b"transfer-encoding upgrade proxy-connection".split()
 )
-_NOT_FORWARDED = _HOP_BY_HOP | {b"host", b"authorization", b"cookie", b"content-length", b"expect",
-                                b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
-                                b"x-forwarded-prefix"}
+_NOT_FORWARDED = _HOP_BY_HOP | {
+    b"host",
+    b"authorization",
+    b"cookie",
+    b"content-length",
+    b"expect",
+    b"x-forwarded-for",
+    b"x-forwarded-host",
+    b"x-forwarded-proto",
+    b"x-forwarded-prefix",
+}
 _HEAD_TIMEOUT = 300.0  # ComfyUI answers quickly; only a wedged instance takes this long
 MAX_ID = 2**31 - 1
 _SESSION_COOKIE_EQ = SESSION_COOKIE.encode() + b"="
@@ -117,8 +125,12 @@ class ComfyProxy:
 
     def _from_this_site(self, headers: dict[bytes, bytes]) -> bool:
         origin, referer = headers.get(b"origin"), headers.get(b"referer")
-        return same_origin(origin and origin.decode("latin-1"), referer and referer.decode("latin-1"),
-                           headers.get(b"host", b"").decode("latin-1"), self.trusted_origins)
+        return same_origin(
+            origin and origin.decode("latin-1"),
+            referer and referer.decode("latin-1"),
+            headers.get(b"host", b"").decode("latin-1"),
+            self.trusted_origins,
+        )
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -305,7 +317,6 @@ class ComfyProxy:
             await send({"type": "websocket.close", "code": _passable(code), "reason": upstream.close_reason or ""})
 
 
-
 # --- helpers ---------------------------------------------------------------------------
 
 
@@ -318,14 +329,15 @@ def _header_map(scope) -> dict[bytes, bytes]:
 
 
 def _session_token(headers: dict[bytes, bytes]) -> tuple[str | None, bool]:
-    return session_token(headers.get(b"authorization", b"").decode("latin-1"),
-                         headers.get(b"cookie", b"").decode("latin-1"))
+    return session_token(
+        headers.get(b"authorization", b"").decode("latin-1"), headers.get(b"cookie", b"").decode("latin-1")
+    )
 
 
 def _upstream_path(scope, project_id: int) -> bytes:
     raw = scope.get("raw_path") or scope["path"].encode()
     prefix = f"{PREFIX}{project_id}".encode()
-    path = raw[len(prefix):] or b"/"
+    path = raw[len(prefix) :] or b"/"
     query = scope.get("query_string", b"")
     if b"?" not in path and query:
         path += b"?" + query
@@ -357,8 +369,7 @@ def _request_head(scope, path: bytes, headers: dict[bytes, bytes] | None = None)
     """The request line and headers for the instance, and whether the body goes chunked."""
     if headers is None:
         headers = _header_map(scope)
-    lines = [b"%s %s HTTP/1.1" % (scope["method"].encode(), path),
-             b"host: " + headers.get(b"host", b"localhost")]
+    lines = [b"%s %s HTTP/1.1" % (scope["method"].encode(), path), b"host: " + headers.get(b"host", b"localhost")]
     for name, value in scope["headers"]:
         if name.lower() not in _NOT_FORWARDED:
             lines.append(name + b": " + value)
@@ -386,8 +397,13 @@ def _html_headers() -> list[tuple[bytes, bytes]]:
 
 
 async def _respond(send, status: int, headers: list, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -13,7 +13,8 @@ _TEMPLATE = """<!doctype html>
       display:flex;min-height:100vh;align-items:center;justify-content:center;margin:0}}
  main{{background:#fff;border-radius:12px;box-shadow:0 2px 12px rgba(0,0,0,.08);padding:32px 40px;max-width:440px}}
  h1{{font-size:20px;margin:0 0 12px}} p{{color:#57606a;line-height:1.6}}
- a{{display:inline-block;margin-top:12px;background:#2f6feb;color:#fff;padding:8px 18px;border-radius:6px;text-decoration:none}}
+ a{{display:inline-block;margin-top:12px;background:#2f6feb;color:#fff;padding:8px 18px;border-radius:6px;
+   text-decoration:none}}
 </style>{refresh}</head>
 <body><main><h1>{title}</h1><p>{message}</p><a href="/">返回个人工作台</a></main></body></html>
 """

@@ -96,9 +96,16 @@ class Relays:
             return None  # a wrapped send (middleware, test client, other server): normal path
         try:
             transport = cycle.transport
-            if (cycle.response_started or cycle.disconnected or cycle.more_body or cycle.body
-                    or not isinstance(cycle.expected_content_length, int) or cycle.flow is None
-                    or transport.is_closing() or transport.get_extra_info("sslcontext") is not None):
+            if (
+                cycle.response_started
+                or cycle.disconnected
+                or cycle.more_body
+                or cycle.body
+                or not isinstance(cycle.expected_content_length, int)
+                or cycle.flow is None
+                or transport.is_closing()
+                or transport.get_extra_info("sslcontext") is not None
+            ):
                 return None
             sock = transport.get_extra_info("socket")
             if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.fileno() < 0:
@@ -125,9 +132,17 @@ class Relays:
             return None
         # No await from here until the thread owns the sockets.
         left = conn.body_left
-        if (left is None or left <= 0 or conn.closed or conn.error is not None or cycle.disconnected
-                or transport.is_closing() or transport.get_write_buffer_size() != 0
-                or cycle.expected_content_length != length or conn.body_length != length):
+        if (
+            left is None
+            or left <= 0
+            or conn.closed
+            or conn.error is not None
+            or cycle.disconnected
+            or transport.is_closing()
+            or transport.get_write_buffer_size() != 0
+            or cycle.expected_content_length != length
+            or conn.body_length != length
+        ):
             return None
         try:
             down_fd = os.dup(transport.get_extra_info("socket").fileno())
@@ -271,7 +286,7 @@ def _copy(up_fd: int, down_fd: int, left: int, progress: Progress, waiter: _Wait
     view = memoryview(bytearray(min(RELAY_BUF, left)))
     while left:
         try:
-            n = os.readv(up_fd, [view[:min(len(view), left)]])
+            n = os.readv(up_fd, [view[: min(len(view), left)]])
         except BlockingIOError:
             waiter.wait((up_fd, select.POLLIN))
             continue

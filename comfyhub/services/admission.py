@@ -49,8 +49,10 @@ class Admission:
         mine = sum(1 for uid in owners if uid == user_id)
         if s.comfyui_max_instances_per_user and mine >= s.comfyui_max_instances_per_user:
             raise ServiceError(
-                429, f"您的实例数已达上限（COMFYUI_MAX_INSTANCES_PER_USER={s.comfyui_max_instances_per_user}），"
-                     "请先停止其他项目的 ComfyUI")
+                429,
+                f"您的实例数已达上限（COMFYUI_MAX_INSTANCES_PER_USER={s.comfyui_max_instances_per_user}），"
+                "请先停止其他项目的 ComfyUI",
+            )
 
     def start_detail(self) -> str:
         """What a record just claimed says: queued when every start slot is taken."""

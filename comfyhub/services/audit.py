@@ -16,12 +16,21 @@ class Audit:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self.sessions = sessions
 
-    async def record(self, action: str, project_id: int | None, user_id: int | None, actor: str,
-                     outcome: str, detail: str = "") -> None:
+    async def record(
+        self, action: str, project_id: int | None, user_id: int | None, actor: str, outcome: str, detail: str = ""
+    ) -> None:
         try:
             async with self.sessions() as db:
-                db.add(Event(action=action, project_id=project_id, user_id=user_id, actor=actor[:64],
-                             outcome=outcome[:32], detail=detail[:2000]))
+                db.add(
+                    Event(
+                        action=action,
+                        project_id=project_id,
+                        user_id=user_id,
+                        actor=actor[:64],
+                        outcome=outcome[:32],
+                        detail=detail[:2000],
+                    )
+                )
                 await db.commit()
         except Exception:  # noqa: BLE001 — the audit trail must never break the lifecycle
             log.warning("could not record event %s for project %s", action, project_id, exc_info=True)

@@ -45,14 +45,18 @@ class ProjectLocks:
         conn = await self.engine.connect()
         try:
             fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
-            got = (await conn.execute(text(f"SELECT {fn}(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": project_id})).scalar()
+            got = (
+                await conn.execute(text(f"SELECT {fn}(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": project_id})
+            ).scalar()
             got = True if wait else bool(got)
             await conn.commit()
             try:
                 yield got
             finally:
                 if got:
-                    await conn.execute(text("SELECT pg_advisory_unlock(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": project_id})
+                    await conn.execute(
+                        text("SELECT pg_advisory_unlock(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": project_id}
+                    )
                     await conn.commit()
         finally:
             await conn.close()
@@ -72,7 +76,9 @@ class HeartbeatLease:
         async with self.sessions() as db:
             insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
             await db.execute(
-                insert(Lease).values(name=self.name, holder="", expires_at=now).on_conflict_do_nothing(index_elements=["name"])
+                insert(Lease)
+                .values(name=self.name, holder="", expires_at=now)
+                .on_conflict_do_nothing(index_elements=["name"])
             )
             result = await db.execute(
                 update(Lease)

@@ -9,6 +9,8 @@ class ServiceError(Exception):
 
 NOT_CONFIGURED = "ComfyUI 未配置"
 NO_FREE_PORT = "没有可用端口"
-NOT_CONFIGURED_HINT = ("请管理员运行 .venv/bin/comfyhub comfyui install"
-                       "（或在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON），然后重启 comfyhub")
+NOT_CONFIGURED_HINT = (
+    "请管理员运行 .venv/bin/comfyhub comfyui install"
+    "（或在 .env 中设置 COMFYUI_REPO_PATH 和 COMFYUI_PYTHON），然后重启 comfyhub"
+)
 FORBIDDEN = "无操作权限"

@@ -40,7 +40,7 @@ class HealthChecker:
             return None
         try:
             return await asyncio.wait_for(self._get(host, port, path), timeout or self.timeout)
-        except (asyncio.TimeoutError, UpstreamError, OSError, ValueError):
+        except (TimeoutError, UpstreamError, OSError, ValueError):
             return None
 
     async def _get(self, host: str, port: int, path: str):

@@ -26,9 +26,19 @@ log = logging.getLogger("comfyhub.heartbeat")
 
 
 class Heartbeat:
-    def __init__(self, settings: Settings, records: Records, launcher: Launcher, liveness: Liveness,
-                 reconciler: Reconciler, restarts: RestartRunner, audit: Audit, metrics: Metrics,
-                 lease: HeartbeatLease, stop: Callable[..., Awaitable]):
+    def __init__(
+        self,
+        settings: Settings,
+        records: Records,
+        launcher: Launcher,
+        liveness: Liveness,
+        reconciler: Reconciler,
+        restarts: RestartRunner,
+        audit: Audit,
+        metrics: Metrics,
+        lease: HeartbeatLease,
+        stop: Callable[..., Awaitable],
+    ):
         self.settings = settings
         self.records = records
         self.launcher = launcher
@@ -79,7 +89,7 @@ class Heartbeat:
         now = utcnow()
         idle = []
         updates: list[tuple[ComfyUIService, dict]] = []
-        for record, probe in zip(records, probes):
+        for record, probe in zip(records, probes, strict=False):
             counts["online" if probe.healthy else "offline"] += 1
             if probe.healthy:
                 values = dict(status=ServiceStatus.ONLINE, last_heartbeat=now, last_error="", reason="")

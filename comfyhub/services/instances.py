@@ -6,7 +6,7 @@ Nothing here deletes what a user made (input/, output/, user/): invariant 7.
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from comfyhub.config import Settings
@@ -57,7 +57,7 @@ def prepare_instance_dir(settings: Settings, user_id: int, project_id: int) -> P
 def mark_start(path: Path, port: int, argv: list[str]) -> None:
     """Append the line that separates one start from the previous ones in the same log."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     with open(path, "a", encoding="utf-8") as f:
         f.write(f"\n===== comfyhub: starting ComfyUI on port {port} at {stamp} =====\n")
         f.write(f"===== command: {' '.join(argv)}\n")
@@ -67,7 +67,7 @@ def mark_event(path: Path | str, what: str) -> None:
     """Append a comfyhub line (stop, crash, failure) so the log tells the whole story."""
     if not path:
         return
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"===== comfyhub: {what} at {stamp} =====\n")

@@ -69,8 +69,13 @@ ACTIVITY_WRITE_SECONDS = 5.0
 
 
 class ServiceManager:
-    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession],
-                 launcher: Launcher | None = None, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        launcher: Launcher | None = None,
+        metrics: Metrics | None = None,
+    ):
         self.settings = settings
         self.sessions = sessions
         self.metrics = metrics or Metrics()
@@ -85,15 +90,35 @@ class ServiceManager:
         locks = ProjectLocks(sessions.kw["bind"])
         self.liveness = Liveness(self.launcher, self.health)
         admission = Admission(settings, self.records, locks, runs_here=self.launcher.runs_here)
-        self.starts = Starts(settings, self.records, self.launcher, self.liveness, admission, locks, self.audit,
-                             self.metrics, GpuPicker(settings.comfyui_gpus), self._closing)
+        self.starts = Starts(
+            settings,
+            self.records,
+            self.launcher,
+            self.liveness,
+            admission,
+            locks,
+            self.audit,
+            self.metrics,
+            GpuPicker(settings.comfyui_gpus),
+            self._closing,
+        )
         reconciler = Reconciler(settings, self.records, self.launcher, self.liveness, locks, self.starts)
         restarts = RestartRunner(settings, self.records, self.starts, self.metrics, self.background.spawn)
         interval = settings.comfyui_heartbeat_interval_seconds
         # The holder renews every sweep; a dead holder's lease lapses after a few missed sweeps.
         lease = HeartbeatLease(sessions, "heartbeat", ttl_seconds=max(2.5 * interval, 3.0))
-        self.heartbeat = Heartbeat(settings, self.records, self.launcher, self.liveness, reconciler, restarts,
-                                   self.audit, self.metrics, lease, stop=self.stop)
+        self.heartbeat = Heartbeat(
+            settings,
+            self.records,
+            self.launcher,
+            self.liveness,
+            reconciler,
+            restarts,
+            self.audit,
+            self.metrics,
+            lease,
+            stop=self.stop,
+        )
 
     @property
     def listeners(self) -> list:
@@ -125,8 +150,9 @@ class ServiceManager:
 
     # --- open ------------------------------------------------------------------------------
 
-    async def ensure(self, user_id: int, project: Project, actor: str = "",
-                     record: ComfyUIService | None | bool = False) -> ComfyUIService:
+    async def ensure(
+        self, user_id: int, project: Project, actor: str = "", record: ComfyUIService | None | bool = False
+    ) -> ComfyUIService:
         """Return the project's online instance, starting it if needed.
 
         `record`: the project's record when the caller loaded it along with the project

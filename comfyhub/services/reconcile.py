@@ -44,8 +44,15 @@ def project_of(handle: Handle, base_root) -> int | None:
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, records: Records, launcher: Launcher, liveness: Liveness,
-                 locks: ProjectLocks, starts: Starts):
+    def __init__(
+        self,
+        settings: Settings,
+        records: Records,
+        launcher: Launcher,
+        liveness: Liveness,
+        locks: ProjectLocks,
+        starts: Starts,
+    ):
         self.settings = settings
         self.records = records
         self.launcher = launcher
@@ -70,14 +77,26 @@ class Reconciler:
             if alive and await self.liveness.health.is_ours(handle.host, handle.port, record.base_dir):
                 log.info("project %s: adopted an instance whose start outlived its backend", project_id)
                 now = utcnow()
-                await self.records.update(project_id, record.generation, status=ServiceStatus.ONLINE,
-                                          status_detail="", last_heartbeat=now, last_activity=now)
+                await self.records.update(
+                    project_id,
+                    record.generation,
+                    status=ServiceStatus.ONLINE,
+                    status_detail="",
+                    last_heartbeat=now,
+                    last_activity=now,
+                )
                 return
             if alive:
                 await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
-            await self.records.update(project_id, record.generation, status=ServiceStatus.FAILED, pid=None,
-                                      launcher_state=None, reason=Reason.INTERRUPTED,
-                                      last_error=words(Reason.INTERRUPTED))
+            await self.records.update(
+                project_id,
+                record.generation,
+                status=ServiceStatus.FAILED,
+                pid=None,
+                launcher_state=None,
+                reason=Reason.INTERRUPTED,
+                last_error=words(Reason.INTERRUPTED),
+            )
 
     async def adopt_orphans(self) -> None:
         """Processes started for an instance folder that their record does not name."""
@@ -97,8 +116,11 @@ class Reconciler:
             return  # not an orphan
         grace = self.settings.comfyui_stop_grace_seconds
         base_dir = argv_value(handle.cmdline, "--base-directory")
-        if (record is None or self.liveness.alive(recorded)
-                or not await self.liveness.health.is_ours(handle.host, handle.port, base_dir)):
+        if (
+            record is None
+            or self.liveness.alive(recorded)
+            or not await self.liveness.health.is_ours(handle.host, handle.port, base_dir)
+        ):
             # A duplicate, an instance of a deleted project, or one that does not answer: stop it.
             log.warning("project %s: stopping unrecorded instance pid %s", project_id, handle.pid)
             await self.launcher.stop(handle, grace)
@@ -106,9 +128,19 @@ class Reconciler:
         log.info("project %s: recording running instance pid %s found without a record", project_id, handle.pid)
         try:
             await self.records.update(
-                project_id, record.generation, status=ServiceStatus.ONLINE, status_detail="", pid=handle.pid,
-                launcher_state=handle.state(), port=handle.port, host=handle.host, base_dir=base_dir,
-                comfy_url=comfy_url(project_id), last_heartbeat=utcnow(), last_error="", reason="",
+                project_id,
+                record.generation,
+                status=ServiceStatus.ONLINE,
+                status_detail="",
+                pid=handle.pid,
+                launcher_state=handle.state(),
+                port=handle.port,
+                host=handle.host,
+                base_dir=base_dir,
+                comfy_url=comfy_url(project_id),
+                last_heartbeat=utcnow(),
+                last_error="",
+                reason="",
                 log_path=str(instances.log_path(self.settings, record.user_id, project_id, handle.port)),
             )
         except IntegrityError:

@@ -56,15 +56,17 @@ class Records:
         return await self._values(Row.user_id, Row.status.in_(LIVE), Row.project_id != except_project)
 
     async def live_ports(self, except_project: int) -> set[int]:
-        return set(await self._values(Row.port, Row.status.in_(LIVE), Row.port.is_not(None),
-                                      Row.project_id != except_project))
+        return set(
+            await self._values(Row.port, Row.status.in_(LIVE), Row.port.is_not(None), Row.project_id != except_project)
+        )
 
     async def live_gpus(self) -> list[str]:
         return await self._values(Row.gpu, Row.status.in_(LIVE), Row.gpu != "")
 
     async def due_restarts(self, now: datetime) -> list[Row]:
-        return await self._rows(Row.next_restart_at.is_not(None), Row.next_restart_at <= now,
-                                Row.status.in_((S.OFFLINE, S.FAILED)))
+        return await self._rows(
+            Row.next_restart_at.is_not(None), Row.next_restart_at <= now, Row.status.in_((S.OFFLINE, S.FAILED))
+        )
 
     async def count_by_status(self) -> dict[str, int]:
         async with self.sessions() as db:
@@ -94,20 +96,30 @@ class Records:
         """Several records in one transaction (a heartbeat sweep's results), each still
         conditional on the generation and status the caller saw."""
         statuses = tuple(statuses)
-        return await self._execute([
-            (record.project_id,
-             update(Row).where(Row.project_id == record.project_id, Row.generation == record.generation,
-                               Row.status.in_(statuses)).values(updated_at=utcnow(), **values))
-            for record, values in updates
-        ])
+        return await self._execute(
+            [
+                (
+                    record.project_id,
+                    update(Row)
+                    .where(
+                        Row.project_id == record.project_id,
+                        Row.generation == record.generation,
+                        Row.status.in_(statuses),
+                    )
+                    .values(updated_at=utcnow(), **values),
+                )
+                for record, values in updates
+            ]
+        )
 
     async def note_activity(self, project_id: int) -> None:
         """Proxied traffic or queued work: the idle culler counts from here."""
         stmt = update(Row).where(Row.project_id == project_id).values(last_activity=utcnow())
         await self._execute([(project_id, stmt)])
 
-    async def claim(self, user_id: int, project_id: int, launcher: str, manual: bool,
-                    detail: str) -> tuple[int, dict | None]:
+    async def claim(
+        self, user_id: int, project_id: int, launcher: str, manual: bool, detail: str
+    ) -> tuple[int, dict | None]:
         """Mark the record `starting` under a new generation (creating it on the first
         open); return that generation and the launcher state of the process it had."""
         async with self.sessions() as db:
@@ -161,7 +173,7 @@ class Records:
         async with self.sessions() as db:
             hits = [(await db.execute(stmt)).rowcount == 1 for _project, stmt in statements]
             await db.commit()
-        self._notify([project for (project, _stmt), hit in zip(statements, hits) if hit])
+        self._notify([project for (project, _stmt), hit in zip(statements, hits, strict=False) if hit])
         return hits
 
     def _notify(self, project_ids: Iterable[int]) -> None:

@@ -32,18 +32,24 @@ def restart_plan(settings: Settings, record: ComfyUIService, now: datetime) -> d
     if window_start is None or (now - window_start).total_seconds() > settings.comfyui_restart_window_seconds:
         window_start, attempts = now, 0
     if attempts >= settings.comfyui_restart_max_failures:
-        gave_up = words(Reason.RESTARTS_EXHAUSTED, window=int(settings.comfyui_restart_window_seconds),
-                        attempts=attempts)
-        return dict(status=ServiceStatus.FAILED, reason=Reason.RESTARTS_EXHAUSTED, next_restart_at=None,
-                    restart_window_start=window_start, last_error=gave_up)
+        gave_up = words(
+            Reason.RESTARTS_EXHAUSTED, window=int(settings.comfyui_restart_window_seconds), attempts=attempts
+        )
+        return dict(
+            status=ServiceStatus.FAILED,
+            reason=Reason.RESTARTS_EXHAUSTED,
+            next_restart_at=None,
+            restart_window_start=window_start,
+            last_error=gave_up,
+        )
     delay = settings.comfyui_restart_backoff_seconds * (2**attempts)
-    return dict(next_restart_at=now + timedelta(seconds=delay), restart_window_start=window_start,
-                restart_attempts=attempts)
+    return dict(
+        next_restart_at=now + timedelta(seconds=delay), restart_window_start=window_start, restart_attempts=attempts
+    )
 
 
 class RestartRunner:
-    def __init__(self, settings: Settings, records: Records, starts: Starts, metrics: Metrics,
-                 background: Callable):
+    def __init__(self, settings: Settings, records: Records, starts: Starts, metrics: Metrics, background: Callable):
         self.settings = settings
         self.records = records
         self.starts = starts
@@ -58,13 +64,13 @@ class RestartRunner:
             if record.project_id in self.starts.flights:
                 continue
             attempt = (record.restart_attempts or 0) + 1
-            await self.records.update(record.project_id, record.generation, next_restart_at=None,
-                                      restart_attempts=attempt)
+            await self.records.update(
+                record.project_id, record.generation, next_restart_at=None, restart_attempts=attempt
+            )
             self.metrics.restarts.inc()
             log.info("project %s: automatic restart %s", record.project_id, attempt)
             flight = self.starts.flight(record.user_id, record.project_id, "自动重启", manual=False)
-            flight.task.add_done_callback(
-                lambda _t, pid=record.project_id: self._background(self._after_restart(pid)))
+            flight.task.add_done_callback(lambda _t, pid=record.project_id: self._background(self._after_restart(pid)))
 
     async def _after_restart(self, project_id: int) -> None:
         """A restart that failed is planned again, until the limit."""

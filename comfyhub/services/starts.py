@@ -25,7 +25,7 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 
 from comfyhub.config import Settings
-from comfyhub.launchers import Exit, Handle, LaunchError, Launcher, LaunchSpec, PortInUse
+from comfyhub.launchers import Exit, Handle, Launcher, LaunchError, LaunchSpec, PortInUse
 from comfyhub.launchers.base import comfyui_argv
 from comfyhub.metrics import Metrics
 from comfyhub.models import ServiceStatus, utcnow
@@ -93,9 +93,19 @@ class _Outcome:
 
 
 class Starts:
-    def __init__(self, settings: Settings, records: Records, launcher: Launcher, liveness: Liveness,
-                 admission: Admission, locks: ProjectLocks, audit: Audit, metrics: Metrics, gpus: GpuPicker,
-                 closing: asyncio.Event):
+    def __init__(
+        self,
+        settings: Settings,
+        records: Records,
+        launcher: Launcher,
+        liveness: Liveness,
+        admission: Admission,
+        locks: ProjectLocks,
+        audit: Audit,
+        metrics: Metrics,
+        gpus: GpuPicker,
+        closing: asyncio.Event,
+    ):
         self.settings = settings
         self.records = records
         self.launcher = launcher
@@ -118,7 +128,9 @@ class Starts:
         """
         flight = self.flights.get(project_id)
         if flight is None:
-            task = asyncio.create_task(self._run(user_id, project_id, actor, manual), name=f"comfyhub-start-{project_id}")
+            task = asyncio.create_task(
+                self._run(user_id, project_id, actor, manual), name=f"comfyhub-start-{project_id}"
+            )
             flight = self.flights[project_id] = Flight(task)
             task.add_done_callback(lambda _t, f=flight: self._forget(project_id, f))
         return flight
@@ -156,7 +168,8 @@ class Starts:
             async with self.admission.exclusive():
                 await self.admission.check_limits(user_id, project_id)
                 generation, old_state = await self.records.claim(
-                    user_id, project_id, self.launcher.name, manual, self.admission.start_detail())
+                    user_id, project_id, self.launcher.name, manual, self.admission.start_detail()
+                )
             flight = self.flights[project_id]
             got, waited = await self.admission.take_slot(flight.stop_requested)
             if not got:
@@ -242,8 +255,9 @@ class Starts:
                     tried.add(port)  # another backend process recorded it first
             return None
 
-    async def _spawn(self, user_id: int, project_id: int, generation: int, port: int, base_dir: Path,
-                     deadline: float) -> tuple[Handle | None, Path]:
+    async def _spawn(
+        self, user_id: int, project_id: int, generation: int, port: int, base_dir: Path, deadline: float
+    ) -> tuple[Handle | None, Path]:
         """Spawn the process and record it; (None, log) when the start was overtaken meanwhile."""
         s = self.settings
         extra = list(s.extra_args)
@@ -263,8 +277,15 @@ class Starts:
             await asyncio.to_thread(instances.mark_start, log_path, port, argv)
         except OSError as exc:
             raise LaunchError(f"无法写入日志目录：{exc.strerror}", Reason.LOG_DIR) from None
-        spec = LaunchSpec(argv=argv, cwd=s.comfyui_repo_path, env=env, log_path=log_path,
-                          port=port, base_dir=base_dir, name=instance_name(user_id, project_id))
+        spec = LaunchSpec(
+            argv=argv,
+            cwd=s.comfyui_repo_path,
+            env=env,
+            log_path=log_path,
+            port=port,
+            base_dir=base_dir,
+            name=instance_name(user_id, project_id),
+        )
         # Spawning and recording belong together: once spawned, the pid must reach the
         # record even if this task is cancelled, or the process would be an orphan.
         work = asyncio.ensure_future(self._spawn_and_record(spec, project_id, generation, gpu or "", deadline))
@@ -276,14 +297,22 @@ class Starts:
             raise
         return handle, log_path
 
-    async def _spawn_and_record(self, spec: LaunchSpec, project_id: int, generation: int, gpu: str,
-                                deadline: float) -> Handle | None:
+    async def _spawn_and_record(
+        self, spec: LaunchSpec, project_id: int, generation: int, gpu: str, deadline: float
+    ) -> Handle | None:
         handle = await self._launch(spec, project_id, generation, deadline)
         if self.launcher.assigns_gpus:  # on a cluster the GPU id alone is ambiguous: say which node
             gpu = f"{handle.gpu} @ {handle.host}" if handle.gpu else ""
         recorded = await self.records.update(
-            project_id, generation, pid=handle.pid, launcher_state=handle.state(), log_path=str(spec.log_path),
-            base_dir=str(spec.base_dir), host=handle.host, comfy_url=comfy_url(project_id), gpu=gpu,
+            project_id,
+            generation,
+            pid=handle.pid,
+            launcher_state=handle.state(),
+            log_path=str(spec.log_path),
+            base_dir=str(spec.base_dir),
+            host=handle.host,
+            comfy_url=comfy_url(project_id),
+            gpu=gpu,
         )
         if not recorded:
             await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
@@ -309,8 +338,9 @@ class Starts:
         if flight is not None:
             interrupts.append(asyncio.ensure_future(flight.stop_requested.wait()))
         try:
-            await asyncio.wait({start, *interrupts}, timeout=max(0.0, deadline - time.monotonic()),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {start, *interrupts}, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for waiter in interrupts:
                 waiter.cancel()
@@ -354,11 +384,13 @@ class Starts:
 
     async def _write_online(self, project_id: int, generation: int) -> bool:
         now = utcnow()
-        return await self.records.update(project_id, generation, status=ServiceStatus.ONLINE, status_detail="",
-                                         last_heartbeat=now, last_activity=now)
+        return await self.records.update(
+            project_id, generation, status=ServiceStatus.ONLINE, status_detail="", last_heartbeat=now, last_activity=now
+        )
 
-    async def _fail(self, project_id: int, generation: int, reason: Reason, log_path: Path | None = None,
-                    said: str = "", **params) -> _Outcome:
+    async def _fail(
+        self, project_id: int, generation: int, reason: Reason, log_path: Path | None = None, said: str = "", **params
+    ) -> _Outcome:
         """Record the failure: its reason, its words (`said`, or made from `params`) and the
         log's last lines."""
         if reason == Reason.START_TIMEOUT:
@@ -371,8 +403,9 @@ class Starts:
                 detail = f"{said}\n--- 日志最后 {LOG_TAIL_LINES} 行 ---\n{last}"
             await asyncio.to_thread(instances.mark_event, log_path, f"start failed: {said}")
         log.warning("project %s: start failed: %s", project_id, said)
-        await self.records.update(project_id, generation, status=ServiceStatus.FAILED, status_detail="", last_error=detail,
-                                  reason=reason)
+        await self.records.update(
+            project_id, generation, status=ServiceStatus.FAILED, status_detail="", last_error=detail, reason=reason
+        )
         self.metrics.start_failures.labels(reason.value).inc()
         return _Outcome("failed", said)
 

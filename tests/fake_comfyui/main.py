@@ -156,7 +156,7 @@ def read_knobs(base_dir: str) -> tuple[dict[str, object], list[str]]:
         for key, value in data.items():
             name = key.lower()
             if name.startswith("fake_comfyui_"):
-                name = name[len("fake_comfyui_"):]
+                name = name[len("fake_comfyui_") :]
             if name not in KNOBS:
                 raise KnobError(f"{path}: unknown knob {key!r}")
             knobs[name] = _convert(name, KNOBS[name][0], value)
@@ -194,7 +194,7 @@ def prepare_folders(base: str, database_url: str | None) -> None:
     shutil.rmtree(temp, ignore_errors=True)
     os.makedirs(temp, exist_ok=True)
     if database_url and database_url.startswith("sqlite:///"):
-        path = database_url[len("sqlite:///"):].split("?", 1)[0]
+        path = database_url[len("sqlite:///") :].split("?", 1)[0]
         if path and path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
             os.makedirs(parent, exist_ok=True)
@@ -428,8 +428,13 @@ OBJECT_INFO = {
         "output_node": False,
     },
     "EmptyLatentImage": {
-        "input": {"required": {"width": ["INT", {"default": 512}], "height": ["INT", {"default": 512}],
-                               "batch_size": ["INT", {"default": 1}]}},
+        "input": {
+            "required": {
+                "width": ["INT", {"default": 512}],
+                "height": ["INT", {"default": 512}],
+                "batch_size": ["INT", {"default": 1}],
+            }
+        },
         "output": ["LATENT"],
         "output_is_list": [False],
         "output_name": ["LATENT"],
@@ -554,16 +559,23 @@ def build_app(base: str, knobs: dict):
         try:
             await asyncio.wait_for(interrupt.wait(), timeout=float(knobs["job_seconds"]))
             interrupted = True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             interrupted = False
         state["interrupt"] = None
         meta = {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}}
         if interrupted:
-            data = {"prompt_id": prompt_id, "node_id": node, "node_type": "SaveImage", "executed": [],
-                    "timestamp": now_ms()}
+            data = {
+                "prompt_id": prompt_id,
+                "node_id": node,
+                "node_type": "SaveImage",
+                "executed": [],
+                "timestamp": now_ms(),
+            }
             messages.append(["execution_interrupted", data])
             state["history"][prompt_id] = {
-                "prompt": entry, "outputs": {}, "meta": {},
+                "prompt": entry,
+                "outputs": {},
+                "meta": {},
                 "status": {"status_str": "error", "completed": False, "messages": messages},
             }
             log("Processing interrupted")
@@ -576,11 +588,16 @@ def build_app(base: str, knobs: dict):
             success = {"prompt_id": prompt_id, "timestamp": now_ms()}
             messages.append(["execution_success", success])
             state["history"][prompt_id] = {
-                "prompt": entry, "outputs": {node: {"images": images}}, "meta": meta,
+                "prompt": entry,
+                "outputs": {node: {"images": images}},
+                "meta": meta,
                 "status": {"status_str": "success", "completed": True, "messages": messages},
             }
-            await send(client_id, "executed",
-                       {"node": node, "display_node": node, "output": {"images": images}, "prompt_id": prompt_id})
+            await send(
+                client_id,
+                "executed",
+                {"node": node, "display_node": node, "output": {"images": images}, "prompt_id": prompt_id},
+            )
             await send(client_id, "execution_success", success)
             log(f"Prompt executed in {time.monotonic() - started:.2f} seconds")
         await send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
@@ -622,8 +639,10 @@ def build_app(base: str, knobs: dict):
             if host_port is None:
                 origin_domain = parsed.hostname
             if loopback and host_domain and origin_domain and host_domain != origin_domain:
-                log(f"WARNING: request with non matching host and origin {host_domain} != {origin_domain}, "
-                    "returning 403")
+                log(
+                    f"WARNING: request with non matching host and origin {host_domain} != {origin_domain}, "
+                    "returning 403"
+                )
                 return web.Response(status=403)
         if request.method == "OPTIONS":
             return web.Response()
@@ -632,8 +651,7 @@ def build_app(base: str, knobs: dict):
     # --- handlers ---
 
     async def index(request):
-        return web.Response(text=INDEX_HTML, content_type="text/html",
-                            headers={"Cache-Control": "no-cache"})
+        return web.Response(text=INDEX_HTML, content_type="text/html", headers={"Cache-Control": "no-cache"})
 
     async def app_js(request):
         return web.Response(text=APP_JS, content_type="application/javascript")
@@ -642,12 +660,30 @@ def build_app(base: str, knobs: dict):
         ids = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
         ids = [x for x in ids if not x.startswith("-")]
         if not ids:
-            return [{"name": "cpu", "type": "cpu", "index": None, "vram_total": 0, "vram_free": 0,
-                     "torch_vram_total": 0, "torch_vram_free": 0}]
+            return [
+                {
+                    "name": "cpu",
+                    "type": "cpu",
+                    "index": None,
+                    "vram_total": 0,
+                    "vram_free": 0,
+                    "torch_vram_total": 0,
+                    "torch_vram_free": 0,
+                }
+            ]
         gib16 = 16 * 1024**3
-        return [{"name": f"fake-cuda:{dev}", "type": "cuda", "index": i, "vram_total": gib16,
-                 "vram_free": gib16, "torch_vram_total": 0, "torch_vram_free": 0}
-                for i, dev in enumerate(ids)]
+        return [
+            {
+                "name": f"fake-cuda:{dev}",
+                "type": "cuda",
+                "index": i,
+                "vram_total": gib16,
+                "vram_free": gib16,
+                "torch_vram_total": 0,
+                "torch_vram_free": 0,
+            }
+            for i, dev in enumerate(ids)
+        ]
 
     async def system_stats(request):
         status = knobs["health_status"]
@@ -659,20 +695,22 @@ def build_app(base: str, knobs: dict):
             ram_free = os.sysconf("SC_AVPHYS_PAGES") * page
         except (ValueError, OSError, AttributeError):
             ram_total = ram_free = 0
-        return web.json_response({
-            "system": {
-                "os": os.name,
-                "ram_total": ram_total,
-                "ram_free": ram_free,
-                "comfyui_version": VERSION,
-                "required_frontend_version": "0.0.0-fake",
-                "python_version": sys.version,
-                "pytorch_version": "fake",
-                "embedded_python": False,
-                "argv": sys.argv,
-            },
-            "devices": devices(),
-        })
+        return web.json_response(
+            {
+                "system": {
+                    "os": os.name,
+                    "ram_total": ram_total,
+                    "ram_free": ram_free,
+                    "comfyui_version": VERSION,
+                    "required_frontend_version": "0.0.0-fake",
+                    "python_version": sys.version,
+                    "pytorch_version": "fake",
+                    "embedded_python": False,
+                    "argv": sys.argv,
+                },
+                "devices": devices(),
+            }
+        )
 
     async def get_prompt(request):
         return web.json_response({"exec_info": {"queue_remaining": queue_remaining()}})
@@ -685,11 +723,18 @@ def build_app(base: str, knobs: dict):
             body = None
         prompt = body.get("prompt") if isinstance(body, dict) else None
         if not isinstance(prompt, dict):
-            return web.json_response({
-                "error": {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided",
-                          "extra_info": {}},
-                "node_errors": {},
-            }, status=400)
+            return web.json_response(
+                {
+                    "error": {
+                        "type": "no_prompt",
+                        "message": "No prompt provided",
+                        "details": "No prompt provided",
+                        "extra_info": {},
+                    },
+                    "node_errors": {},
+                },
+                status=400,
+            )
         state["counter"] += 1
         number = state["counter"]
         if body.get("front"):
@@ -700,8 +745,9 @@ def build_app(base: str, knobs: dict):
         extra = dict(body.get("extra_data") or {})
         if "client_id" in body:
             extra["client_id"] = body["client_id"]
-        outputs = [k for k, v in prompt.items()
-                   if isinstance(v, dict) and v.get("class_type") in ("SaveImage", "PreviewImage")]
+        outputs = [
+            k for k, v in prompt.items() if isinstance(v, dict) and v.get("class_type") in ("SaveImage", "PreviewImage")
+        ]
         if not outputs:
             outputs = [next(reversed(prompt), "9")]
         state["pending"].append([number, prompt_id, prompt, extra, outputs])
@@ -734,7 +780,7 @@ def build_app(base: str, knobs: dict):
         max_items = request.rel_url.query.get("max_items")
         if max_items is not None:
             try:
-                items = items[-int(max_items):] if int(max_items) > 0 else []
+                items = items[-int(max_items) :] if int(max_items) > 0 else []
             except ValueError:
                 pass
         return web.json_response(dict(items))
@@ -802,8 +848,7 @@ def build_app(base: str, knobs: dict):
         path = os.path.join(full_dir, filename)
         if not os.path.isfile(path):
             return web.Response(status=404)
-        return web.FileResponse(path, chunk_size=256 * 1024,
-                                headers={"Content-Disposition": f'filename="{filename}"'})
+        return web.FileResponse(path, chunk_size=256 * 1024, headers={"Content-Disposition": f'filename="{filename}"'})
 
     async def upload_image(request):
         try:
@@ -892,13 +937,17 @@ def build_app(base: str, knobs: dict):
         sid = request.rel_url.query.get("clientId") or uuid.uuid4().hex
         sockets[sid] = ws  # a reconnect with the same id replaces the old socket
         try:
-            await ws.send_json({"type": "status", "data": {
-                "status": {"exec_info": {"queue_remaining": queue_remaining()}}, "sid": sid}})
+            await ws.send_json(
+                {
+                    "type": "status",
+                    "data": {"status": {"exec_info": {"queue_remaining": queue_remaining()}}, "sid": sid},
+                }
+            )
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT:
                     if msg.data.startswith("close:"):
                         try:
-                            code = int(msg.data[len("close:"):])
+                            code = int(msg.data[len("close:") :])
                         except ValueError:
                             code = None
                         if code is not None:

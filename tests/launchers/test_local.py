@@ -26,8 +26,14 @@ def spec_for(tmp_path, port=None, **knobs):
         (base / "fake_comfyui.json").write_text(json.dumps(knobs))
     port = port or free_port()
     argv = comfyui_argv(sys.executable, "127.0.0.1", port, base, [])
-    return LaunchSpec(argv=argv, cwd=FAKE_COMFYUI, env={"PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin"},
-                      log_path=tmp_path / "logs" / "x.log", port=port, base_dir=base)
+    return LaunchSpec(
+        argv=argv,
+        cwd=FAKE_COMFYUI,
+        env={"PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin"},
+        log_path=tmp_path / "logs" / "x.log",
+        port=port,
+        base_dir=base,
+    )
 
 
 async def test_start_poll_stop_with_sigint(tmp_path):
@@ -101,8 +107,13 @@ async def test_identity_mismatch_is_never_signalled(tmp_path):
         real = psutil.Process(stranger.pid)
         assert process_matches(stranger.pid, real.create_time(), real.cmdline())
         # Same pid, but the record says another start time / command: not ours.
-        fake_state = {"pid": stranger.pid, "create_time": real.create_time() - 100, "cmdline": real.cmdline(),
-                      "host": "127.0.0.1", "port": 1}
+        fake_state = {
+            "pid": stranger.pid,
+            "create_time": real.create_time() - 100,
+            "cmdline": real.cmdline(),
+            "host": "127.0.0.1",
+            "port": 1,
+        }
         handle = launcher.restore(fake_state)
         assert launcher.poll(handle) is not None
         await launcher.stop(handle, grace=0.2)
@@ -130,7 +141,13 @@ async def test_adopted_process_is_watched_and_stopped(tmp_path):
 @pytest.mark.parametrize("argv0", ["/no/such/python"])
 async def test_missing_interpreter_is_a_launch_error(tmp_path, argv0):
     spec = spec_for(tmp_path)
-    bad = LaunchSpec(argv=[argv0, *spec.argv[1:]], cwd=spec.cwd, env=spec.env, log_path=spec.log_path,
-                     port=spec.port, base_dir=spec.base_dir)
+    bad = LaunchSpec(
+        argv=[argv0, *spec.argv[1:]],
+        cwd=spec.cwd,
+        env=spec.env,
+        log_path=spec.log_path,
+        port=spec.port,
+        base_dir=spec.base_dir,
+    )
     with pytest.raises(LaunchError, match="找不到 ComfyUI 程序"):
         await LocalLauncher().start(bad)

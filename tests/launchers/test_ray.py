@@ -205,8 +205,11 @@ async def test_backend_restart_adopts_running_actors_and_drops_abandoned_ones(pg
     # The backend is gone (instances keep running); an actor whose start it abandoned
     # still waits for a GPU it will never need.
     assert pid_alive(before.pid)
-    orphan = ray.remote(ComfyUIActor).options(
-        name=actor_name(f"u{uid}-p999"), namespace=NAMESPACE, lifetime="detached", num_gpus=5, num_cpus=0).remote()
+    orphan = (
+        ray.remote(ComfyUIActor)
+        .options(name=actor_name(f"u{uid}-p999"), namespace=NAMESPACE, lifetime="detached", num_gpus=5, num_cpus=0)
+        .remote()
+    )
     assert actor_name(f"u{uid}-p999") in comfyhub_actors()
 
     async with ray_hub(pg_url, tmp_path, users=()) as c:
@@ -214,12 +217,16 @@ async def test_backend_restart_adopts_running_actors_and_drops_abandoned_ones(pg
         after = await record_of(c, p)
         assert after.status == "online"
         assert (after.pid, after.port, after.launcher_state["extra"]["actor_id"]) == (
-            before.pid, before.port, before.launcher_state["extra"]["actor_id"])
+            before.pid,
+            before.port,
+            before.launcher_state["extra"]["actor_id"],
+        )
         r = await open_comfy(c, await login(c, "alice"), p)
         assert r.json()["data"]["status"] == "online"
         assert (await record_of(c, p)).pid == before.pid  # reused, not restarted
-        await wait_for(lambda: actor_name(f"u{uid}-p999") not in comfyhub_actors(), timeout=20,
-                       what="abandoned actor removed")
+        await wait_for(
+            lambda: actor_name(f"u{uid}-p999") not in comfyhub_actors(), timeout=20, what="abandoned actor removed"
+        )
     del orphan
 
 
@@ -238,9 +245,20 @@ def test_backend_outlives_the_ray_head(tmp_path):
     temp = tempfile.mkdtemp(prefix="/tmp/rh")  # Ray's socket paths must stay short
     env = {**os.environ, "RAY_gcs_rpc_server_reconnect_timeout_s": "2"}
     head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", "--num-cpus=0",
-         "--include-dashboard=false", "--block", f"--temp-dir={temp}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=0",
+            "--include-dashboard=false",
+            "--block",
+            f"--temp-dir={temp}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     driver = None
     try:
@@ -253,8 +271,9 @@ def test_backend_outlives_the_ray_head(tmp_path):
             "print('connected', flush=True)\n"
             "time.sleep(120)\n"  # the backend just lives on; the test watches whether it does
         )
-        driver = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
+        driver = subprocess.Popen(
+            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         lines = []
         while "connected" not in (line := driver.stdout.readline()):
             lines.append(line)

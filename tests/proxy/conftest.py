@@ -41,11 +41,17 @@ class Hub:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     work = tmp_path_factory.mktemp("proxyhub")
-    env = {**fake_comfyui_env(work, 6), "COMFYHUB_ADMIN_PASSWORD": "admin-password-1",
-           "COMFYHUB_TRUSTED_ORIGINS": TRUSTED_ORIGIN}
+    env = {
+        **fake_comfyui_env(work, 6),
+        "COMFYHUB_ADMIN_PASSWORD": "admin-password-1",
+        "COMFYHUB_TRUSTED_ORIGINS": TRUSTED_ORIGIN,
+    }
     server = LiveServer(work, env=env).start()
-    settings = load_settings(_env_file=None, comfyhub_database_url=f"sqlite+aiosqlite:///{work}/runtime/comfyhub.db",
-                             comfyui_instance_base_dir=work / "runtime" / "comfy_instances")
+    settings = load_settings(
+        _env_file=None,
+        comfyhub_database_url=f"sqlite+aiosqlite:///{work}/runtime/comfyhub.db",
+        comfyui_instance_base_dir=work / "runtime" / "comfy_instances",
+    )
     asyncio.run(add_user(settings, "alice"))
     asyncio.run(add_user(settings, "bob"))
     h = Hub(server, settings)

@@ -66,8 +66,11 @@ async def test_others_are_refused_on_websocket(hub, who):
     elif who == "forged":
         headers["Cookie"] = "comfyhub_session=forged"
     with pytest.raises(websockets.exceptions.InvalidStatus) as err:
-        async with ws_connect(f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
-                              additional_headers=headers, proxy=None):
+        async with ws_connect(
+            f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
+            additional_headers=headers,
+            proxy=None,
+        ):
             pass
     assert err.value.response.status_code == (403 if who == "bob" else 401)
 
@@ -75,8 +78,11 @@ async def test_others_are_refused_on_websocket(hub, who):
 async def test_cross_site_websocket_is_refused(hub):
     headers = {"Origin": "http://evil.example", "Cookie": hub.cookie_header("alice")}
     with pytest.raises(websockets.exceptions.InvalidStatus) as err:
-        async with ws_connect(f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
-                              additional_headers=headers, proxy=None):
+        async with ws_connect(
+            f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
+            additional_headers=headers,
+            proxy=None,
+        ):
             pass
     assert err.value.response.status_code == 403
 
@@ -85,14 +91,22 @@ async def test_websocket_from_a_trusted_origin_passes(hub):
     """A front proxy serving the site as TRUSTED_ORIGIN, forwarding its own name for us as
     Host (a loopback Host with a foreign Origin would be refused by ComfyUI itself)."""
     headers = {"Origin": TRUSTED_ORIGIN, "Cookie": hub.cookie_header("alice")}
-    async with ws_connect(f"ws://comfyhub.internal:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
-                          host="127.0.0.1", additional_headers=headers, proxy=None) as ws:
+    async with ws_connect(
+        f"ws://comfyhub.internal:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
+        host="127.0.0.1",
+        additional_headers=headers,
+        proxy=None,
+    ) as ws:
         assert ws.request.headers["Host"].startswith("comfyhub.internal")
         await ws.send('{"type": "ping"}')  # the connection is open both ways
     headers["Origin"] = "https://evil.example.org"
     with pytest.raises(websockets.exceptions.InvalidStatus) as err:
-        async with ws_connect(f"ws://comfyhub.internal:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
-                              host="127.0.0.1", additional_headers=headers, proxy=None):
+        async with ws_connect(
+            f"ws://comfyhub.internal:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
+            host="127.0.0.1",
+            additional_headers=headers,
+            proxy=None,
+        ):
             pass
     assert err.value.response.status_code == 403 and "跨站请求被拒绝".encode() in err.value.response.body
 
@@ -102,8 +116,9 @@ def test_other_cookies_on_the_host_do_not_hide_the_session(hub, others):
     """Cookies are shared by every port of a host; a malformed one must not log the owner out."""
     session = hub.cookie_header("alice")
     for header in (f"{others}; {session}", f"{session}; {others}"):
-        r = httpx.get(f"{hub.url}/comfy/{hub.project}/api/system_stats", headers={"Cookie": header.encode()},
-                      trust_env=False)
+        r = httpx.get(
+            f"{hub.url}/comfy/{hub.project}/api/system_stats", headers={"Cookie": header.encode()}, trust_env=False
+        )
         assert r.status_code == 200, header
 
 
@@ -191,8 +206,11 @@ def test_50mb_upload_streams_with_right_bytes_and_flat_memory(hub, tmp_path):
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            r = c.post(f"/comfy/{hub.project}/upload/image", files={"image": ("big.bin", f, "application/octet-stream")},
-                       headers=hub.origin)
+            r = c.post(
+                f"/comfy/{hub.project}/upload/image",
+                files={"image": ("big.bin", f, "application/octet-stream")},
+                headers=hub.origin,
+            )
         finally:
             done.set()
             watcher.join()
@@ -208,7 +226,7 @@ def test_streaming_echo_through_the_proxy(hub):
 
     def chunks():
         for i in range(0, len(body), 256 * 1024):
-            yield body[i:i + 256 * 1024]
+            yield body[i : i + 256 * 1024]
 
     with hub.client("alice") as c:
         r = c.post(f"/comfy/{hub.project}/echo", content=chunks(), headers=hub.origin)
@@ -218,8 +236,9 @@ def test_streaming_echo_through_the_proxy(hub):
 def test_upload_image_lands_in_input(hub):
     data = os.urandom(300 * 1024)
     with hub.client("alice") as c:
-        r = c.post(f"/comfy/{hub.project}/upload/image", files={"image": ("in.png", data, "image/png")},
-                   headers=hub.origin)
+        r = c.post(
+            f"/comfy/{hub.project}/upload/image", files={"image": ("in.png", data, "image/png")}, headers=hub.origin
+        )
         assert r.status_code == 200, r.text
         name = r.json()["name"]
         assert (hub.base / "input" / name).read_bytes() == data
@@ -229,6 +248,7 @@ def test_upload_image_lands_in_input(hub):
 
 def test_last_activity_moves_with_use(hub):
     with hub.client("alice") as c:
+
         def activity():
             return c.get(f"/api/projects/{hub.project}").json()["data"]["service"]["last_activity"]
 

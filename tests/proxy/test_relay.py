@@ -82,7 +82,7 @@ class RawClient:
             size = int(line.split(b";")[0], 16)
             while len(self.buf) < size + 2:
                 self.buf += self.sock.recv(65536)
-            out, self.buf = out + self.buf[:size], self.buf[size + 2:]
+            out, self.buf = out + self.buf[:size], self.buf[size + 2 :]
             if size == 0:
                 return out
 
@@ -167,8 +167,11 @@ def test_keep_alive_after_a_relayed_download(hub, big):
 
 
 def _upstream_connections(server: psutil.Process, port: int) -> int:
-    return sum(1 for c in server.net_connections("tcp")
-               if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+    return sum(
+        1
+        for c in server.net_connections("tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    )
 
 
 def _half_read_upstream(port: int) -> int:
@@ -217,8 +220,11 @@ def test_client_leaving_mid_download_leaves_nothing_behind(hub, big):
     wait_for_sync(lambda: server.num_fds() <= fds, timeout=10, what="the descriptors to be closed")
     # The half-read instance connection is closed, not pooled or left open.
     wait_for_sync(lambda: _half_read_upstream(hub.port) == 0, timeout=10, what="the instance connection to close")
-    wait_for_sync(lambda: _upstream_connections(server, hub.port) <= upstream, timeout=10,
-                  what="no more instance connections than before")
+    wait_for_sync(
+        lambda: _upstream_connections(server, hub.port) <= upstream,
+        timeout=10,
+        what="no more instance connections than before",
+    )
     # And the proxy goes on as before.
     again = RawClient(hub)
     again.request("GET", _view(hub))
@@ -250,9 +256,12 @@ def test_small_chunked_and_head_answers_keep_the_normal_path(hub, big):
 
         # A chunked answer (the fake's /echo streams the request body back chunked).
         payload = os.urandom(3 * MB)
-        client.sock.sendall(f"POST /comfy/{hub.project}/echo HTTP/1.1\r\nHost: {client.host}\r\n"
-                            f"Cookie: {client.cookie}\r\nOrigin: {hub.url}\r\n"
-                            f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        client.sock.sendall(
+            f"POST /comfy/{hub.project}/echo HTTP/1.1\r\nHost: {client.host}\r\n"
+            f"Cookie: {client.cookie}\r\nOrigin: {hub.url}\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
         status, headers = client.head()
         assert status == 200 and headers.get("transfer-encoding") == "chunked"
         assert client.chunked_body() == payload

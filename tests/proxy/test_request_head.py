@@ -4,17 +4,34 @@ from comfyhub.proxy.gateway import _request_head, _response_headers, _upstream_p
 
 
 def scope(headers, path="/comfy/7/api/prompt", query=b""):
-    return {"type": "http", "method": "POST", "path": path, "raw_path": path.encode(), "query_string": query,
-            "headers": headers, "client": ("10.1.2.3", 5555), "scheme": "http"}
+    return {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "headers": headers,
+        "client": ("10.1.2.3", 5555),
+        "scheme": "http",
+    }
 
 
 def test_request_head_rewrites_only_what_it_must():
-    s = scope([
-        (b"host", b"hub.example:8000"), (b"connection", b"keep-alive, x-custom"), (b"keep-alive", b"timeout=5"),
-        (b"authorization", b"Bearer secret"), (b"cookie", b"comfyhub_session=abc; theme=dark"),
-        (b"content-type", b"application/json"), (b"content-length", b"2"), (b"origin", b"http://hub.example:8000"),
-        (b"x-forwarded-for", b"6.6.6.6"), (b"te", b"trailers"), (b"upgrade", b"h2c"),
-    ])
+    s = scope(
+        [
+            (b"host", b"hub.example:8000"),
+            (b"connection", b"keep-alive, x-custom"),
+            (b"keep-alive", b"timeout=5"),
+            (b"authorization", b"Bearer secret"),
+            (b"cookie", b"comfyhub_session=abc; theme=dark"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"2"),
+            (b"origin", b"http://hub.example:8000"),
+            (b"x-forwarded-for", b"6.6.6.6"),
+            (b"te", b"trailers"),
+            (b"upgrade", b"h2c"),
+        ]
+    )
     head, chunked = _request_head(s, _upstream_path(s, 7))
     text = head.decode()
     assert text.startswith("POST /api/prompt HTTP/1.1\r\n")
@@ -45,6 +62,12 @@ def test_query_string_and_encoded_path_are_kept():
 
 
 def test_response_hop_by_hop_headers_are_dropped():
-    out = _response_headers([(b"Content-Type", b"text/html"), (b"Connection", b"close"),
-                             (b"Transfer-Encoding", b"chunked"), (b"Content-Length", b"5")])
+    out = _response_headers(
+        [
+            (b"Content-Type", b"text/html"),
+            (b"Connection", b"close"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"Content-Length", b"5"),
+        ]
+    )
     assert out == [(b"content-type", b"text/html"), (b"content-length", b"5")]

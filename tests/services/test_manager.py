@@ -12,6 +12,8 @@ import psutil
 import pytest
 
 from comfyhub.services.instances import instance_dir
+from tests.support import launcher
+from tests.support.app import running_app
 from tests.support.comfy import (
     instance_processes,
     new_project,
@@ -21,8 +23,6 @@ from tests.support.comfy import (
     system_argv,
     user_id,
 )
-from tests.support import launcher
-from tests.support.app import running_app
 from tests.support.net import wait_for
 
 
@@ -81,7 +81,7 @@ async def test_users_opening_at_once_get_distinct_ports_and_their_own_instance(c
     replies = await asyncio.gather(*(open_comfy(client, h, p) for h, p in projects))
     ports = [r.json()["data"]["port"] for r in replies]
     assert len(set(ports)) == 4
-    for (headers, pid), port in zip(projects, ports):
+    for (headers, pid), port in zip(projects, ports, strict=False):
         base = instance_dir(settings, await user_id(client, headers), pid)
         argv = system_argv(port)
         assert argv[argv.index("--base-directory") + 1] == str(base)

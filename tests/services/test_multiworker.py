@@ -38,8 +38,11 @@ def _lease_holder(db_url: str) -> str:
 
 
 def _workers(hub) -> list[int]:
-    return [p.pid for p in psutil.Process(hub.proc.pid).children()
-            if "multiprocessing" in " ".join(p.cmdline()) or "spawn" in " ".join(p.cmdline())]
+    return [
+        p.pid
+        for p in psutil.Process(hub.proc.pid).children()
+        if "multiprocessing" in " ".join(p.cmdline()) or "spawn" in " ".join(p.cmdline())
+    ]
 
 
 def test_200_concurrent_opens_over_20_projects_start_exactly_20(hub2):
@@ -51,8 +54,9 @@ def test_200_concurrent_opens_over_20_projects_start_exactly_20(hub2):
     async def storm():
         headers = {"Authorization": f"Bearer {token}"}
         limits = httpx.Limits(max_connections=200)
-        async with httpx.AsyncClient(base_url=hub2.url, headers=headers, timeout=120, limits=limits,
-                                     trust_env=False) as ac:
+        async with httpx.AsyncClient(
+            base_url=hub2.url, headers=headers, timeout=120, limits=limits, trust_env=False
+        ) as ac:
             return await asyncio.gather(*(ac.post(f"/api/projects/{projects[i % 20]}/open_comfy") for i in range(200)))
 
     replies = asyncio.run(storm())
@@ -83,8 +87,11 @@ def test_one_heartbeat_holder_and_takeover_when_it_dies(hub2):
         assert _lease_holder(hub2.db_url) == holder  # the same worker keeps it while alive
 
         os.kill(holder_pid, signal.SIGKILL)
-        new_holder = wait_for_sync(lambda: (h := _lease_holder(hub2.db_url)) != holder and h, timeout=60,
-                                   what="another worker to take the heartbeat over")
+        new_holder = wait_for_sync(
+            lambda: (h := _lease_holder(hub2.db_url)) != holder and h,
+            timeout=60,
+            what="another worker to take the heartbeat over",
+        )
         assert int(new_holder.split(":")[1]) != holder_pid
         seen = service_of(c, p)["last_heartbeat"]
         wait_for_sync(lambda: service_of(c, p)["last_heartbeat"] != seen, timeout=30, what="heartbeats to go on")

@@ -49,8 +49,9 @@ async def test_idle_instance_is_culled_busy_one_is_not(db_url, tmp_path):
         for p in (idle, busy):
             assert (await open_comfy(c, c.alice, p)).json()["data"]["status"] == "online"
         port = (await service(c, c.alice, busy))["port"]
-        job = httpx.post(f"http://{launcher.instance_host()}:{port}/prompt", json={"prompt": {}, "client_id": "x"},
-                         trust_env=False)
+        job = httpx.post(
+            f"http://{launcher.instance_host()}:{port}/prompt", json={"prompt": {}, "client_id": "x"}, trust_env=False
+        )
         assert job.status_code == 200  # a job now runs for 30 s
         idle_pid = (await service(c, c.alice, idle))["pid"]
         base = instance_dir(c.settings, await user_id(c, c.alice), idle)
@@ -223,8 +224,13 @@ async def test_metrics_move_with_starts_and_failures(db_url, tmp_path):
 
 
 def _cli(db_url, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "comfyhub.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "COMFYHUB_DATABASE_URL": db_url}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "comfyhub.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COMFYHUB_DATABASE_URL": db_url},
+        timeout=60,
+    )
 
 
 async def test_events_show_who_did_what(db_url, tmp_path):

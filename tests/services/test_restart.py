@@ -51,7 +51,10 @@ def test_restart_adopts_running_instances_and_marks_dead_ones(hub_factory):
         kept = service_of(c, keep)
         assert kept["status"] == "online"
         assert (kept["pid"], kept["port"], kept["started_at"]) == (
-            before[keep]["pid"], before[keep]["port"], before[keep]["started_at"])
+            before[keep]["pid"],
+            before[keep]["port"],
+            before[keep]["started_at"],
+        )
         assert _open(c, keep).json()["data"]["port"] == before[keep]["port"]  # reused, not restarted
         assert service_of(c, keep)["pid"] == before[keep]["pid"]
         assert service_of(c, dies)["pid"] is None
@@ -73,8 +76,10 @@ def _backend_killed_while_starting(hub_factory, code: str, start_delay: float):
     opener = threading.Thread(target=lambda: _quietly(hub, p))
     opener.start()
     with hub.client("alice") as c:
-        svc = wait_for_sync(lambda: (s := service_of(c, p)) and s["status"] == "starting" and s["port"] and s["pid"]
-                            and s, what="start in progress")
+        svc = wait_for_sync(
+            lambda: (s := service_of(c, p)) and s["status"] == "starting" and s["port"] and s["pid"] and s,
+            what="start in progress",
+        )
     hub.stop(signal.SIGKILL)
     opener.join()
     return uid, p, svc
@@ -118,8 +123,9 @@ def test_process_missing_from_its_record_is_recorded_not_duplicated(hub_factory)
 
     hub = hub_factory().start()
     with hub.client("alice") as c:
-        wait_for_sync(lambda: service_of(c, p)["status"] == "online" and service_of(c, p)["pid"] == pid,
-                      what="orphan recorded")
+        wait_for_sync(
+            lambda: service_of(c, p)["status"] == "online" and service_of(c, p)["pid"] == pid, what="orphan recorded"
+        )
         assert _open(c, p).json()["data"]["port"] == svc["port"]
         uid = c.get("/api/auth/me").json()["data"]["id"]
         assert len(instance_processes(hub.instance_dir(uid, p))) == 1
@@ -215,8 +221,11 @@ def _forget_process(db_url, project_id):
     async def run():
         engine = create_engine(db_url)
         async with session_factory(engine)() as db:
-            await db.execute(update(ComfyUIService).where(ComfyUIService.project_id == project_id)
-                             .values(status="starting", pid=None, launcher_state=None))
+            await db.execute(
+                update(ComfyUIService)
+                .where(ComfyUIService.project_id == project_id)
+                .values(status="starting", pid=None, launcher_state=None)
+            )
             await db.commit()
         await engine.dispose()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from comfyhub.config import load_settings
@@ -10,14 +10,19 @@ from comfyhub.models import ComfyUIService, ServiceStatus
 from comfyhub.reasons import Reason
 from comfyhub.services.restarts import restart_plan
 
-NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
 def _settings(**overrides):
-    values = dict(comfyhub_database_url="sqlite+aiosqlite:///:memory:", comfyhub_secret_key="k",
-                  comfyui_instance_base_dir=Path("/nonexistent"), comfyui_auto_restart=True,
-                  comfyui_restart_backoff_seconds=2, comfyui_restart_max_failures=3,
-                  comfyui_restart_window_seconds=600)
+    values = dict(
+        comfyhub_database_url="sqlite+aiosqlite:///:memory:",
+        comfyhub_secret_key="k",
+        comfyui_instance_base_dir=Path("/nonexistent"),
+        comfyui_auto_restart=True,
+        comfyui_restart_backoff_seconds=2,
+        comfyui_restart_max_failures=3,
+        comfyui_restart_window_seconds=600,
+    )
     values.update(overrides)
     return load_settings(_env_file=None, **values)
 

@@ -24,8 +24,10 @@ async def running_app(db_url, tmp_path, users=("alice",), admins=(), **overrides
     for name in admins:
         await add_user(settings, name, admin=True)
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c:
-            c.headers_of = {name: await login(c, name) for name in (*users, *admins)}
-            c.app, c.settings, c.manager = app, settings, app.state.manager
-            yield c
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ORIGIN) as c,
+    ):
+        c.headers_of = {name: await login(c, name) for name in (*users, *admins)}
+        c.app, c.settings, c.manager = app, settings, app.state.manager
+        yield c

@@ -60,7 +60,8 @@ class LiveHub(LiveServer):
         base.update({k.upper(): str(v) for k, v in env.items()})
         super().__init__(workdir, env=base, workers=workers)
         self.settings = load_settings(
-            _env_file=None, comfyhub_database_url=self.db_url,
+            _env_file=None,
+            comfyhub_database_url=self.db_url,
             comfyui_instance_base_dir=workdir / "runtime" / "comfy_instances",
         )
 

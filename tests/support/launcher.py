@@ -25,8 +25,12 @@ def settings_overrides() -> dict:
     # A tenth of a GPU each: the 2-GPU test cluster holds 20 instances, as many as the
     # largest of these tests opens at once.
     # Starting an actor's worker process takes a second or more on a busy 2-core machine.
-    return {"comfyui_launcher": "ray", "ray_address": _current["ray_address"], "comfyui_gpus_per_instance": 0.1,
-            "comfyui_startup_timeout_seconds": 60}
+    return {
+        "comfyui_launcher": "ray",
+        "ray_address": _current["ray_address"],
+        "comfyui_gpus_per_instance": 0.1,
+        "comfyui_startup_timeout_seconds": 60,
+    }
 
 
 def hub_env() -> dict[str, str]:

@@ -44,8 +44,11 @@ def running_ray_cluster(gpu_nodes: int = 2, gpus_per_node: int = 1):
 
 
 def comfyhub_actors() -> list[str]:
-    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-            if a.get("namespace") == NAMESPACE and a["name"].startswith(ACTOR_PREFIX)]
+    return [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == NAMESPACE and a["name"].startswith(ACTOR_PREFIX)
+    ]
 
 
 def kill_comfyhub_actors() -> None:

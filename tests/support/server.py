@@ -26,13 +26,26 @@ class LiveServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"serve-{self.port}.out"
 
-    def start(self, timeout: float = 180) -> "LiveServer":
+    def start(self, timeout: float = 180) -> LiveServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "comfyhub.cli", "serve", "--port", str(self.port),
-             "--workers", str(self.workers), "--log-level", "warning"],
-            cwd=self.workdir, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "comfyhub.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--log-level",
+                "warning",
+            ],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         try:

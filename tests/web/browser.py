@@ -71,7 +71,8 @@ PROBE = """
   const proto = EventTarget.prototype;
   const [add, remove] = [proto.addEventListener, proto.removeEventListener];
   const entries = new Set();
-  const keyOf = (target, type) => (target === document ? `document:${type}` : target === window ? `window:${type}` : null);
+  const keyOf = (target, type) =>
+    target === document ? `document:${type}` : target === window ? `window:${type}` : null;
   const captureOf = (opts) => (typeof opts === "boolean" ? opts : Boolean(opts && opts.capture));
   const find = (key, fn, capture) => [...entries].find((e) => e.key === key && e.fn === fn && e.capture === capture);
   proto.addEventListener = function (type, fn, opts) {

@@ -295,7 +295,8 @@ async def test_a_taken_project_code_is_shown_at_its_field(hub, browse):
 
 async def _badge_html(page: Page, key: str | None, table: str = "STATUSES") -> str:
     return await page.evaluate(
-        "async ([key, table]) => { const s = await import('/static/js/status.js'); return s.badge(key, s[table]).el.outerHTML; }",
+        "async ([key, table]) => { const s = await import('/static/js/status.js');"
+        " return s.badge(key, s[table]).el.outerHTML; }",
         [key, table],
     )
 

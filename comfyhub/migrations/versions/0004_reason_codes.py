@@ -21,8 +21,14 @@ _LIVE = sa.text("status IN ('starting', 'online')")
 
 
 def _live_port_index() -> None:
-    op.create_index("uq_comfyui_services_live_port", "comfyui_services", ["port"], unique=True,
-                    sqlite_where=_LIVE, postgresql_where=_LIVE)
+    op.create_index(
+        "uq_comfyui_services_live_port",
+        "comfyui_services",
+        ["port"],
+        unique=True,
+        sqlite_where=_LIVE,
+        postgresql_where=_LIVE,
+    )
 
 
 def upgrade() -> None:
