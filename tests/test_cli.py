@@ -129,7 +129,7 @@ def _seed_instances(tmp_path):
                             port=8201,
                             pid=4242,
                             gpu="0",
-                            start_time=at,
+                            started_at=at,
                         ),
                         ComfyUIService(user_id=people[1].id, project_id=projects[1].id, status="stopped"),
                         Event(
