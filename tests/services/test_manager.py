@@ -251,7 +251,9 @@ async def test_recorded_pid_reused_by_stranger_is_never_signalled(client, alice,
     svc = await service(client, alice, pid)
     os.kill(svc["pid"], signal.SIGKILL)
     await wait_for(lambda: not pid_alive(svc["pid"]), what="instance gone")
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # A group leader, as a reused pid can be: a stop signals the process group, so a
+    # stranger outside any group of its own would survive even a broken identity check.
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
         # Make the record point at the stranger, as if the kernel had reused the pid.
         from sqlalchemy import update
