@@ -13,7 +13,7 @@ The layers, top to bottom (docs/architecture.md explains each):
     launchers                            how a process (or Ray actor) is started
     migrations                           the schema history
     models, db, config, metrics,         foundations (and the root package's version)
-    net, reasons
+    net, reasons, messages
 
 A module may import modules of its own layer and of any layer below it, never above.
 "Independent" siblings may not import each other either: `api` and `proxy` share
@@ -33,6 +33,9 @@ CLI that must work without the web app. Where the other modules go, and why:
 - `web/` holds static files the app serves; it has no Python, so it is not in the graph.
 - `net/` (the HTTP/1.1 client and the port helpers) is used by both the proxy and the
   services, so it is a foundation.
+
+- `messages` (the Chinese refusals both front doors answer with: 未登录…, 无操作权限…)
+  is shared by the siblings `api` and `proxy`, so it lies below both, with no imports.
 
 - `reasons` (stop and failure codes with their words) is stored by the services and
   named by the launchers, also inside Ray actors on other machines: a foundation with
@@ -67,7 +70,7 @@ LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import 
     ({"services"}, False),
     ({"launchers"}, False),
     ({"migrations"}, False),
-    ({"models", "db", "config", "metrics", "net", "reasons", ""}, False),  # "": comfyhub/__init__.py
+    ({"models", "db", "config", "metrics", "net", "reasons", "messages", ""}, False),  # "": comfyhub/__init__.py
 ]
 FOUNDATIONS = LAYERS[-1][0]
 FOUNDATIONS_MAY_IMPORT = {"config", "models", "reasons", ""}

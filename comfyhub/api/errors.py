@@ -21,13 +21,15 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as SATimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+# The refusals the /comfy/ gateway answers with too: the routes import them from here.
+from comfyhub.messages import CROSS_SITE as CROSS_SITE
+from comfyhub.messages import FORBIDDEN as FORBIDDEN
+from comfyhub.messages import NOT_LOGGED_IN as NOT_LOGGED_IN
+from comfyhub.messages import PROJECT_NOT_FOUND as PROJECT_NOT_FOUND
 from comfyhub.services.errors import ServiceError
 
 log = logging.getLogger("comfyhub.api")
 
-NOT_LOGGED_IN = "未登录或登录已过期"
-FORBIDDEN = "无操作权限"
-PROJECT_NOT_FOUND = "项目不存在"
 DATABASE_AWAY = "数据库暂时不可用，请稍后再试"
 
 

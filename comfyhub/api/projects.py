@@ -146,6 +146,26 @@ async def stop_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, ma
     return envelope(service_view(record), "ComfyUI 已停止")
 
 
+@router.get("/{project_id}/queue", summary="ComfyUI 的任务：运行中与排队中的数量")
+async def comfy_queue(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
+    """What a 停止 would interrupt, asked of the instance when asked here (the page asks
+    on 停止, so the list itself never waits on any instance). `data` is null when the
+    instance is not online or does not answer: then nothing is known to be running."""
+    await load_project(db, project_id, user)
+    record = await _service_of(db, project_id)
+    await db.commit()  # hand the connection back while the instance answers
+    if record is None or record.status != ServiceStatus.ONLINE or not record.port:
+        return envelope(None)
+    queue = await manager.health.get_json(record.host or "127.0.0.1", record.port, "/queue")
+    if not isinstance(queue, dict):
+        return envelope(None)
+    return envelope({"running": _count(queue.get("queue_running")), "pending": _count(queue.get("queue_pending"))})
+
+
+def _count(items) -> int:
+    return len(items) if isinstance(items, list) else 0
+
+
 @router.get("/{project_id}/comfy_log", summary="ComfyUI 日志（末尾若干行）")
 async def comfy_log(
     project_id: ProjectId,

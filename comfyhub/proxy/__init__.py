@@ -1,6 +1,6 @@
 """The authenticated reverse proxy to the instances: gateway (ASGI), access (who may
-pass, where to), upstream (HTTP client to ComfyUI), pages (what the browser sees
-when an instance is not there)."""
+pass, where to), relay (large downloads in a thread), refusals (a page for a browser,
+the API's JSON envelope for a script) and pages (what the browser sees)."""
 
 from comfyhub.net.http1 import UpstreamPool
 from comfyhub.proxy.access import ProxyAccess

@@ -8,6 +8,8 @@ Host with a foreign Origin), hop-by-hop headers dropped and X-Forwarded-* set.
 comfyhub's own credentials (its session cookie, Authorization) are never passed on.
 Large downloads (Content-Length ≥ 1 MiB, bodyless request) leave the event loop after
 the response head: a thread moves the body socket to socket (relay.py).
+A request that is not passed on is refused with a page for a browser and the API's JSON
+envelope for a script (refusals.py); a refused WebSocket is logged once, at INFO.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from comfyhub.models import ServiceStatus
 from comfyhub.net.http1 import UpstreamConnection, UpstreamError, UpstreamPool
+from comfyhub.proxy import refusals
 from comfyhub.proxy.access import ProxyAccess, Target
-from comfyhub.proxy.pages import error_page, status_page
+from comfyhub.proxy.refusals import Refusal
 from comfyhub.proxy.relay import RELAY_MIN, Relays
 from comfyhub.security import SESSION_COOKIE, origin_required, same_origin, session_token
 
@@ -49,6 +52,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
 _HEAD_TIMEOUT = 300.0  # ComfyUI answers quickly; only a wedged instance takes this long
 MAX_ID = 2**31 - 1
 _SESSION_COOKIE_EQ = SESSION_COOKIE.encode() + b"="
+_GONE_TIMEOUT = 1.0  # how long a refused WebSocket waits for the server to drop it
 
 
 class ComfyProxy:
@@ -89,7 +93,7 @@ class ComfyProxy:
             return await self.app(scope, receive, send)
         match = _PATH.match(scope["path"])
         if match is None or int(match.group(1)) > MAX_ID:
-            return await _deny(scope, send, 404, "页面不存在", "地址中的项目编号无效。")
+            return await _refuse(scope, receive, send, refusals.BAD_PROJECT_ID, None)
         project_id, rest = int(match.group(1)), match.group(2)
         if rest is None and scope["type"] == "http":
             # The ComfyUI front end resolves its assets relative to a trailing slash.
@@ -97,10 +101,9 @@ class ComfyProxy:
             location = f"{PREFIX}{project_id}/" + (f"?{query.decode('latin-1')}" if query else "")
             return await _respond(send, 308, [(b"location", location.encode("latin-1"))], b"")
         headers = _header_map(scope)
-        target, why = await self._authorize(scope, project_id, headers)
+        target, refusal = await self._authorize(scope, project_id, headers)
         if target is None:
-            status, title, message = why
-            return await _deny(scope, send, status, title, message)
+            return await _refuse(scope, receive, send, refusal, project_id, headers)
         upstream_path = _upstream_path(scope, project_id)
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send, target, upstream_path)
@@ -108,19 +111,21 @@ class ComfyProxy:
 
     # --- access ---------------------------------------------------------------------------
 
-    async def _authorize(self, scope, project_id: int, headers: dict[bytes, bytes]):
+    async def _authorize(
+        self, scope, project_id: int, headers: dict[bytes, bytes]
+    ) -> tuple[Target, None] | tuple[None, Refusal]:
         token, from_cookie = _session_token(headers)
         user_id = await self.access.user_id(token)
         if user_id is None:
-            return None, (401, "未登录", "请先登录 comfyhub，再打开 ComfyUI。")
+            return None, refusals.NOT_LOGGED_IN
         target = await self.access.target(project_id)
         if target is None:
-            return None, (404, "项目不存在", "该项目不存在或已被删除。")
+            return None, refusals.NO_SUCH_PROJECT
         if target.owner_user_id != user_id:
-            return None, (403, "无操作权限", "只有项目的所有者可以访问它的 ComfyUI。")
+            return None, refusals.NOT_OWNER
         websocket = scope["type"] == "websocket"  # a handshake: no method, and not "safe"
         if origin_required(from_cookie, scope.get("method", ""), websocket) and not self._from_this_site(headers):
-            return None, (403, "跨站请求被拒绝", "请求来源与本站不一致。")
+            return None, refusals.CROSS_SITE
         return target, None
 
     def _from_this_site(self, headers: dict[bytes, bytes]) -> bool:
@@ -136,8 +141,7 @@ class ComfyProxy:
 
     async def _http(self, scope, receive, send, target: Target, path: bytes, headers: dict[bytes, bytes]):
         if target.status != ServiceStatus.ONLINE or not target.port:
-            code = 503 if target.status in (ServiceStatus.STARTING, ServiceStatus.OFFLINE) else 404
-            return await _respond(send, code, _html_headers(), status_page(target.status))
+            return await _refuse_http(send, refusals.not_running(target.status), headers)
         self.touch(target.project_id)
         request_head, body_framing = _request_head(scope, path, headers)
         has_body = body_framing or headers.get(b"content-length", b"0").strip() not in (b"0", b"")
@@ -149,7 +153,7 @@ class ComfyProxy:
             fresh = await self.access.target(target.project_id)
             if fresh is not None and fresh.status != ServiceStatus.ONLINE:
                 return await self._http(scope, receive, send, fresh, path, headers)
-            return await _respond(send, 502, _html_headers(), status_page("unreachable"))
+            return await _refuse_http(send, refusals.unreachable(), headers)
         conn._head_request = scope["method"] == "HEAD"
         if has_body:
             pump = asyncio.create_task(self._pump_request(receive, conn, request_head, body_framing))
@@ -166,7 +170,7 @@ class ComfyProxy:
                 pump.cancel()
             conn.close()
             self.access.forget_target(target.project_id)
-            return await _respond(send, 502, _html_headers(), status_page("unreachable"))
+            return await _refuse_http(send, refusals.unreachable(), headers)
         relay_to = None
         if pump is None and not conn.complete:
             length = conn.body_length
@@ -250,9 +254,9 @@ class ComfyProxy:
     # --- WebSocket ------------------------------------------------------------------------
 
     async def _websocket(self, scope, receive, send, target: Target, path: bytes):
-        if target.status != ServiceStatus.ONLINE or not target.port:
-            return await _deny(scope, send, 503, "ComfyUI 未就绪", "实例当前未在线。")
         headers = _header_map(scope)
+        if target.status != ServiceStatus.ONLINE or not target.port:
+            return await _refuse(scope, receive, send, refusals.not_running(target.status), target.project_id, headers)
         host = headers.get(b"host", b"localhost").decode("latin-1")
         extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in _forwarded(scope, headers)]
         subprotocols = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").decode().split(",") if p.strip()]
@@ -275,7 +279,7 @@ class ComfyProxy:
         except (TimeoutError, OSError, InvalidHandshake) as exc:
             self.access.forget_target(target.project_id)
             code = exc.response.status_code if isinstance(exc, InvalidStatus) else 502
-            return await _deny(scope, send, code, "ComfyUI 连接中断", "无法连接到实例。")
+            return await _refuse(scope, receive, send, refusals.unreachable(code), target.project_id, headers)
         first = await receive()
         if first["type"] != "websocket.connect":
             await upstream.close()
@@ -392,10 +396,6 @@ def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     return [(k.lower(), v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
 
 
-def _html_headers() -> list[tuple[bytes, bytes]]:
-    return [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")]
-
-
 async def _respond(send, status: int, headers: list, body: bytes) -> None:
     await send(
         {
@@ -407,16 +407,51 @@ async def _respond(send, status: int, headers: list, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _deny(scope, send, status: int, title: str, message: str) -> None:
-    body = error_page(title, message)
+async def _refuse(
+    scope, receive, send, refusal: Refusal, project_id: int | None, headers: dict[bytes, bytes] | None = None
+) -> None:
+    if headers is None:
+        headers = _header_map(scope)
     if scope["type"] == "http":
-        return await _respond(send, status, _html_headers(), body)
-    # WebSocket: refuse the handshake with a real HTTP status where the server allows it.
-    if "websocket.http.response" in scope.get("extensions", {}):
-        await send({"type": "websocket.http.response.start", "status": status, "headers": _html_headers()})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1008})
+        return await _refuse_http(send, refusal, headers)
+    return await _refuse_websocket(scope, receive, send, refusal, project_id, headers)
+
+
+async def _refuse_http(send, refusal: Refusal, headers: dict[bytes, bytes]) -> None:
+    response_headers, body = refusals.render(refusal, refusals.wants_json(headers))
+    await _respond(send, refusal.status, response_headers, body)
+
+
+async def _refuse_websocket(
+    scope, receive, send, refusal: Refusal, project_id: int | None, headers: dict[bytes, bytes]
+) -> None:
+    # One line that names the project and why: a refusal is not an error of the hub.
+    log.info("refused WebSocket to project %s: %d %s", project_id or "?", refusal.status, refusal.msg)
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})  # the server answers 403
+        return
+    # The real status (401, 403, 404, 503…) and body, where the server allows a response.
+    response_headers, body = refusals.render(refusal, refusals.wants_json(headers))
+    await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": response_headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+    await _until_dropped(receive)
+
+
+async def _until_dropped(receive) -> None:
+    """Return once the server has dropped a refused WebSocket connection.
+
+    uvicorn's websockets-sansio protocol (the default with `websockets` installed) counts
+    a handshake as complete only once the connection is lost, and an app that returns
+    before that is logged at ERROR ("ASGI callable returned without completing
+    handshake") although the refusal went out fine. It reports the refusal as a
+    `websocket.disconnect`, and the lost connection as a second one. Bounded: another
+    server may report nothing more, and then this returns after _GONE_TIMEOUT.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_GONE_TIMEOUT):
+            while (await receive())["type"] != "websocket.disconnect":
+                pass  # the `websocket.connect` that opened it
+            await receive()
 
 
 def _passable(code: int) -> int:

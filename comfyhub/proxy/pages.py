@@ -1,4 +1,4 @@
-"""The small Chinese pages the proxy shows instead of a raw 502."""
+"""The small Chinese pages a browser is shown when the proxy cannot pass it on."""
 
 from __future__ import annotations
 
@@ -29,11 +29,6 @@ PAGES = {
 }
 
 
-def status_page(status: str | None) -> bytes:
-    title, message, refresh = PAGES.get(status, PAGES[None])
+def error_page(title: str, message: str, refresh: bool = False) -> bytes:
     meta = '<meta http-equiv="refresh" content="3">' if refresh else ""
     return _TEMPLATE.format(title=html.escape(title), message=html.escape(message), refresh=meta).encode()
-
-
-def error_page(title: str, message: str) -> bytes:
-    return _TEMPLATE.format(title=html.escape(title), message=html.escape(message), refresh="").encode()

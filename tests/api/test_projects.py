@@ -2,7 +2,11 @@
 
 import asyncio
 
+import httpx
 import pytest
+
+from tests.support import launcher
+from tests.support.comfy import set_knobs
 
 
 async def _create(client, headers, code="P-1", name="项目一", note=""):
@@ -131,3 +135,37 @@ async def test_unique_code_under_concurrent_creates(client, alice, bob, admin):
     results = await asyncio.gather(*(_create(client, h, code="RACE") for h in (alice, bob)))
     assert sorted(r.status_code for r in results) == [201, 400]
     assert await _count(client, admin) == 1
+
+
+async def test_queue_tells_what_a_stop_would_interrupt_and_others_may_not_stop(client, alice, bob, admin, settings):
+    """The card asks GET …/queue before 停止; an admin's card stops through the admin route."""
+    pid = (await _create(client, alice)).json()["data"]["id"]
+    assert (await client.get(f"/api/projects/{pid}/queue", headers=alice)).json()["data"] is None  # never started
+    me = (await client.get("/api/auth/me", headers=alice)).json()["data"]["id"]
+    set_knobs(settings, me, pid, job_seconds=30)
+    opened = await client.post(f"/api/projects/{pid}/open_comfy", headers=alice)
+    assert opened.status_code == 200, opened.text
+    port = opened.json()["data"]["port"]
+    for _ in range(2):  # one runs for 30 s, one waits
+        job = httpx.post(
+            f"http://{launcher.instance_host()}:{port}/prompt", json={"prompt": {}, "client_id": "x"}, trust_env=False
+        )
+        assert job.status_code == 200
+    queue = await client.get(f"/api/projects/{pid}/queue", headers=alice)
+    assert queue.status_code == 200 and queue.json()["data"] == {"running": 1, "pending": 1}
+    assert (await client.get(f"/api/projects/{pid}/queue", headers=admin)).json()["data"] == {
+        "running": 1,
+        "pending": 1,
+    }
+
+    # Another user may neither look nor stop, by either route; the instance keeps running.
+    assert (await client.get(f"/api/projects/{pid}/queue", headers=bob)).status_code == 403
+    for path in (f"/api/projects/{pid}/stop_comfy", f"/api/admin/services/{pid}/stop"):
+        r = await client.post(path, headers=bob)
+        assert r.status_code == 403 and r.json()["msg"] == "无操作权限", path
+    assert (await client.get(f"/api/projects/{pid}", headers=alice)).json()["data"]["service"]["status"] == "online"
+    # The owner's route stays the owner's; an admin stops it through the admin route.
+    assert (await client.post(f"/api/projects/{pid}/stop_comfy", headers=admin)).status_code == 403
+    stopped = await client.post(f"/api/admin/services/{pid}/stop", headers=admin)
+    assert stopped.status_code == 200 and stopped.json()["data"]["status"] == "stopped"
+    assert (await client.get(f"/api/projects/{pid}/queue", headers=alice)).json()["data"] is None

@@ -264,8 +264,14 @@ def test_last_activity_moves_with_use(hub):
 def test_not_online_shows_chinese_page_then_comes_back(hub):
     with hub.client("alice") as c:
         assert c.post(f"/api/projects/{hub.project}/stop_comfy", headers=hub.origin).status_code == 200
-        r = c.get(f"/comfy/{hub.project}/")
+        r = c.get(f"/comfy/{hub.project}/", headers={"Accept": "text/html,*/*;q=0.8"})  # a browser
         assert r.status_code == 404 and "未启动" in r.text and 'href="/"' in r.text
+        r = c.get(f"/comfy/{hub.project}/api/queue")  # a script
+        assert r.status_code == 404 and r.json() == {
+            "code": 404,
+            "msg": "ComfyUI 未启动",
+            "data": {"status": "stopped"},
+        }
         opened = c.post(f"/api/projects/{hub.project}/open_comfy", headers=hub.origin).json()["data"]
         assert opened["comfy_url"] == f"/comfy/{hub.project}/"
         hub.port = opened["port"]

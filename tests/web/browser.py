@@ -22,7 +22,7 @@ SCREENSHOTS = os.environ.get("COMFYHUB_SCREENSHOTS") == "1"
 IMG_DIR = ROOT / "docs" / "img"
 PASSWORD = "password-123"
 ADMIN_PASSWORD = "admin-password-1"
-USERS = ("alice", "bob", "dana", "erin", "fay", "gus", "hana")
+USERS = ("alice", "bob", "dana", "erin", "fay", "gus", "hana", "ivy", "jun")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -37,6 +37,7 @@ CHROMIUM_ARGS = [
 LAPTOP = {"width": 1200, "height": 750}
 PHONE = {"width": 375, "height": 800}
 LIST_REFRESH_SECONDS = 1
+MAX_PER_USER = 2
 # The API answers errors with an HTTP status; Chromium logs each one as "Failed to load
 # resource". Those are expected under /api/ (the page shows their msg); anywhere else
 # (a missing script, stylesheet or icon) they are real errors.
@@ -137,6 +138,11 @@ def hub_env(work: Path) -> dict[str, str]:
         "COMFYUI_STARTUP_TIMEOUT_SECONDS": "20",
         "COMFYHUB_LIST_REFRESH_SECONDS": str(LIST_REFRESH_SECONDS),
         "COMFYHUB_ADMIN_PASSWORD": ADMIN_PASSWORD,  # the first admin is "admin"
+        # Pinned, whatever the defaults: no test opens more than MAX_PER_USER instances at
+        # once but the one that meets the limit; nothing is culled while a test looks.
+        "COMFYUI_MAX_INSTANCES_PER_USER": str(MAX_PER_USER),
+        "COMFYUI_MAX_INSTANCES": "0",
+        "COMFYUI_IDLE_TIMEOUT_SECONDS": "0",
     }
 
 

@@ -4,34 +4,14 @@ import { del, get, post } from "./api.js";
 import { confirmDialog, logDialog } from "./dialogs.js";
 import { h, setText, show, syncKeyed, toast } from "./dom.js";
 import { formatAgo, formatDateTime, formatDuration, parseTime, splitError } from "./format.js";
+import { icon } from "./icons.js";
 import { Scope, poll } from "./lifecycle.js";
 import { openPendingTab } from "./pending-tab.js";
 import { projectDialog } from "./project-form.js";
 import { RUNNING, badge as statusBadge, statusOf } from "./status.js";
+import { confirmStop, stopInstance } from "./stop-comfy.js";
 
 const SCOPE_KEY = "comfyhub.scope";
-
-const ICONS = {
-  edit: "M4 20h4L19 9l-4-4L4 16v4zM14 6l4 4",
-  delete: "M4 7h16M9 7V4h6v3M6 7l1 13h10l1-13M10 11v6M14 11v6",
-};
-
-/** A small line icon (inline SVG: no external resources). */
-function icon(name) {
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("aria-hidden", "true");
-  svg.setAttribute("focusable", "false");
-  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
-  path.setAttribute("d", ICONS[name]);
-  path.setAttribute("fill", "none");
-  path.setAttribute("stroke", "currentColor");
-  path.setAttribute("stroke-width", "1.8");
-  path.setAttribute("stroke-linecap", "round");
-  path.setAttribute("stroke-linejoin", "round");
-  svg.append(path);
-  return svg;
-}
 
 function savedScope() {
   try {
@@ -59,6 +39,7 @@ export function renderWorkbench(main, { me, meta }) {
     loaded: false,
     flights: new Map(), // project id → {since}: an open_comfy request in flight
     failures: new Map(), // project id → {error}: the last 数据生成 failed here
+    limits: new Map(), // project id → msg: the last 数据生成 was refused by an instance limit (429)
     busy: new Set(), // project ids with a stop request in flight
   };
   const cards = new Map();
@@ -199,6 +180,7 @@ export function renderWorkbench(main, { me, meta }) {
     const failTail = h("pre", { class: "failure-tail" });
     const failure = h("div", { class: "failure", role: "alert" },
       h("span", { class: "failure-title", text: "启动失败原因" }), failReason, failTail);
+    const limit = h("p", { class: "limit-notice", role: "alert" }); // not a failure: nothing was started
 
     const openButton = h("button", { type: "button", class: "btn btn-primary", dataset: { action: "open" } }, "数据生成");
     const stopButton = h("button", { type: "button", class: "btn", dataset: { action: "stop" } }, "停止");
@@ -224,6 +206,7 @@ export function renderWorkbench(main, { me, meta }) {
       note,
       h("dl", { class: "meta" }, Object.values(rows).map((r) => r.el)),
       detail,
+      limit,
       failure,
       h("div", { class: "card-actions" },
         h("div", { class: "actions-main" }, openButton, stopButton, logButton),
@@ -286,13 +269,17 @@ export function renderWorkbench(main, { me, meta }) {
         show(failTail, tail.length > 0);
       }
 
+      const refused = state.limits.get(p.id);
+      setText(limit, refused || "");
+      show(limit, Boolean(refused));
+
       const inFlight = state.flights.has(p.id);
       const stopping = state.busy.has(p.id);
       show(openButton, mine);
       openButton.disabled = inFlight || stopping;
       openButton.classList.toggle("is-busy", inFlight);
       openButton.setAttribute("aria-busy", String(inFlight));
-      show(stopButton, mine && (running || inFlight));
+      show(stopButton, (mine || me.is_admin) && (running || inFlight)); // an admin: by the admin route
       stopButton.disabled = stopping;
       show(logButton, Boolean(s));
       deleteButton.disabled = stopping;
@@ -315,6 +302,7 @@ export function renderWorkbench(main, { me, meta }) {
     const tab = openPendingTab(p);
     state.flights.set(id, { since: Date.now() });
     state.failures.delete(id);
+    state.limits.delete(id);
     renderCards();
     try {
       const data = await post(`/api/projects/${id}/open_comfy`);
@@ -332,6 +320,8 @@ export function renderWorkbench(main, { me, meta }) {
       if (tab && !tab.closed) tab.close();
       if (error.status === 409) {
         toast(error.message, "info"); // the start was cancelled (停止 while starting)
+      } else if (error.status === 429) {
+        state.limits.set(id, error.message); // on the card until the next 数据生成 or 停止
       } else if (error.status !== 401) {
         const data = error.data || {};
         const reason = data.last_error || (data.hint ? `${error.message}：${data.hint}` : error.message);
@@ -345,14 +335,18 @@ export function renderWorkbench(main, { me, meta }) {
   }
 
   async function stopComfy(id) {
-    if (state.busy.has(id)) return;
+    const p = project(id);
+    if (!p || state.busy.has(id)) return;
     state.busy.add(id);
     renderCards();
     try {
-      const service = await post(`/api/projects/${id}/stop_comfy`);
-      state.failures.delete(id);
-      if (service) patchService(id, service);
-      toast("ComfyUI 已停止", "success");
+      if (await confirmStop(p, me)) {
+        const service = await stopInstance(p, me);
+        state.failures.delete(id);
+        state.limits.clear(); // a slot is free now: the limit no longer stands in the way
+        if (service) patchService(id, service);
+        toast("ComfyUI 已停止", "success");
+      }
     } catch (error) {
       if (error.status !== 401) toast(error.message, "error");
     }

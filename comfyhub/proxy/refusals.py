@@ -1,0 +1,63 @@
+"""Why the gateway does not pass a request on, and how it tells whom.
+
+A browser navigating to /comfy/{id}/ is shown a small Chinese page (pages.py) with a way
+back to the workbench. A script — one that authenticates with a bearer token, or that
+does not accept HTML (curl's `*/*`, a fetch() for JSON) — gets the API's envelope
+`{"code", "msg", "data"}` instead, with the API's own messages (comfyhub.messages), so
+it reads the refusal like any other API error. The HTTP status is the same either way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from comfyhub import messages
+from comfyhub.models import ServiceStatus
+from comfyhub.proxy.pages import PAGES, error_page
+
+
+@dataclass(frozen=True)
+class Refusal:
+    status: int
+    msg: str  # the API's word for it: the envelope's msg, and the log line
+    title: str  # the page's heading
+    text: str  # the page's explanation
+    data: dict | None = None
+    refresh: bool = False  # the page reloads itself (an instance that is starting)
+
+
+NOT_LOGGED_IN = Refusal(401, messages.NOT_LOGGED_IN, "未登录", "请先登录 comfyhub，再打开 ComfyUI。")
+NO_SUCH_PROJECT = Refusal(404, messages.PROJECT_NOT_FOUND, "项目不存在", "该项目不存在或已被删除。")
+BAD_PROJECT_ID = Refusal(404, messages.PROJECT_NOT_FOUND, "页面不存在", "地址中的项目编号无效。")
+NOT_OWNER = Refusal(403, messages.FORBIDDEN, "无操作权限", "只有项目的所有者可以访问它的 ComfyUI。")
+CROSS_SITE = Refusal(403, messages.CROSS_SITE, "跨站请求被拒绝", "请求来源与本站不一致。")
+
+
+def not_running(status: str | None) -> Refusal:
+    """The instance is not online: 503 while it may come (starting, offline), else 404."""
+    code = 503 if status in (ServiceStatus.STARTING, ServiceStatus.OFFLINE) else 404
+    title, text, refresh = PAGES.get(status, PAGES[None])
+    return Refusal(code, title, title, text, {"status": status}, refresh)
+
+
+def unreachable(status: int = 502) -> Refusal:
+    """Online by the record, but the instance did not answer (or refused the WebSocket)."""
+    title, text, _ = PAGES["unreachable"]
+    return Refusal(status, title, title, text)
+
+
+def wants_json(headers: dict[bytes, bytes]) -> bool:
+    """A script rather than a browser: a bearer token, or no text/html in Accept."""
+    scheme = headers.get(b"authorization", b"").partition(b" ")[0]
+    return scheme.lower() == b"bearer" or b"text/html" not in headers.get(b"accept", b"").lower()
+
+
+def render(refusal: Refusal, as_json: bool) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """The response headers and body that say `refusal`: the JSON envelope or a page."""
+    if as_json:
+        envelope = {"code": refusal.status, "msg": refusal.msg, "data": refusal.data}
+        body = json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode()
+        return [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body
+    body = error_page(refusal.title, refusal.text, refusal.refresh)
+    return [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")], body
