@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comfyhub.api.errors import FORBIDDEN, NOT_LOGGED_IN, ApiError
+from comfyhub.api.errors import CROSS_SITE, FORBIDDEN, NOT_LOGGED_IN, ApiError
 from comfyhub.auth import user_for_token
 from comfyhub.config import Settings
 from comfyhub.models import User
@@ -60,7 +60,7 @@ async def current_user(request: Request, db: DbSession, settings: SettingsDep) -
     if user is None:
         raise ApiError(401, NOT_LOGGED_IN)
     if origin_required(from_cookie, request.method) and not from_this_site(request, settings):
-        raise ApiError(403, "跨站请求被拒绝")
+        raise ApiError(403, CROSS_SITE)
     request.state.user = user
     return user
 

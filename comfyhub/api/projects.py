@@ -156,8 +156,8 @@ async def comfy_queue(project_id: ProjectId, user: CurrentUser, db: DbSession, m
     await db.commit()  # hand the connection back while the instance answers
     if record is None or record.status != ServiceStatus.ONLINE or not record.port:
         return envelope(None)
-    queue = await manager.health.get_json(record.host or "127.0.0.1", record.port, "/queue")
-    if not isinstance(queue, dict):
+    queue = await manager.queue(record)
+    if queue is None:
         return envelope(None)
     return envelope({"running": _count(queue.get("queue_running")), "pending": _count(queue.get("queue_pending"))})
 

@@ -129,7 +129,7 @@ class Heartbeat:
 
     async def _cull_if_idle(self, record: ComfyUIService) -> None:
         """Stop an idle instance — unless ComfyUI has queued or running work."""
-        queue = await self.liveness.health.get_json(record.host or "127.0.0.1", record.port, "/queue")
+        queue = await self.liveness.queue(record)
         if queue is None:
             return  # cannot tell: never cull on a guess
         if queue.get("queue_running") or queue.get("queue_pending"):

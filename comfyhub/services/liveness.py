@@ -51,6 +51,12 @@ class Liveness:
             return False
         return await self.health.is_ours(handle.host, handle.port, record.base_dir)
 
+    async def queue(self, record: ComfyUIService) -> dict | None:
+        """ComfyUI's /queue (`queue_running`, `queue_pending`) of an instance; None when it
+        does not answer or answers something else."""
+        queue = await self.health.get_json(record.host or "127.0.0.1", record.port, "/queue")
+        return queue if isinstance(queue, dict) else None
+
     async def probe(self, record: ComfyUIService) -> Probe:
         handle = self.handle(record)
         if handle is None:

@@ -229,6 +229,10 @@ class ServiceManager:
     def comfy_url(self, project_id: int) -> str:
         return comfy_url(project_id)
 
+    async def queue(self, record: ComfyUIService) -> dict | None:
+        """ComfyUI's queue of an online instance (None when it does not answer)."""
+        return await self.liveness.queue(record)
+
     async def events(self, limit: int = 100) -> list[Event]:
         return await self.audit.events(limit)
 
