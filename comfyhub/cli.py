@@ -61,17 +61,30 @@ def ensure_first_admin(settings: Settings) -> str | None:
 
 
 def _announce_admin(settings: Settings, password: str) -> None:
-    keep = settings.runtime_dir / "initial_admin_password"
-    keep.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{settings.comfyhub_admin_user} {password}\n")
+    keep = keep_initial_password(settings.runtime_dir, password)
     bar = "=" * 64
     print(
         f"{bar}\n First run: created administrator '{settings.comfyhub_admin_user}'\n"
-        f" password: {password}\n (also kept in {keep}, mode 0600; shown only this once)\n{bar}",
+        f" password: {password}\n (also in {keep}, mode 0600: the password alone; shown only this once)\n{bar}",
         flush=True,
     )
+
+
+def keep_initial_password(runtime_dir: Path, password: str) -> Path:
+    """Write runtime/initial_admin_password: the password alone and a newline, mode 0600.
+
+    Only the password, so that `$(cat runtime/initial_admin_password)` is exactly what the
+    login form wants. Written under a temporary name and renamed: a reader never sees a
+    half-written file.
+    """
+    keep = runtime_dir / "initial_admin_password"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    partial = keep.with_name(f".{keep.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    os.replace(partial, keep)
+    return keep
 
 
 NOT_CONFIGURED_BANNER = (
