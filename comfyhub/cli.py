@@ -16,7 +16,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from comfyhub.auth import hash_password_sync
-from comfyhub.config import Settings, SettingsError, load_settings
+from comfyhub.config import Settings, SettingsError, describe_env_file, load_settings
 from comfyhub.db import create_engine, is_sqlite, migrate, session_factory
 from comfyhub.models import User
 
@@ -104,6 +104,7 @@ def cmd_serve(args) -> int:
             file=sys.stderr,
         )
         return 2
+    print(f"comfyhub: settings {describe_env_file()}", flush=True)
     print(f"comfyhub: migrating {_safe_url(settings.database_url)}", flush=True)
     migrate(settings.database_url)
     password = ensure_first_admin(settings)

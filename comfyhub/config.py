@@ -20,6 +20,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RUNTIME_DIR = Path("runtime")
+# Read from the working directory: the repository root under ./scripts/serve.sh, which
+# changes there first (scripts/bootstrap.sh), or wherever `comfyhub` is started otherwise.
+ENV_FILE = ".env"
 
 
 class SettingsError(Exception):
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
     (`python -m comfyhub.config --readme README.md`; tests/test_readme.py checks it).
     """
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", case_sensitive=False)
 
     # --- ComfyUI and its instances --------------------------------------------------------
     comfyui_repo_path: Path | None = Field(
@@ -280,6 +283,20 @@ def _kept_secret(path: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key
+
+
+def env_file_in_use() -> Path | None:
+    """The `.env` that settings are read from (absolute), or None when there is none."""
+    path = Path.cwd() / ENV_FILE
+    return path if path.is_file() else None
+
+
+def describe_env_file() -> str:
+    """Where settings are read from, in words, for `comfyhub serve` and `comfyhub doctor`."""
+    path = env_file_in_use()
+    if path is None:
+        return f"read from the environment and the defaults (no .env in {Path.cwd()})"
+    return f"read from {path} and the environment (the environment wins)"
 
 
 def load_settings(**overrides) -> Settings:

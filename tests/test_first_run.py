@@ -41,6 +41,9 @@ def test_initial_password_file_holds_the_password_alone(first_run):
     assert text == password + "\n" and " " not in password and password
     assert keep.stat().st_mode & 0o777 == 0o600
     assert f"password: {password}" in first_run.output()
+    assert f"comfyhub: settings read from the environment and the defaults (no .env in {first_run.workdir})" in (
+        first_run.output()
+    )
     first_run.login("admin", password)  # exactly what the file holds logs in
 
 
