@@ -200,3 +200,17 @@ def test_services_list_and_events_are_aligned_tables(tmp_path):
         r.stdout
     )
     assert "second line" not in r.stdout  # one line per event: the detail's first line
+
+
+def test_commands_do_not_print_nvml_complaints(tmp_path):
+    """NVML's "library not found" is doctor's to explain (tests/test_doctor.py), not every command's:
+    no NVIDIA driver here, so NVML fails on every look."""
+    runs = [
+        comfyhub("user", "create", "dora", "--password-stdin", cwd=tmp_path, input="dora-password\n"),
+        comfyhub("services", "list", cwd=tmp_path),
+        # picks the torch build by looking for GPUs, then fails to clone
+        comfyhub("comfyui", "install", "--git-url", str(tmp_path / "no-such-repo"), cwd=tmp_path),
+    ]
+    assert [r.returncode for r in runs] == [0, 0, 1], [r.stderr for r in runs]
+    for r in runs:
+        assert "NVML" not in r.stderr, r.stderr
