@@ -128,7 +128,10 @@ def cmd_serve(args) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
-        proxy_headers=False,
+        # uvicorn rewrites the scheme and client address from X-Forwarded-* only for these
+        # peers: a TLS-terminating proxy in front makes the session cookie Secure.
+        proxy_headers=bool(settings.comfyhub_forwarded_allow_ips.strip()),
+        forwarded_allow_ips=settings.comfyhub_forwarded_allow_ips.strip() or None,
     )
     return 0
 

@@ -97,8 +97,10 @@ class Settings(BaseSettings):
         json_schema_extra=shown("`COMFYUI_REPO_PATH/models`"),
     )
     comfyui_extra_args: str = Field("", description="extra ComfyUI arguments, shell-quoted (e.g. `--cpu`)")
+    # Shared-box defaults (README "Defaults for a shared GPU box"): a forgotten tab gives its
+    # GPU memory back within hours, and one user cannot take every port and GPU.
     comfyui_idle_timeout_seconds: float = Field(
-        0,
+        2 * 3600,
         ge=0,
         description="stop instances with no proxied traffic and an empty ComfyUI queue for this long "
         "(`stopped`, 空闲超时; files kept); 0 = never",
@@ -107,7 +109,10 @@ class Settings(BaseSettings):
         0, ge=0, description="live instances in all; over it `open_comfy` answers 429 (0 = no limit)"
     )
     comfyui_max_instances_per_user: int = Field(
-        0, ge=0, description="live instances per user; over it 429 (0 = no limit)"
+        2,
+        ge=0,
+        description="live instances per user; over it `open_comfy` answers 429 asking to stop another one "
+        "first (0 = no limit)",
     )
     comfyui_max_concurrent_starts: int = Field(
         2, ge=1, description="starts running at once per backend process; the others wait and show 排队中"
@@ -169,7 +174,14 @@ class Settings(BaseSettings):
     comfyhub_trusted_origins: str = Field(
         "",
         description="extra origins (comma separated, e.g. `https://hub.example.com`) allowed for "
-        "cookie-authenticated writes (behind a reverse proxy that rewrites `Host`)",
+        "cookie-authenticated writes (behind a reverse proxy that rewrites `Host`); a login from an "
+        "https one gets a `Secure` session cookie",
+    )
+    comfyhub_forwarded_allow_ips: str = Field(
+        "127.0.0.1,::1",
+        description="reverse proxies (comma separated addresses, `*` = any, empty = none) whose "
+        "`X-Forwarded-Proto` / `X-Forwarded-For` are believed: behind TLS the session cookie then "
+        "carries `Secure`, and logins are throttled per real client address",
     )
     comfyhub_list_refresh_seconds: float = Field(
         8, gt=0, description="how often the workbench refreshes the project list"

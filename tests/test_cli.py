@@ -129,7 +129,7 @@ def _seed_instances(tmp_path):
                             port=8201,
                             pid=4242,
                             gpu="0",
-                            start_time=at,
+                            started_at=at,
                         ),
                         ComfyUIService(user_id=people[1].id, project_id=projects[1].id, status="stopped"),
                         Event(
@@ -214,3 +214,22 @@ def test_commands_do_not_print_nvml_complaints(tmp_path):
     assert [r.returncode for r in runs] == [0, 0, 1], [r.stderr for r in runs]
     for r in runs:
         assert "NVML" not in r.stderr, r.stderr
+
+
+def test_serve_believes_x_forwarded_proto_from_a_trusted_proxy_only(tmp_path):
+    """Behind a TLS-terminating proxy on this host (the default COMFYHUB_FORWARDED_ALLOW_IPS)
+    the session cookie carries Secure; with no proxy trusted, the header changes nothing."""
+    env = {"COMFYHUB_ADMIN_PASSWORD": "admin-password-1"}
+    tls = {"X-Forwarded-Proto": "https"}
+
+    def cookie_attributes(server, headers=None) -> list[str]:
+        login = {"username": "admin", "password": "admin-password-1"}
+        r = httpx.post(server.url + "/api/auth/login", json=login, headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.headers["set-cookie"].lower().split("; ")
+
+    with LiveServer(tmp_path / "behind-proxy", env=env) as server:
+        assert "secure" in cookie_attributes(server, tls)
+        assert "secure" not in cookie_attributes(server)
+    with LiveServer(tmp_path / "no-proxy", env={**env, "COMFYHUB_FORWARDED_ALLOW_IPS": ""}) as server:
+        assert "secure" not in cookie_attributes(server, tls)
