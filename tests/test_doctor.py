@@ -56,7 +56,8 @@ def test_all_checks_pass_when_ready(tmp_path, ready):
     r = doctor(tmp_path, **ready)
     assert r.returncode == 0, r.stdout
     assert "ok    comfyui torch: torch 0.0-fake, CUDA available: False" in r.stdout
-    assert "fail" not in r.stdout
+    assert not [line for line in r.stdout.splitlines() if line.startswith(("fail", "warn"))], r.stdout
+    assert r.stdout.endswith(" ok, 0 warnings, 0 failed\n")
 
 
 def _squat(port):
