@@ -244,6 +244,9 @@ class Workspace:
             "COMFYUI_STARTUP_TIMEOUT_SECONDS": "60",
             "COMFYUI_HEARTBEAT_INTERVAL_SECONDS": "3600",  # no sweep during a measurement
             "COMFYUI_STOP_INSTANCES_ON_EXIT": "true",
+            # one user opens many instances, and none may be culled mid-measurement
+            "COMFYUI_MAX_INSTANCES_PER_USER": "0",
+            "COMFYUI_IDLE_TIMEOUT_SECONDS": "0",
         }
         env.update(extra)
         return env

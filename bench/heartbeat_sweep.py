@@ -91,6 +91,8 @@ async def run_async(ws: Workspace, instances: int, hung: int) -> dict:
         comfyui_health_timeout_seconds=HEALTH_TIMEOUT,
         comfyui_startup_timeout_seconds=120,
         comfyui_stop_instances_on_exit=True,
+        comfyui_max_instances_per_user=0,  # one user, many instances
+        comfyui_idle_timeout_seconds=0,
     )
     out: dict = {}
     stopped_pids: list[int] = []

@@ -16,7 +16,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from comfyhub.auth import hash_password_sync
-from comfyhub.config import Settings, SettingsError, load_settings
+from comfyhub.config import Settings, SettingsError, describe_env_file, load_settings
 from comfyhub.db import create_engine, is_sqlite, migrate, session_factory
 from comfyhub.models import User
 
@@ -61,17 +61,30 @@ def ensure_first_admin(settings: Settings) -> str | None:
 
 
 def _announce_admin(settings: Settings, password: str) -> None:
-    keep = settings.runtime_dir / "initial_admin_password"
-    keep.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(keep, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"{settings.comfyhub_admin_user} {password}\n")
+    keep = keep_initial_password(settings.runtime_dir, password)
     bar = "=" * 64
     print(
         f"{bar}\n First run: created administrator '{settings.comfyhub_admin_user}'\n"
-        f" password: {password}\n (also kept in {keep}, mode 0600; shown only this once)\n{bar}",
+        f" password: {password}\n (also in {keep}, mode 0600: the password alone; shown only this once)\n{bar}",
         flush=True,
     )
+
+
+def keep_initial_password(runtime_dir: Path, password: str) -> Path:
+    """Write runtime/initial_admin_password: the password alone and a newline, mode 0600.
+
+    Only the password, so that `$(cat runtime/initial_admin_password)` is exactly what the
+    login form wants. Written under a temporary name and renamed: a reader never sees a
+    half-written file.
+    """
+    keep = runtime_dir / "initial_admin_password"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    partial = keep.with_name(f".{keep.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password + "\n")
+    os.replace(partial, keep)
+    return keep
 
 
 NOT_CONFIGURED_BANNER = (
@@ -91,6 +104,7 @@ def cmd_serve(args) -> int:
             file=sys.stderr,
         )
         return 2
+    print(f"comfyhub: settings {describe_env_file()}", flush=True)
     print(f"comfyhub: migrating {_safe_url(settings.database_url)}", flush=True)
     migrate(settings.database_url)
     password = ensure_first_admin(settings)
@@ -114,7 +128,10 @@ def cmd_serve(args) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
-        proxy_headers=False,
+        # uvicorn rewrites the scheme and client address from X-Forwarded-* only for these
+        # peers: a TLS-terminating proxy in front makes the session cookie Secure.
+        proxy_headers=bool(settings.comfyhub_forwarded_allow_ips.strip()),
+        forwarded_allow_ips=settings.comfyhub_forwarded_allow_ips.strip() or None,
     )
     return 0
 

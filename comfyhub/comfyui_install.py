@@ -123,7 +123,7 @@ class Installer:
             self._run(
                 ["git", "clone", "--quiet", self.git_url, str(staging / "repo")],
                 "git clone",
-                hint="check COMFYUI_GIT_URL (or --git-url) and the network",
+                hint=self._no_clone_hint(),
             )
             if self.ref:
                 self._run(
@@ -138,6 +138,17 @@ class Installer:
             shutil.move(str(staging / "repo"), self.target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _no_clone_hint(self) -> str:
+        # Machines without GitHub are common (firewalled labs, mirrors only): name both ways
+        # around it, not just "check the network".
+        return (
+            f"check the network and the URL; then either\n"
+            f"    - clone from a mirror you can reach: comfyhub comfyui install --git-url URL "
+            f"(or COMFYUI_GIT_URL in .env), or\n"
+            f"    - use a ComfyUI you already have, without this command: set COMFYUI_REPO_PATH (the checkout "
+            f"with main.py) and COMFYUI_PYTHON (the python that runs it) in {self.env_file}"
+        )
 
     def _venv(self) -> None:
         if self.python.exists():

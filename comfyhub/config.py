@@ -20,6 +20,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 RUNTIME_DIR = Path("runtime")
+# Read from the working directory: the repository root under ./scripts/serve.sh, which
+# changes there first (scripts/bootstrap.sh), or wherever `comfyhub` is started otherwise.
+ENV_FILE = ".env"
 
 
 class SettingsError(Exception):
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
     (`python -m comfyhub.config --readme README.md`; tests/test_readme.py checks it).
     """
 
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    model_config = SettingsConfigDict(env_file=ENV_FILE, extra="ignore", case_sensitive=False)
 
     # --- ComfyUI and its instances --------------------------------------------------------
     comfyui_repo_path: Path | None = Field(
@@ -94,8 +97,10 @@ class Settings(BaseSettings):
         json_schema_extra=shown("`COMFYUI_REPO_PATH/models`"),
     )
     comfyui_extra_args: str = Field("", description="extra ComfyUI arguments, shell-quoted (e.g. `--cpu`)")
+    # Shared-box defaults (README "Defaults for a shared GPU box"): a forgotten tab gives its
+    # GPU memory back within hours, and one user cannot take every port and GPU.
     comfyui_idle_timeout_seconds: float = Field(
-        0,
+        2 * 3600,
         ge=0,
         description="stop instances with no proxied traffic and an empty ComfyUI queue for this long "
         "(`stopped`, 空闲超时; files kept); 0 = never",
@@ -104,7 +109,10 @@ class Settings(BaseSettings):
         0, ge=0, description="live instances in all; over it `open_comfy` answers 429 (0 = no limit)"
     )
     comfyui_max_instances_per_user: int = Field(
-        0, ge=0, description="live instances per user; over it 429 (0 = no limit)"
+        2,
+        ge=0,
+        description="live instances per user; over it `open_comfy` answers 429 asking to stop another one "
+        "first (0 = no limit)",
     )
     comfyui_max_concurrent_starts: int = Field(
         2, ge=1, description="starts running at once per backend process; the others wait and show 排队中"
@@ -166,7 +174,14 @@ class Settings(BaseSettings):
     comfyhub_trusted_origins: str = Field(
         "",
         description="extra origins (comma separated, e.g. `https://hub.example.com`) allowed for "
-        "cookie-authenticated writes (behind a reverse proxy that rewrites `Host`)",
+        "cookie-authenticated writes (behind a reverse proxy that rewrites `Host`); a login from an "
+        "https one gets a `Secure` session cookie",
+    )
+    comfyhub_forwarded_allow_ips: str = Field(
+        "127.0.0.1,::1",
+        description="reverse proxies (comma separated addresses, `*` = any, empty = none) whose "
+        "`X-Forwarded-Proto` / `X-Forwarded-For` are believed: behind TLS the session cookie then "
+        "carries `Secure`, and logins are throttled per real client address",
     )
     comfyhub_list_refresh_seconds: float = Field(
         8, gt=0, description="how often the workbench refreshes the project list"
@@ -280,6 +295,20 @@ def _kept_secret(path: Path) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key
+
+
+def env_file_in_use() -> Path | None:
+    """The `.env` that settings are read from (absolute), or None when there is none."""
+    path = Path.cwd() / ENV_FILE
+    return path if path.is_file() else None
+
+
+def describe_env_file() -> str:
+    """Where settings are read from, in words, for `comfyhub serve` and `comfyhub doctor`."""
+    path = env_file_in_use()
+    if path is None:
+        return f"read from the environment and the defaults (no .env in {Path.cwd()})"
+    return f"read from {path} and the environment (the environment wins)"
 
 
 def load_settings(**overrides) -> Settings:

@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from comfyhub.config import Settings, SettingsError, load_settings
+from comfyhub.config import Settings, SettingsError, describe_env_file, load_settings
 from comfyhub.net.ports import port_is_free
 
 
@@ -157,15 +157,18 @@ def check_gpus(settings: Settings) -> Check:
         return Check("gpus", "ok", "COMFYUI_GPUS=none: instances run on the CPU (--cpu)")
     from comfyhub.services.gpus import GpuPicker
 
-    found = GpuPicker("auto").list_gpus()
+    picker = GpuPicker("auto")
+    found = picker.list_gpus()
     if settings.comfyui_gpus == "auto":
         if found:
             names = ", ".join(f"{g.id}: {g.name} ({g.memory_free >> 30} GiB free)" for g in found)
             return Check("gpus", "ok", f"NVML sees {names}")
+        # The one place a CLI run says why NVML found nothing (the picker itself stays quiet).
+        why = f"NVML unavailable ({picker.nvml_error})" if picker.nvml_error else "NVML sees no GPU"
         return Check(
             "gpus",
             "warn",
-            "NVML sees no GPU: instances run on the CPU (--cpu)",
+            f"{why}: instances run on the CPU (--cpu)",
             "install the NVIDIA driver, or set COMFYUI_GPUS=none to silence this",
         )
     wanted = settings.comfyui_gpus.split(",")
@@ -323,8 +326,7 @@ def check_ray(settings: Settings) -> list[Check]:
 
 
 def collect(settings: Settings) -> list[Check]:
-    checks = [Check("settings", "ok", "all settings valid")]
-    checks.append(check_database(settings))
+    checks = [check_database(settings)]
     checks.append(check_writable_dir("instance dir", settings.comfyui_instance_base_dir))
     checks.append(check_writable_dir("log dir", settings.comfyui_log_dir))
     checks.extend(check_comfyui(settings))
@@ -339,20 +341,29 @@ def collect(settings: Settings) -> list[Check]:
 
 
 def run_checks() -> int:
+    # Which .env was read, right in the first line: one in another folder explains many surprises.
+    source = describe_env_file()
     try:
         settings = load_settings()
     except SettingsError as exc:
+        problems = str(exc).replace("\n", "; ")
         checks = [
-            Check("settings", "fail", str(exc).replace("\n", "; "), "fix the named setting in .env or the environment")
+            Check("settings", "fail", f"{problems}; {source}", "fix the named setting in .env or the environment")
         ]
     else:
-        checks = collect(settings)
+        checks = [Check("settings", "ok", f"all valid, {source}"), *collect(settings)]
     for c in checks:
         line = f"{c.state:<4}  {c.name}: {c.detail}"
         if c.fix and c.state != "ok":
             line += f"\n      fix: {c.fix}"
         print(line)
-    failed = [c for c in checks if c.state == "fail"]
-    print(f"\n{len(checks) - len(failed)} of {len(checks)} checks passed" + (", see fixes above" if failed else ""))
+    print("\n" + summary(checks))
     sys.stdout.flush()
-    return 1 if failed else 0
+    return 1 if any(c.state == "fail" for c in checks) else 0
+
+
+def summary(checks: list[Check]) -> str:
+    """`9 ok, 1 warning, 0 failed`: a warning is not a pass, so it is counted on its own."""
+    ok, warn, fail = (sum(c.state == state for c in checks) for state in ("ok", "warn", "fail"))
+    line = f"{ok} ok, {warn} warning{'' if warn == 1 else 's'}, {fail} failed"
+    return line + (", see the fixes above" if warn or fail else "")

@@ -157,6 +157,9 @@ def make_settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
         comfyui_models_dir=tmp_path / "shared" / "models",
         comfyui_heartbeat_interval_seconds=3600,
         comfyui_startup_timeout_seconds=20,
+        # no per-user limit and no culling, as the tests expect unless they set their own
+        comfyui_max_instances_per_user=0,
+        comfyui_idle_timeout_seconds=0,
     )
     values.update(launcher.settings_overrides())
     values.update(overrides)

@@ -200,3 +200,36 @@ def test_services_list_and_events_are_aligned_tables(tmp_path):
         r.stdout
     )
     assert "second line" not in r.stdout  # one line per event: the detail's first line
+
+
+def test_commands_do_not_print_nvml_complaints(tmp_path):
+    """NVML's "library not found" is doctor's to explain (tests/test_doctor.py), not every command's:
+    no NVIDIA driver here, so NVML fails on every look."""
+    runs = [
+        comfyhub("user", "create", "dora", "--password-stdin", cwd=tmp_path, input="dora-password\n"),
+        comfyhub("services", "list", cwd=tmp_path),
+        # picks the torch build by looking for GPUs, then fails to clone
+        comfyhub("comfyui", "install", "--git-url", str(tmp_path / "no-such-repo"), cwd=tmp_path),
+    ]
+    assert [r.returncode for r in runs] == [0, 0, 1], [r.stderr for r in runs]
+    for r in runs:
+        assert "NVML" not in r.stderr, r.stderr
+
+
+def test_serve_believes_x_forwarded_proto_from_a_trusted_proxy_only(tmp_path):
+    """Behind a TLS-terminating proxy on this host (the default COMFYHUB_FORWARDED_ALLOW_IPS)
+    the session cookie carries Secure; with no proxy trusted, the header changes nothing."""
+    env = {"COMFYHUB_ADMIN_PASSWORD": "admin-password-1"}
+    tls = {"X-Forwarded-Proto": "https"}
+
+    def cookie_attributes(server, headers=None) -> list[str]:
+        login = {"username": "admin", "password": "admin-password-1"}
+        r = httpx.post(server.url + "/api/auth/login", json=login, headers=headers, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.headers["set-cookie"].lower().split("; ")
+
+    with LiveServer(tmp_path / "behind-proxy", env=env) as server:
+        assert "secure" in cookie_attributes(server, tls)
+        assert "secure" not in cookie_attributes(server)
+    with LiveServer(tmp_path / "no-proxy", env={**env, "COMFYHUB_FORWARDED_ALLOW_IPS": ""}) as server:
+        assert "secure" not in cookie_attributes(server, tls)

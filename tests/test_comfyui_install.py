@@ -145,6 +145,19 @@ def test_broken_url_is_a_clear_error_and_leaves_nothing(tmp_path):
     assert not (work / ".env").exists()
 
 
+def test_failed_clone_names_the_routes_without_github(tmp_path):
+    """No GitHub from here: the message says how to go on without it — a mirror, or an
+    existing ComfyUI named in this folder's .env."""
+    work = tmp_path / "work"
+    work.mkdir()
+    r = install(work, "--git-url", str(tmp_path / "no-such-repo"))
+    assert r.returncode == 1
+    what_to_do = r.stderr.split("what to do:", 1)[1]
+    assert "--git-url URL" in what_to_do
+    assert "COMFYUI_REPO_PATH" in what_to_do and "COMFYUI_PYTHON" in what_to_do
+    assert f"in {work / '.env'}" in what_to_do
+
+
 def test_target_that_is_not_a_checkout_is_refused(tmp_path, comfy_repo):
     work = tmp_path / "work"
     (work / "runtime" / "ComfyUI").mkdir(parents=True)

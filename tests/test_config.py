@@ -23,6 +23,15 @@ def test_defaults_are_the_contract_ones(tmp_path, monkeypatch):
     assert s.database_url == f"sqlite+aiosqlite:///{tmp_path}/runtime/comfyhub.db"
 
 
+def test_defaults_protect_a_shared_box(tmp_path, monkeypatch):
+    """Out of the box one user cannot take every port and GPU, and a forgotten tab is culled.
+    (The tests' own settings lift both: tests/conftest.py make_settings, tests/support/hub.py.)"""
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(_env_file=None)
+    assert s.comfyui_max_instances_per_user == 2
+    assert s.comfyui_idle_timeout_seconds == 2 * 3600
+
+
 @pytest.mark.parametrize(
     "name, value",
     [

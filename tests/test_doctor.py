@@ -56,7 +56,8 @@ def test_all_checks_pass_when_ready(tmp_path, ready):
     r = doctor(tmp_path, **ready)
     assert r.returncode == 0, r.stdout
     assert "ok    comfyui torch: torch 0.0-fake, CUDA available: False" in r.stdout
-    assert "fail" not in r.stdout
+    assert not [line for line in r.stdout.splitlines() if line.startswith(("fail", "warn"))], r.stdout
+    assert r.stdout.endswith(" ok, 0 warnings, 0 failed\n")
 
 
 def _squat(port):
@@ -139,3 +140,43 @@ def test_ray_cluster_checks_nodes_gpus_shared_folders_and_ports(tmp_path, ready,
     assert "fail  shared folders: nodes missing what instances need" in r.stdout and "/no/python" in r.stdout
     assert "fix: put COMFYUI_INSTANCE_BASE_DIR" in r.stdout
     assert r.returncode == 1
+
+
+# --- what a newcomer reads first: which .env, and a summary that counts warnings ---------
+
+
+def test_says_which_env_file_it_read(tmp_path, ready):
+    r = doctor(tmp_path, **ready)
+    first = r.stdout.splitlines()[0]
+    assert first == f"ok    settings: all valid, read from the environment and the defaults (no .env in {tmp_path})"
+
+    (tmp_path / ".env").write_text("COMFYUI_LISTEN=127.0.0.1\n")
+    r = doctor(tmp_path, **ready)
+    env_file = (tmp_path / ".env").resolve()
+    assert r.stdout.splitlines()[0].endswith(f"read from {env_file} and the environment (the environment wins)")
+
+    # a bad value names the file it may have come from
+    (tmp_path / ".env").write_text("COMFYUI_PORT_RANGE=9-1\n")
+    r = doctor(tmp_path, **{k: v for k, v in ready.items() if k != "COMFYUI_PORT_RANGE"})
+    assert r.stdout.startswith("fail  settings: invalid setting COMFYUI_PORT_RANGE") and str(env_file) in r.stdout
+
+
+def test_summary_counts_warnings_apart_from_passes(tmp_path, ready):
+    r = doctor(tmp_path, **ready, COMFYUI_LISTEN="0.0.0.0")
+    lines = r.stdout.splitlines()
+    oks = sum(line.startswith("ok ") for line in lines)
+    assert "warn  listen address" in r.stdout
+    assert lines[-1] == f"{oks} ok, 1 warning, 0 failed, see the fixes above", r.stdout
+    assert r.returncode == 0
+
+    r = doctor(tmp_path, **ready)
+    assert r.stdout.splitlines()[-1] == f"{oks + 1} ok, 0 warnings, 0 failed"
+
+
+def test_nvml_is_explained_once_by_doctor(tmp_path, ready):
+    """Without an NVIDIA driver (as here) doctor says so in its gpus line, and nowhere else;
+    with one it names the GPUs, once too."""
+    r = doctor(tmp_path, **{**ready, "COMFYUI_GPUS": "auto"})
+    assert "NVML" not in r.stderr, r.stderr
+    said = [line for line in r.stdout.splitlines() if "NVML" in line]
+    assert len(said) == 1 and said[0][6:].startswith("gpus: NVML"), r.stdout

@@ -10,6 +10,7 @@ from comfyhub.api.deps import CurrentUser, DbSession, SettingsDep, from_this_sit
 from comfyhub.api.errors import ApiError, envelope
 from comfyhub.api.schemas import LoginIn
 from comfyhub.api.views import user_view
+from comfyhub.config import Settings
 from comfyhub.models import User
 from comfyhub.security import SESSION_COOKIE
 
@@ -43,19 +44,37 @@ async def login(body: LoginIn, request: Request, db: DbSession, settings: Settin
         max_age=int(settings.comfyhub_session_hours * 3600),
         httponly=True,
         samesite="lax",
-        secure=request.url.scheme == "https",
+        secure=cookie_secure(request, settings),
         path="/",
     )
     return response
 
 
+def cookie_secure(request: Request, settings: Settings) -> bool:
+    """Whether the session cookie carries `Secure`: when browsers reach comfyhub over TLS.
+
+    The scheme is https when uvicorn terminates TLS itself or a trusted reverse proxy says
+    `X-Forwarded-Proto: https` (COMFYHUB_FORWARDED_ALLOW_IPS; uvicorn rewrites the scheme).
+    A login from a page at an https origin listed in COMFYHUB_TRUSTED_ORIGINS comes through
+    a proxy publishing the site over TLS that may say neither: that browser must never send
+    the cookie over plain http either. Decided per login, not by the setting alone: a
+    script or an admin on the backend's own http address still gets a cookie it can use.
+    """
+    if request.url.scheme == "https":
+        return True
+    origin = (request.headers.get("origin") or "").rstrip("/")
+    return origin.startswith("https://") and origin in settings.trusted_origins
+
+
 @router.post("/logout", summary="退出登录")
-async def logout(request: Request, user: CurrentUser, db: DbSession):
+async def logout(request: Request, user: CurrentUser, db: DbSession, settings: SettingsDep):
     token, _ = request_token(request)
     await auth.revoke_session(db, request.app.state.secret_key, token)
     request.app.state.proxy_access.forget_token(token)
     response = envelope(None, "已退出登录")
-    response.delete_cookie(SESSION_COOKIE, path="/")
+    response.delete_cookie(
+        SESSION_COOKIE, path="/", httponly=True, samesite="lax", secure=cookie_secure(request, settings)
+    )
     return response
 
 

@@ -42,10 +42,17 @@ class GpuPicker:
     def __init__(self, setting: str, nvml=None):
         self.setting = setting
         self._nvml = nvml if nvml is not None else (_load_nvml() if setting == "auto" else None)
+        # Why NVML gave no GPU (its own message), after a look that failed; None otherwise.
+        self.nvml_error: str | None = None
         self._warned = False
 
     def list_gpus(self) -> list[Gpu]:
-        """The GPUs NVML sees (blocking, fast); empty when there is no NVML or no GPU."""
+        """The GPUs NVML sees (blocking, fast); empty when there is no NVML or no GPU.
+
+        Quiet: each caller says what a failure means to it, once — `comfyhub doctor` in its
+        gpus line, the server in its log at the first start (`pick`). A CLI command that
+        only looks must not print NVML's complaint on every run.
+        """
         if self._nvml is None:
             return []
         nvml = self._nvml
@@ -63,9 +70,7 @@ class GpuPicker:
             finally:
                 nvml.nvmlShutdown()
         except Exception as exc:  # noqa: BLE001 — NVML raises its own error types; any means "no GPU"
-            if not self._warned:
-                log.warning("NVML unavailable (%s): instances run on the CPU", exc)
-                self._warned = True
+            self.nvml_error = str(exc) or type(exc).__name__
             return []
 
     def pick(self, live_per_gpu: dict[str, int]) -> str | None:
@@ -77,6 +82,9 @@ class GpuPicker:
             return min(ids, key=lambda g: (live_per_gpu.get(g, 0), int(g)))
         gpus = self.list_gpus()
         if not gpus:
+            if self.nvml_error and not self._warned:
+                log.warning("NVML unavailable (%s): instances run on the CPU", self.nvml_error)
+                self._warned = True
             return None
         best = max(gpus, key=lambda g: (g.memory_free - RESERVED_PER_INSTANCE * live_per_gpu.get(g.id, 0), -int(g.id)))
         return best.id

@@ -150,3 +150,44 @@ async def test_password_is_hashed_with_argon2(settings, db_url):
     await engine.dispose()
     assert user.password_hash.startswith("$argon2id$")
     assert "password-123" not in user.password_hash
+
+
+# --- Secure behind TLS --------------------------------------------------------------------
+
+
+async def _login_cookie(app, base_url: str, origin: str | None = None) -> str:
+    """alice's Set-Cookie from a login at `base_url` (from a page at `origin`)."""
+    import httpx
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url) as c:
+        login = {"username": "alice", "password": "password-123"}
+        r = await c.post("/api/auth/login", json=login, headers={"Origin": origin} if origin else {})
+        assert r.status_code == 200, r.text
+        return r.headers["set-cookie"]
+
+
+async def test_cookie_is_secure_over_https_only(app, settings):
+    # httpx's ASGI transport passes the URL's scheme as the ASGI scope's: what uvicorn
+    # sets when it terminates TLS, or after a trusted proxy's X-Forwarded-Proto: https
+    # (that part: tests/test_cli.py, against a live server).
+    await add_user(settings, "alice")
+    assert "secure" in (await _login_cookie(app, "https://testserver")).lower().split("; ")
+    plain = await _login_cookie(app, "http://testserver")
+    assert "secure" not in plain.lower().split("; ")
+
+
+@pytest.mark.parametrize(
+    "origins, origin, secure",
+    [
+        ("http://hub.lan,https://hub.example.org", "https://hub.example.org", True),
+        ("http://hub.lan,https://hub.example.org", None, False),  # a script: no Origin
+        ("http://hub.lan", "http://hub.lan", False),
+    ],
+)
+async def test_cookie_is_secure_for_logins_from_a_trusted_https_origin(db_url, tmp_path, origins, origin, secure):
+    """A proxy publishing the site over TLS (COMFYHUB_TRUSTED_ORIGINS) that says nothing of it."""
+    from tests.support.app import running_app
+
+    async with running_app(db_url, tmp_path, comfyhub_trusted_origins=origins) as c:
+        cookie = await _login_cookie(c.app, "http://testserver", origin)
+        assert ("secure" in cookie.lower().split("; ")) is secure

@@ -31,6 +31,9 @@ def fake_comfyui_env(work: Path, ports: int) -> dict[str, str]:
         "COMFYUI_PORT_RANGE": f"{low}-{high}",
         "COMFYUI_CUSTOM_NODES_DIR": str(work / "shared" / "custom_nodes"),
         "COMFYUI_MODELS_DIR": str(work / "shared" / "custom_nodes"),
+        # no per-user limit and no culling, unless a test sets its own
+        "COMFYUI_MAX_INSTANCES_PER_USER": "0",
+        "COMFYUI_IDLE_TIMEOUT_SECONDS": "0",
     }
 
 
@@ -55,6 +58,9 @@ class LiveHub(LiveServer):
             "COMFYUI_MODELS_DIR": str(shared / "models"),
             "COMFYUI_STARTUP_TIMEOUT_SECONDS": "20",
             "COMFYUI_STOP_GRACE_SECONDS": "3",
+            # no per-user limit and no culling, unless a test sets its own
+            "COMFYUI_MAX_INSTANCES_PER_USER": "0",
+            "COMFYUI_IDLE_TIMEOUT_SECONDS": "0",
         }
         base.update(launcher.hub_env())
         base.update({k.upper(): str(v) for k, v in env.items()})

@@ -93,8 +93,9 @@ class LiveServer:
 
 
 def initial_admin_password(workdir: Path, timeout: float = 10) -> str:
+    """The generated first password, as `comfyhub serve` keeps it: the file holds it alone."""
     path = workdir / "runtime" / "initial_admin_password"
     deadline = time.monotonic() + timeout
     while not path.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    return path.read_text().split()[1]
+    return path.read_text().removesuffix("\n")
