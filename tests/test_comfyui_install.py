@@ -42,14 +42,15 @@ def comfy_repo(tmp_path) -> Path:
     return repo
 
 
-def install(workdir, *args):
+def install(workdir, *args, torch: str = "skip", env: dict | None = None):
+    """`comfyhub comfyui install` in `workdir`, offline unless `env` says otherwise."""
     return subprocess.run(
-        [sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", "skip", "--extra-packages", "", *args],
+        [sys.executable, "-m", "comfyhub.cli", "comfyui", "install", "--torch", torch, "--extra-packages", "", *args],
         cwd=workdir,
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "PIP_NO_INDEX": "1", "COLUMNS": "120"},
+        env=env or {**os.environ, "PIP_NO_INDEX": "1", "COLUMNS": "120"},
     )
 
 
@@ -219,52 +220,14 @@ def test_requirements_keep_the_installed_torch(tmp_path, comfy_repo):
     work.mkdir()
     env = offline_pip_env(wheels)
     # first run: skip torch; requirements.txt then installs torch 1.0, the only one there is
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "comfyhub.cli",
-            "comfyui",
-            "install",
-            "--torch",
-            "skip",
-            "--extra-packages",
-            "",
-            "--git-url",
-            str(comfy_repo),
-        ],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    r = install(work, "--git-url", str(comfy_repo), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     python = work / "runtime" / "ComfyUI" / "venv" / "bin" / "python"
     version = [str(python), "-c", "import importlib.metadata as m; print(m.version('torch'))"]
     assert subprocess.run(version, capture_output=True, text=True).stdout.strip() == "1.0"
 
     fake_wheel(wheels, "torch", "2.0")  # a newer (say CUDA) build appears on the index
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "comfyhub.cli",
-            "comfyui",
-            "install",
-            "--torch",
-            "skip",
-            "--extra-packages",
-            "",
-            "--git-url",
-            str(comfy_repo),
-        ],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    r = install(work, "--git-url", str(comfy_repo), env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert subprocess.run(version, capture_output=True, text=True).stdout.strip() == "1.0"
     assert "keeping torch 1.0" in r.stdout
@@ -274,26 +237,7 @@ def test_torch_download_failure_says_what_to_do(tmp_path, comfy_repo):
     """The CPU build's index out of reach (offline, a firewall): the error names --torch skip."""
     work = tmp_path / "work"
     work.mkdir()
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "comfyhub.cli",
-            "comfyui",
-            "install",
-            "--torch",
-            "cpu",
-            "--extra-packages",
-            "",
-            "--git-url",
-            str(comfy_repo),
-        ],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=offline_pip_env(tmp_path / "none"),
-    )
+    r = install(work, "--git-url", str(comfy_repo), torch="cpu", env=offline_pip_env(tmp_path / "none"))
     assert r.returncode == 1
     assert "pip install torch failed" in r.stderr
     assert "download.pytorch.org" in r.stderr and "--torch skip" in r.stderr

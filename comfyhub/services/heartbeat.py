@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from comfyhub.config import Settings
 from comfyhub.launchers import Launcher
@@ -25,31 +26,19 @@ from comfyhub.services.restarts import RestartRunner, restart_plan
 log = logging.getLogger("comfyhub.heartbeat")
 
 
+@dataclass(eq=False)
 class Heartbeat:
-    def __init__(
-        self,
-        settings: Settings,
-        records: Records,
-        launcher: Launcher,
-        liveness: Liveness,
-        reconciler: Reconciler,
-        restarts: RestartRunner,
-        audit: Audit,
-        metrics: Metrics,
-        lease: HeartbeatLease,
-        stop: Callable[..., Awaitable],
-    ):
-        self.settings = settings
-        self.records = records
-        self.launcher = launcher
-        self.liveness = liveness
-        self.reconciler = reconciler
-        self.restarts = restarts
-        self.audit = audit
-        self.metrics = metrics
-        self.lease = lease
-        self._stop = stop  # the manager's stop, for culling
-        self.leading = False
+    settings: Settings
+    records: Records
+    launcher: Launcher
+    liveness: Liveness
+    reconciler: Reconciler
+    restarts: RestartRunner
+    audit: Audit
+    metrics: Metrics
+    lease: HeartbeatLease
+    stop: Callable[..., Awaitable]  # the manager's stop, for culling
+    leading: bool = field(default=False, init=False)  # holds the lease and sweeps
 
     async def run(self) -> None:
         """Sweep every interval while holding the lease; reconcile on taking it. Runs until cancelled."""
@@ -137,4 +126,4 @@ class Heartbeat:
             return
         log.info("project %s: idle for %ss, stopping", record.project_id, self.settings.comfyui_idle_timeout_seconds)
         self.metrics.culls.inc()
-        await self._stop(record.project_id, reason=Reason.IDLE, actor="system")
+        await self.stop(record.project_id, reason=Reason.IDLE, actor="system")

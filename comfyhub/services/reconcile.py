@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
 
@@ -43,22 +44,14 @@ def project_of(handle: Handle, base_root) -> int | None:
     return None
 
 
+@dataclass(eq=False)
 class Reconciler:
-    def __init__(
-        self,
-        settings: Settings,
-        records: Records,
-        launcher: Launcher,
-        liveness: Liveness,
-        locks: ProjectLocks,
-        starts: Starts,
-    ):
-        self.settings = settings
-        self.records = records
-        self.launcher = launcher
-        self.liveness = liveness
-        self.locks = locks
-        self.starts = starts
+    settings: Settings
+    records: Records
+    launcher: Launcher
+    liveness: Liveness
+    locks: ProjectLocks
+    starts: Starts
 
     async def resolve_abandoned_starts(self, project_ids: list[int]) -> None:
         await asyncio.gather(*(self._resolve_abandoned_start(pid) for pid in project_ids))

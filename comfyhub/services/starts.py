@@ -92,32 +92,20 @@ class _Outcome:
     detail: str
 
 
+@dataclass(eq=False)
 class Starts:
-    def __init__(
-        self,
-        settings: Settings,
-        records: Records,
-        launcher: Launcher,
-        liveness: Liveness,
-        admission: Admission,
-        locks: ProjectLocks,
-        audit: Audit,
-        metrics: Metrics,
-        gpus: GpuPicker,
-        closing: asyncio.Event,
-    ):
-        self.settings = settings
-        self.records = records
-        self.launcher = launcher
-        self.liveness = liveness
-        self.admission = admission
-        self.locks = locks
-        self.audit = audit
-        self.metrics = metrics
-        self.gpus = gpus
-        self._closing = closing  # set at backend shutdown: starts waiting for resources give up
-        self.flights: dict[int, Flight] = {}
-        self._port_lock = asyncio.Lock()
+    settings: Settings
+    records: Records
+    launcher: Launcher
+    liveness: Liveness
+    admission: Admission
+    locks: ProjectLocks
+    audit: Audit
+    metrics: Metrics
+    gpus: GpuPicker
+    closing: asyncio.Event  # set at backend shutdown: starts waiting for resources give up
+    flights: dict[int, Flight] = field(default_factory=dict, init=False)
+    _port_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
     # --- flights ---------------------------------------------------------------------------
 
@@ -334,7 +322,7 @@ class Starts:
 
         flight = self.flights.get(project_id)
         start = asyncio.ensure_future(self.launcher.start(spec, on_wait=on_wait))
-        interrupts = [asyncio.ensure_future(self._closing.wait())]
+        interrupts = [asyncio.ensure_future(self.closing.wait())]
         if flight is not None:
             interrupts.append(asyncio.ensure_future(flight.stop_requested.wait()))
         try:
@@ -349,7 +337,7 @@ class Starts:
         start.cancel()  # the launcher leaves nothing running
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await start
-        if self._closing.is_set():
+        if self.closing.is_set():
             raise asyncio.CancelledError
         if flight is not None and flight.stop_requested.is_set():
             raise _StopRequested
