@@ -2,9 +2,7 @@
 
 import asyncio
 import contextlib
-import subprocess
 from contextlib import contextmanager
-from unittest import mock
 
 import httpx
 import psutil
@@ -13,7 +11,6 @@ import pytest
 from comfyhub.config import load_settings
 from comfyhub.services.instances import instance_dir
 from tests.conftest import add_user
-from tests.support import server as live_server
 from tests.support.hub import fake_comfyui_env
 from tests.support.server import LiveServer
 
@@ -41,21 +38,6 @@ class Hub:
             return f"comfyhub_session={c.cookies['comfyhub_session']}"
 
 
-class InfoLogServer(LiveServer):
-    """A LiveServer that logs at INFO (LiveServer passes `--log-level warning`): the proxy
-    logs a refused WebSocket at INFO, and the tests read that line."""
-
-    def start(self, timeout: float = 180) -> LiveServer:
-        popen = subprocess.Popen
-
-        def at_info(args, **kwargs):
-            args = ["info" if a == "warning" and args[i - 1] == "--log-level" else a for i, a in enumerate(args)]
-            return popen(args, **kwargs)
-
-        with mock.patch.object(live_server.subprocess, "Popen", at_info):
-            return super().start(timeout)
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     work = tmp_path_factory.mktemp("proxyhub")
@@ -64,7 +46,8 @@ def hub(tmp_path_factory):
         "COMFYHUB_ADMIN_PASSWORD": "admin-password-1",
         "COMFYHUB_TRUSTED_ORIGINS": TRUSTED_ORIGIN,
     }
-    server = InfoLogServer(work, env=env).start()
+    # INFO: the proxy logs a refused WebSocket at INFO, and the tests read that line.
+    server = LiveServer(work, env=env, log_level="info").start()
     settings = load_settings(
         _env_file=None,
         comfyhub_database_url=f"sqlite+aiosqlite:///{work}/runtime/comfyhub.db",

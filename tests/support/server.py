@@ -17,8 +17,16 @@ from tests.support.net import free_port, wait_for_sync
 class LiveServer:
     """A running `comfyhub serve` in `workdir` with `env` added to the environment."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None, workers: int = 1, port: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        port: int | None = None,
+        log_level: str = "warning",
+    ):
         self.workdir = workdir
+        self.log_level = log_level
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -40,7 +48,7 @@ class LiveServer:
                 "--workers",
                 str(self.workers),
                 "--log-level",
-                "warning",
+                self.log_level,
             ],
             cwd=self.workdir,
             env=self.env,
