@@ -52,7 +52,6 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
 _HEAD_TIMEOUT = 300.0  # ComfyUI answers quickly; only a wedged instance takes this long
 MAX_ID = 2**31 - 1
 _SESSION_COOKIE_EQ = SESSION_COOKIE.encode() + b"="
-_GONE_TIMEOUT = 1.0  # how long a refused WebSocket waits for the server to drop it
 
 
 class ComfyProxy:
@@ -93,17 +92,17 @@ class ComfyProxy:
             return await self.app(scope, receive, send)
         match = _PATH.match(scope["path"])
         if match is None or int(match.group(1)) > MAX_ID:
-            return await _refuse(scope, receive, send, refusals.BAD_PROJECT_ID, None)
+            return await refusals.refuse(scope, receive, send, refusals.BAD_PROJECT_ID, None, _header_map(scope))
         project_id, rest = int(match.group(1)), match.group(2)
         if rest is None and scope["type"] == "http":
             # The ComfyUI front end resolves its assets relative to a trailing slash.
             query = scope.get("query_string", b"")
             location = f"{PREFIX}{project_id}/" + (f"?{query.decode('latin-1')}" if query else "")
-            return await _respond(send, 308, [(b"location", location.encode("latin-1"))], b"")
+            return await refusals.respond(send, 308, [(b"location", location.encode("latin-1"))], b"")
         headers = _header_map(scope)
         target, refusal = await self._authorize(scope, project_id, headers)
         if target is None:
-            return await _refuse(scope, receive, send, refusal, project_id, headers)
+            return await refusals.refuse(scope, receive, send, refusal, project_id, headers)
         upstream_path = _upstream_path(scope, project_id)
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send, target, upstream_path)
@@ -141,7 +140,7 @@ class ComfyProxy:
 
     async def _http(self, scope, receive, send, target: Target, path: bytes, headers: dict[bytes, bytes]):
         if target.status != ServiceStatus.ONLINE or not target.port:
-            return await _refuse_http(send, refusals.not_running(target.status), headers)
+            return await refusals.refuse_http(send, refusals.not_running(target.status), headers)
         self.touch(target.project_id)
         request_head, body_framing = _request_head(scope, path, headers)
         has_body = body_framing or headers.get(b"content-length", b"0").strip() not in (b"0", b"")
@@ -153,7 +152,7 @@ class ComfyProxy:
             fresh = await self.access.target(target.project_id)
             if fresh is not None and fresh.status != ServiceStatus.ONLINE:
                 return await self._http(scope, receive, send, fresh, path, headers)
-            return await _refuse_http(send, refusals.unreachable(), headers)
+            return await refusals.refuse_http(send, refusals.unreachable(), headers)
         conn._head_request = scope["method"] == "HEAD"
         if has_body:
             pump = asyncio.create_task(self._pump_request(receive, conn, request_head, body_framing))
@@ -170,7 +169,7 @@ class ComfyProxy:
                 pump.cancel()
             conn.close()
             self.access.forget_target(target.project_id)
-            return await _refuse_http(send, refusals.unreachable(), headers)
+            return await refusals.refuse_http(send, refusals.unreachable(), headers)
         relay_to = None
         if pump is None and not conn.complete:
             length = conn.body_length
@@ -256,7 +255,9 @@ class ComfyProxy:
     async def _websocket(self, scope, receive, send, target: Target, path: bytes):
         headers = _header_map(scope)
         if target.status != ServiceStatus.ONLINE or not target.port:
-            return await _refuse(scope, receive, send, refusals.not_running(target.status), target.project_id, headers)
+            return await refusals.refuse(
+                scope, receive, send, refusals.not_running(target.status), target.project_id, headers
+            )
         host = headers.get(b"host", b"localhost").decode("latin-1")
         extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in _forwarded(scope, headers)]
         subprotocols = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").decode().split(",") if p.strip()]
@@ -279,7 +280,7 @@ class ComfyProxy:
         except (TimeoutError, OSError, InvalidHandshake) as exc:
             self.access.forget_target(target.project_id)
             code = exc.response.status_code if isinstance(exc, InvalidStatus) else 502
-            return await _refuse(scope, receive, send, refusals.unreachable(code), target.project_id, headers)
+            return await refusals.refuse(scope, receive, send, refusals.unreachable(code), target.project_id, headers)
         first = await receive()
         if first["type"] != "websocket.connect":
             await upstream.close()
@@ -394,64 +395,6 @@ def _request_head(scope, path: bytes, headers: dict[bytes, bytes] | None = None)
 def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     # Framing is redone by the server in front (content-length kept when known).
     return [(k.lower(), v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
-
-
-async def _respond(send, status: int, headers: list, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"content-length", str(len(body)).encode())],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-async def _refuse(
-    scope, receive, send, refusal: Refusal, project_id: int | None, headers: dict[bytes, bytes] | None = None
-) -> None:
-    if headers is None:
-        headers = _header_map(scope)
-    if scope["type"] == "http":
-        return await _refuse_http(send, refusal, headers)
-    return await _refuse_websocket(scope, receive, send, refusal, project_id, headers)
-
-
-async def _refuse_http(send, refusal: Refusal, headers: dict[bytes, bytes]) -> None:
-    response_headers, body = refusals.render(refusal, refusals.wants_json(headers))
-    await _respond(send, refusal.status, response_headers, body)
-
-
-async def _refuse_websocket(
-    scope, receive, send, refusal: Refusal, project_id: int | None, headers: dict[bytes, bytes]
-) -> None:
-    # One line that names the project and why: a refusal is not an error of the hub.
-    log.info("refused WebSocket to project %s: %d %s", project_id or "?", refusal.status, refusal.msg)
-    if "websocket.http.response" not in scope.get("extensions", {}):
-        await send({"type": "websocket.close", "code": 1008})  # the server answers 403
-        return
-    # The real status (401, 403, 404, 503…) and body, where the server allows a response.
-    response_headers, body = refusals.render(refusal, refusals.wants_json(headers))
-    await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": response_headers})
-    await send({"type": "websocket.http.response.body", "body": body})
-    await _until_dropped(receive)
-
-
-async def _until_dropped(receive) -> None:
-    """Return once the server has dropped a refused WebSocket connection.
-
-    uvicorn's websockets-sansio protocol (the default with `websockets` installed) counts
-    a handshake as complete only once the connection is lost, and an app that returns
-    before that is logged at ERROR ("ASGI callable returned without completing
-    handshake") although the refusal went out fine. It reports the refusal as a
-    `websocket.disconnect`, and the lost connection as a second one. Bounded: another
-    server may report nothing more, and then this returns after _GONE_TIMEOUT.
-    """
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_GONE_TIMEOUT):
-            while (await receive())["type"] != "websocket.disconnect":
-                pass  # the `websocket.connect` that opened it
-            await receive()
 
 
 def _passable(code: int) -> int:

@@ -9,12 +9,19 @@ it reads the refusal like any other API error. The HTTP status is the same eithe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 from dataclasses import dataclass
 
 from comfyhub import messages
 from comfyhub.models import ServiceStatus
 from comfyhub.proxy.pages import PAGES, error_page
+
+log = logging.getLogger("comfyhub.proxy")
+
+_GONE_TIMEOUT = 1.0  # how long a refused WebSocket waits for the server to drop it
 
 
 @dataclass(frozen=True)
@@ -61,3 +68,58 @@ def render(refusal: Refusal, as_json: bool) -> tuple[list[tuple[bytes, bytes]], 
         return [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body
     body = error_page(refusal.title, refusal.text, refusal.refresh)
     return [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")], body
+
+
+async def respond(send, status: int, headers: list, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def refuse(scope, receive, send, refusal: Refusal, project_id: int | None, headers: dict[bytes, bytes]) -> None:
+    """Say `refusal` to an HTTP request or a WebSocket handshake."""
+    if scope["type"] == "http":
+        return await refuse_http(send, refusal, headers)
+    return await _refuse_websocket(scope, receive, send, refusal, project_id, headers)
+
+
+async def refuse_http(send, refusal: Refusal, headers: dict[bytes, bytes]) -> None:
+    response_headers, body = render(refusal, wants_json(headers))
+    await respond(send, refusal.status, response_headers, body)
+
+
+async def _refuse_websocket(
+    scope, receive, send, refusal: Refusal, project_id: int | None, headers: dict[bytes, bytes]
+) -> None:
+    # One line that names the project and why: a refusal is not an error of the hub.
+    log.info("refused WebSocket to project %s: %d %s", project_id or "?", refusal.status, refusal.msg)
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})  # the server answers 403
+        return
+    # The real status (401, 403, 404, 503…) and body, where the server allows a response.
+    response_headers, body = render(refusal, wants_json(headers))
+    await send({"type": "websocket.http.response.start", "status": refusal.status, "headers": response_headers})
+    await send({"type": "websocket.http.response.body", "body": body})
+    await _until_dropped(receive)
+
+
+async def _until_dropped(receive) -> None:
+    """Return once the server has dropped a refused WebSocket connection.
+
+    uvicorn's websockets-sansio protocol (the default with `websockets` installed) counts
+    a handshake as complete only once the connection is lost, and an app that returns
+    before that is logged at ERROR ("ASGI callable returned without completing
+    handshake") although the refusal went out fine. It reports the refusal as a
+    `websocket.disconnect`, and the lost connection as a second one. Bounded: another
+    server may report nothing more, and then this returns after _GONE_TIMEOUT.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_GONE_TIMEOUT):
+            while (await receive())["type"] != "websocket.disconnect":
+                pass  # the `websocket.connect` that opened it
+            await receive()
