@@ -17,7 +17,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from argon2 import PasswordHasher
 
+import comfyhub.auth
 from comfyhub.auth import hash_password_sync
 from comfyhub.config import Settings, load_settings
 from comfyhub.db import create_engine, migrate, session_factory
@@ -30,6 +32,14 @@ ROOT = Path(__file__).resolve().parent.parent
 FAKE_COMFYUI = ROOT / "tests" / "fake_comfyui"
 ORIGIN = "http://testserver"
 
+# Passwords are still hashed and checked with argon2id by the app's own code, at a test
+# cost: the production parameters (64 MiB, 3 passes, 4 lanes) take a sixth of a second of
+# CPU per hash or check, and the suite makes and checks users' passwords hundreds of times.
+# The parameters travel inside each hash, so the servers the tests start check these
+# passwords at the same low cost. The check fails loudly if the hasher is renamed.
+assert hasattr(comfyhub.auth, "_hasher"), "comfyhub.auth no longer has _hasher: update tests/conftest.py"
+comfyhub.auth._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+
 
 def pytest_addoption(parser):
     parser.addoption("--launcher", choices=("local", "ray"), default="local",
@@ -41,6 +51,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    _group_for_workers(items)
     if config.getoption("--launcher") != "ray":
         return
     skip_local = pytest.mark.skip(reason="local launcher only")
@@ -50,6 +61,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_local)
         elif getattr(item, "callspec", None) is not None and item.callspec.params.get("db_url") == "sqlite":
             item.add_marker(skip_sqlite)
+
+
+def _group_for_workers(items):
+    """Under pytest-xdist (`-n N --dist loadgroup`, as scripts/test.sh runs it), keep together
+    what shares an expensive fixture: every test on the Ray cluster runs in one worker (one
+    cluster, not one per worker; they also count its GPUs), and a module whose tests share a
+    module-scoped fixture (a live hub, a Chromium) runs in one worker, so it starts once.
+    Every other test is scheduled on its own. Without xdist the marks do nothing."""
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs if fixtures else {}
+        if "ray_cluster" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif any(d.scope in ("module", "package", "class") for ds in defs.values() for d in ds):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
 
 
 @pytest.fixture(scope="session", autouse=True)
