@@ -25,11 +25,11 @@ fi
 set +e
 # Both passes at once, the main one over two workers (pytest-xdist): most of the suite
 # waits on processes it started (servers, ComfyUIs, a browser, Ray actors), not on the
-# CPU. Tests that share an expensive fixture stay in one worker (tests/conftest.py).
-# COMFYHUB_TEST_WORKERS=0 runs the main pass in one process.
+# CPU. Each test file runs whole in one worker, so a module's shared fixture (a live hub,
+# a Chromium) starts once. COMFYHUB_TEST_WORKERS=0 runs the main pass in one process.
 workers="${COMFYHUB_TEST_WORKERS:-2}"
 xdist=()
-[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadgroup)
+[ "$workers" != 0 ] && xdist=(-n "$workers" --dist loadfile)
 ray_log=""
 if [ "${COMFYHUB_TEST_RAY_PASS:-1}" != 0 ]; then
   # Its output waits in a file so that each pass's report reads whole. `trap - INT` undoes

@@ -51,7 +51,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    _group_for_workers(items)
+    _unique_node_ids(items)
     if config.getoption("--launcher") != "ray":
         return
     skip_local = pytest.mark.skip(reason="local launcher only")
@@ -63,19 +63,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_sqlite)
 
 
-def _group_for_workers(items):
-    """Under pytest-xdist (`-n N --dist loadgroup`, as scripts/test.sh runs it), keep together
-    what shares an expensive fixture: every test on the Ray cluster runs in one worker (one
-    cluster, not one per worker; they also count its GPUs), and a module whose tests share a
-    module-scoped fixture (a live hub, a Chromium) runs in one worker, so it starts once.
-    Every other test is scheduled on its own. Without xdist the marks do nothing."""
+def _unique_node_ids(items):
+    """schemathesis names its items per operation (`test[GET /api/x]`) but, under pytest 9,
+    gives them all the function's node id; pytest-xdist tells tests apart by node id (with
+    `--dist loadfile` it stops with an internal error on a shared one; other modes run one
+    of them and drop the rest). Put the operation into the node id."""
     for item in items:
-        fixtures = getattr(item, "_fixtureinfo", None)
-        defs = fixtures.name2fixturedefs if fixtures else {}
-        if "ray_cluster" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif any(d.scope in ("module", "package", "class") for ds in defs.values() for d in ds):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+        suffix = item.name[len(item.originalname):] if getattr(item, "originalname", None) else ""
+        if suffix.startswith("[") and not item.nodeid.endswith(suffix):
+            if getattr(getattr(item, "_id", None), "params", "") is None:  # pytest >= 9: a structured id
+                item._id = item._id.with_params(suffix[1:-1])
+            elif not hasattr(item, "_id"):
+                item._nodeid += suffix
 
 
 @pytest.fixture(scope="session", autouse=True)
