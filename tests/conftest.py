@@ -73,7 +73,7 @@ def _unique_node_ids(items):
     `--dist loadfile` it stops with an internal error on a shared one; other modes run one
     of them and drop the rest). Put the operation into the node id."""
     for item in items:
-        suffix = item.name[len(item.originalname):] if getattr(item, "originalname", None) else ""
+        suffix = item.name[len(item.originalname) :] if getattr(item, "originalname", None) else ""
         if suffix.startswith("[") and not item.nodeid.endswith(suffix):
             if getattr(getattr(item, "_id", None), "params", "") is None:  # pytest >= 9: a structured id
                 item._id = item._id.with_params(suffix[1:-1])
