@@ -31,6 +31,11 @@ from dataclasses import dataclass
 # imported, hence before the import; the value is a year, not "forever", to stay an integer
 # Ray accepts.
 os.environ["RAY_gcs_rpc_server_reconnect_timeout_s"] = str(365 * 24 * 3600)
+# Ray's crash handler would take over the backend's SIGTERM: a plain stop (systemd, a
+# restart) then prints a native stack trace and, now and then, ends in SIGABRT instead of
+# the clean exit uvicorn makes — measured in the stop-on-exit test. The backend is a web
+# server that handles its own signals; only Ray's own processes keep the handler.
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 
 import ray  # noqa: E402
 from ray.exceptions import ActorUnavailableError, RayActorError, RayError  # noqa: E402
