@@ -36,7 +36,7 @@ def check_database(settings: Settings) -> Check:
                 "database",
                 "fail",
                 f"{path} does not exist yet",
-                "run `comfyhub serve` once (it creates and migrates it)",
+                "run `.venv/bin/comfyhub serve` once (it creates and migrates it)",
             )
 
     async def probe():
@@ -61,9 +61,9 @@ def check_database(settings: Settings) -> Check:
             "database",
             "fail",
             f"schema at {revision or 'empty'}, code expects {head}",
-            "run `comfyhub serve` once (it migrates)",
+            "run `.venv/bin/comfyhub serve` once (it migrates)",
         )
-    return Check("database", "ok", f"reachable, schema at {revision}")
+    return Check("database", "ok", f"reachable, schema at {revision} (the latest)")
 
 
 def check_writable_dir(name: str, path: Path) -> Check:
@@ -84,7 +84,7 @@ def check_comfyui(settings: Settings) -> list[Check]:
                 "comfyui",
                 "fail",
                 "COMFYUI_REPO_PATH / COMFYUI_PYTHON not set",
-                "run `comfyhub comfyui install` (or set both in .env to a ComfyUI checkout and its python)",
+                "run `.venv/bin/comfyhub comfyui install` (or set both in .env to a ComfyUI checkout and its python)",
             )
         ]
     checks = []
@@ -97,7 +97,7 @@ def check_comfyui(settings: Settings) -> list[Check]:
                 "comfyui repo",
                 "fail",
                 f"{main_py} not found",
-                "point COMFYUI_REPO_PATH at a ComfyUI checkout, or run `comfyhub comfyui install`",
+                "point COMFYUI_REPO_PATH at a ComfyUI checkout, or run `.venv/bin/comfyhub comfyui install`",
             )
         )
     python = settings.comfyui_python
@@ -137,7 +137,10 @@ def check_torch(python: Path) -> Check:
         )
     except OSError as exc:
         return Check(
-            "comfyui torch", "fail", f"cannot run {python}: {exc.strerror}", "reinstall: comfyhub comfyui install"
+            "comfyui torch",
+            "fail",
+            f"cannot run {python}: {exc.strerror}",
+            "reinstall: .venv/bin/comfyhub comfyui install",
         )
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["no output"])[-1]
@@ -145,7 +148,7 @@ def check_torch(python: Path) -> Check:
             "comfyui torch",
             "fail",
             f"import torch, torchvision failed: {last[:200]}",
-            "install matching builds: comfyhub comfyui install (or pip install torch torchvision "
+            "install matching builds: .venv/bin/comfyhub comfyui install (or pip install torch torchvision "
             "in that venv, from the same index)",
         )
     version, cuda = (r.stdout.split() + ["?", "?"])[:2]

@@ -75,7 +75,7 @@ def _squat(port):
             "database",
             {"COMFYHUB_DATABASE_URL": "sqlite+aiosqlite:////nonexistent/dir/x.db"},
             "fail  database",
-            "run `comfyhub serve` once",
+            "run `.venv/bin/comfyhub serve` once",
         ),
         (
             "not configured",

@@ -54,6 +54,11 @@ def test_readme_login_snippet_works_with_the_kept_password(first_run):
     headers = first_run.login("admin", initial_admin_password(first_run.workdir))
     codes = [p["code"] for p in httpx.get(first_run.url + "/api/projects", headers=headers).json()["data"]]
     assert codes == ["DEMO-1"]
+    assert r.stdout.count("\n") == 2  # each reply on a line of its own
+
+    again = run_snippet(first_run, first_run.workdir)  # the same code twice: refused, and it says so
+    assert again.returncode != 0 and "项目号已存在" in again.stdout
+    assert again.stdout.count('"code":200') == 0  # the listing did not run after the refusal
 
 
 def test_readme_login_snippet_fails_readably_and_runs_nothing_more(first_run, tmp_path):

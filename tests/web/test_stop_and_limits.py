@@ -74,6 +74,7 @@ async def test_an_instance_limit_is_said_on_the_card_and_the_pending_tab_closes(
     limit = f"您的实例数已达上限（COMFYUI_MAX_INSTANCES_PER_USER={MAX_PER_USER}），请先停止其他项目的 ComfyUI"
     await expect(notice).to_have_text(limit)
     await expect(notice).to_have_attribute("role", "alert")
+    await expect(card(page, third)).not_to_contain_text("尚未启动")  # no hint that says the opposite
     if not tab.is_closed():
         await tab.wait_for_event("close")  # the pending tab is closed again
     # Nothing was started and nothing failed: the card says so, and keeps the message.
@@ -85,6 +86,9 @@ async def test_an_instance_limit_is_said_on_the_card_and_the_pending_tab_closes(
     # Stopping another instance frees a slot: the message goes (no work there: no question).
     await card(page, running[0]).get_by_role("button", name="停止").click()
     await expect(badge(page, running[0])).to_have_text("已停止")
+    started = '[data-field="started"] dt'
+    await expect(card(page, running[0]).locator(started)).to_have_text("上次启动")  # history, not now
+    await expect(card(page, running[1]).locator(started)).to_have_text("启动时间")
     await expect(page.get_by_role("dialog")).to_have_count(0)
     await expect(notice).to_be_hidden()
     await expect(card(page, third).get_by_role("button", name=re.compile("数据生成"))).to_be_enabled()

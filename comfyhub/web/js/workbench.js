@@ -165,8 +165,9 @@ export function renderWorkbench(main, { me, meta }) {
 
     const row = (label, field) => {
       const dd = h("dd");
-      const el = h("div", { class: "meta-row", dataset: { field } }, h("dt", { text: label }), dd);
-      return { el, dd };
+      const dt = h("dt", { text: label });
+      const el = h("div", { class: "meta-row", dataset: { field } }, dt, dd);
+      return { el, dt, dd };
     };
     const rows = {
       owner: row("所有者", "owner"),
@@ -245,17 +246,21 @@ export function renderWorkbench(main, { me, meta }) {
       setText(rows.owner.dd, p.owner_username || `#${p.owner_user_id}`);
       const running = RUNNING.has(view.status);
       setText(rows.port.dd, running && s && s.port ? String(s.port) : "—");
+      setText(rows.started.dt, running ? "启动时间" : "上次启动"); // a stopped card's time is history
       setText(rows.started.dd, s && s.started_at ? formatDateTime(parseTime(s.started_at)) : "—");
       show(rows.gpu.el, Boolean(s && s.gpu));
       setText(rows.gpu.dd, s && s.gpu ? String(s.gpu) : "");
 
+      const refused = state.limits.get(p.id);
       let text = "";
       if (s && s.status_detail && s.status_detail !== look.label) text = s.status_detail;
       else if (view.status === "offline") {
         const why = s && s.last_error ? splitError(s.last_error).reason : "健康检查失败";
         text = `${why}。点击“数据生成”重新连接。`;
       } else if (view.status === "stopped" && s && s.stopped_reason) text = `停止原因：${s.stopped_reason}`;
-      else if (view.status === null || view.status === "none") text = mine ? "尚未启动。点击“数据生成”启动 ComfyUI。" : "尚未启动。";
+      else if (!refused && (view.status === null || view.status === "none")) {
+        text = mine ? "尚未启动。点击“数据生成”启动 ComfyUI。" : "尚未启动。"; // the limit notice says what to do instead
+      }
       setText(detail, text);
       show(detail, Boolean(text));
       detail.classList.toggle("detail-warn", view.status === "offline");
@@ -269,7 +274,6 @@ export function renderWorkbench(main, { me, meta }) {
         show(failTail, tail.length > 0);
       }
 
-      const refused = state.limits.get(p.id);
       setText(limit, refused || "");
       show(limit, Boolean(refused));
 
@@ -281,7 +285,7 @@ export function renderWorkbench(main, { me, meta }) {
       openButton.setAttribute("aria-busy", String(inFlight));
       show(stopButton, (mine || me.is_admin) && (running || inFlight)); // an admin: by the admin route
       stopButton.disabled = stopping;
-      show(logButton, Boolean(s));
+      show(logButton, Boolean(s) || inFlight); // while a first start loads, its log is the only news
       deleteButton.disabled = stopping;
       tick();
     }
