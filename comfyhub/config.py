@@ -187,6 +187,26 @@ class Settings(BaseSettings):
         8, gt=0, description="how often the workbench refreshes the project list"
     )
 
+    # --- generated data ---------------------------------------------------------------
+    comfyhub_history_sync_seconds: float = Field(
+        2,
+        gt=0,
+        description="how often an instance in use is asked for prompts it finished (its `/history`); "
+        "new outputs show in the gallery this long after ComfyUI wrote them",
+    )
+    comfyhub_history_idle_sync_seconds: float = Field(
+        30,
+        gt=0,
+        description="the same for an instance nobody used in the last 10 minutes (a job or a script "
+        "may still be queueing prompts); every stop, cull and restart also syncs first",
+    )
+    comfyhub_trash_days: float = Field(
+        30, ge=0, description="days a deleted output stays in its instance's `.trash/` folder before it is removed"
+    )
+    comfyhub_thumbnail_dir: Path = Field(
+        RUNTIME_DIR / "thumbnails", description="cache of the gallery's thumbnails (safe to delete)"
+    )
+
     # --- validation -------------------------------------------------------------------
     @field_validator(
         "comfyui_repo_path", "comfyui_python", "comfyui_custom_nodes_dir", "comfyui_models_dir", mode="before"
@@ -236,6 +256,7 @@ class Settings(BaseSettings):
             "comfyui_log_dir",
             "comfyui_custom_nodes_dir",
             "comfyui_models_dir",
+            "comfyhub_thumbnail_dir",
         ):
             value = getattr(self, name)
             if value is not None and not value.is_absolute():
@@ -260,6 +281,10 @@ class Settings(BaseSettings):
         if self.comfyhub_database_url:
             return self.comfyhub_database_url
         return f"sqlite+aiosqlite:///{self.runtime_dir / 'comfyhub.db'}"
+
+    def instance_dir(self, user_id: int, project_id: int) -> Path:
+        """A project's instance folder: ComfyUI's --base-directory, holding output/ and input/."""
+        return self.comfyui_instance_base_dir / f"u{user_id}" / f"p{project_id}"
 
     @property
     def comfyui_configured(self) -> bool:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -103,6 +104,11 @@ class Project(Base):
     owner_user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Deleting a project hides it but keeps its generation records and files: an admin
+    # can still list, export or restore it. Its code is freed (`code` becomes a
+    # tombstone) and kept in `deleted_code` for a restore.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    deleted_code: Mapped[str] = mapped_column(String(64), default="")
 
 
 class ComfyUIService(Base):
@@ -181,3 +187,75 @@ class Event(Base):
     user_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     outcome: Mapped[str] = mapped_column(String(32), default="")
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Generation(Base):
+    """One prompt a project's ComfyUI finished (success or error), kept after ComfyUI forgets it.
+
+    `source` says where the record came from: `history` (ComfyUI's /history, the whole
+    truth) or `file` (an output file's own metadata, when the history was lost: a crash,
+    files from before comfyhub kept records). A later history entry for the same files
+    takes them over. Only comfyhub/outputs/store.py writes these rows.
+    """
+
+    __tablename__ = "generations"
+    __table_args__ = (Index("uq_generations_prompt", "project_id", "prompt_id", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[int] = mapped_column(Integer)
+    prompt_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None for `file`
+    number: Mapped[float | None] = mapped_column(Float, nullable=True)  # ComfyUI's queue number
+    status: Mapped[str] = mapped_column(String(16))  # success | error | interrupted
+    source: Mapped[str] = mapped_column(String(8), default="history")
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    graph: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the API-format prompt
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Output(Base):
+    """One file a generation wrote into its instance's output/ folder, and its curation.
+
+    The file stays where ComfyUI wrote it; `subfolder`/`filename` are relative to the
+    instance's output/ and are checked again on every read (outputs/files.py). The
+    generation's parameters (prompt, seed, …) are copied here, read from its graph, so
+    that the gallery filters and the export need no second pass over the graphs.
+    A deleted output keeps its row (`deleted_at`, `trash_path`) so no sync brings it back.
+    """
+
+    __tablename__ = "outputs"
+    __table_args__ = (
+        Index("uq_outputs_file", "project_id", "type", "subfolder", "filename", unique=True),
+        # The gallery's order: newest first, within one project.
+        Index("ix_outputs_project_created", "project_id", "created_at", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"))
+    user_id: Mapped[int] = mapped_column(Integer)
+    generation_id: Mapped[int] = mapped_column(ForeignKey("generations.id"), index=True)
+    node_id: Mapped[str] = mapped_column(String(64), default="")
+    filename: Mapped[str] = mapped_column(String(255))
+    subfolder: Mapped[str] = mapped_column(String(512), default="")
+    type: Mapped[str] = mapped_column(String(16), default="output")
+    media_type: Mapped[str] = mapped_column(String(16), default="other")  # image | video | audio | other
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    steps: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    cfg: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sampler: Mapped[str] = mapped_column(String(64), default="")
+    scheduler: Mapped[str] = mapped_column(String(64), default="")
+    model: Mapped[str] = mapped_column(String(255), default="")
+    mark: Mapped[str | None] = mapped_column(String(8), nullable=True)  # pass | fail
+    # A JSON list of strings, kept as text so one LIKE filters it on every database.
+    tags: Mapped[str] = mapped_column(Text, default="[]")
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    trash_path: Mapped[str] = mapped_column(String(1024), default="")

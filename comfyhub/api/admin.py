@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from comfyhub.api.deps import AdminUser, DbSession, Manager, ProjectId
-from comfyhub.api.errors import ApiError, envelope
-from comfyhub.api.views import event_view, service_view, user_view
-from comfyhub.models import ComfyUIService, Project, User
+from comfyhub.api.errors import ApiError, envelope, field_error
+from comfyhub.api.projects import CODE_TAKEN, code_taken
+from comfyhub.api.views import event_view, project_view, service_view, user_view
+from comfyhub.models import ComfyUIService, Output, Project, User
 from comfyhub.reasons import Reason
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -57,3 +58,45 @@ async def stop_service(project_id: ProjectId, admin: AdminUser, db: DbSession, m
 @router.get("/events", summary="审计事件（管理员）")
 async def list_events(_admin: AdminUser, manager: Manager, limit: int = Query(100, ge=1, le=1000)):
     return envelope([event_view(e) for e in await manager.events(limit)])
+
+
+@router.get("/projects/deleted", summary="已删除的项目（管理员）：产出与记录仍保留")
+async def list_deleted_projects(_admin: AdminUser, db: DbSession):
+    kept = (
+        select(Output.project_id, func.count().label("n"))
+        .where(Output.deleted_at.is_(None))
+        .group_by(Output.project_id)
+        .subquery()
+    )
+    rows = (
+        await db.execute(
+            select(Project, User, kept.c.n)
+            .join(User, User.id == Project.owner_user_id)
+            .outerjoin(kept, kept.c.project_id == Project.id)
+            .where(Project.deleted_at.is_not(None))
+            .order_by(Project.deleted_at.desc())
+        )
+    ).all()
+    return envelope(
+        [
+            {
+                **project_view(p, None, u),
+                "code": p.deleted_code,
+                "deleted_at": p.deleted_at.isoformat(),
+                "outputs_kept": n or 0,
+            }
+            for p, u, n in rows
+        ]
+    )
+
+
+@router.post("/projects/{project_id}/restore", summary="恢复已删除的项目（管理员）")
+async def restore_project(project_id: ProjectId, _admin: AdminUser, db: DbSession):
+    project = await db.get(Project, project_id)
+    if project is None or project.deleted_at is None:
+        raise ApiError(404, "没有这个已删除的项目")
+    if await code_taken(db, project.deleted_code):
+        raise field_error(409, "code", f"{CODE_TAKEN}：{project.deleted_code}，请先修改占用它的项目", "taken")
+    project.code, project.deleted_code, project.deleted_at = project.deleted_code, "", None
+    await db.commit()
+    return envelope(project_view(project, None), "项目已恢复")

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from comfyhub.api.deps import CurrentUser, DbSession, Manager, ProjectId
 from comfyhub.api.errors import FORBIDDEN, PROJECT_NOT_FOUND, ApiError, envelope, field_error
 from comfyhub.api.schemas import ProjectCreate, ProjectUpdate
 from comfyhub.api.views import open_view, project_view, service_view
-from comfyhub.models import ComfyUIService, Project, ServiceStatus, User
+from comfyhub.models import ComfyUIService, Output, Project, ServiceStatus, User, utcnow
 from comfyhub.reasons import Reason
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -21,10 +21,15 @@ CODE_TAKEN = "项目号已存在"
 MAX_LOG_LINES = 2000
 
 
-async def load_project(db, project_id: int, user: User, *, owner_only: bool = False) -> Project:
-    """The project, if the caller may see it: its owner, or an admin unless `owner_only`."""
+async def load_project(
+    db, project_id: int, user: User, *, owner_only: bool = False, deleted_ok: bool = False
+) -> Project:
+    """The project, if the caller may see it: its owner, or an admin unless `owner_only`.
+
+    A deleted project is gone for everyone, except for an admin where `deleted_ok` (its
+    outputs and records stay readable and exportable)."""
     project = await db.get(Project, project_id)
-    if project is None:
+    if project is None or (project.deleted_at is not None and not (deleted_ok and user.is_admin)):
         raise ApiError(404, PROJECT_NOT_FOUND)
     if project.owner_user_id != user.id and (owner_only or not user.is_admin):
         raise ApiError(403, FORBIDDEN)
@@ -37,7 +42,7 @@ async def _service_of(db, project_id: int) -> ComfyUIService | None:
     ).scalar_one_or_none()
 
 
-async def _code_taken(db, code: str, except_id: int | None = None) -> bool:
+async def code_taken(db, code: str, except_id: int | None = None) -> bool:
     query = select(Project.id).where(Project.code == code)
     if except_id is not None:
         query = query.where(Project.id != except_id)
@@ -59,6 +64,7 @@ async def list_projects(
         .join(User, User.id == Project.owner_user_id)
         .order_by(Project.id)
     )
+    query = query.where(Project.deleted_at.is_(None))
     if not show_all:
         query = query.where(Project.owner_user_id == user.id)
     rows = (await db.execute(query)).all()
@@ -67,7 +73,7 @@ async def list_projects(
 
 @router.post("", summary="创建项目", status_code=201)
 async def create_project(body: ProjectCreate, user: CurrentUser, db: DbSession):
-    if await _code_taken(db, body.code):
+    if await code_taken(db, body.code):
         raise field_error(400, "code", CODE_TAKEN, "taken")
     project = Project(name=body.name, code=body.code, note=body.note, owner_user_id=user.id)
     db.add(project)
@@ -90,7 +96,7 @@ async def get_project(project_id: ProjectId, user: CurrentUser, db: DbSession):
 async def update_project(project_id: ProjectId, body: ProjectUpdate, user: CurrentUser, db: DbSession):
     project = await load_project(db, project_id, user)
     changes = body.model_dump(exclude_none=True)
-    if "code" in changes and await _code_taken(db, changes["code"], except_id=project.id):
+    if "code" in changes and await code_taken(db, changes["code"], except_id=project.id):
         raise field_error(400, "code", CODE_TAKEN, "taken")
     for field, value in changes.items():
         setattr(project, field, value)
@@ -102,15 +108,32 @@ async def update_project(project_id: ProjectId, body: ProjectUpdate, user: Curre
     return envelope(project_view(project, await _service_of(db, project_id)), "项目已更新")
 
 
-@router.delete("/{project_id}", summary="删除项目")
+@router.delete("/{project_id}", summary="删除项目（产出与生成记录保留）")
 async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession, manager: Manager):
     project = await load_project(db, project_id, user)
     await db.commit()
-    # The instance goes first: no ComfyUI may outlive its project. Its files stay on disk.
+    # The instance goes first: no ComfyUI may outlive its project. Its history is pulled
+    # on the way (manager.stop), and its files stay on disk.
     await manager.stop(project_id, reason=Reason.PROJECT_DELETED, actor=user.username)
-    await db.delete(project)
+    project = await load_project(db, project_id, user)
+    kept = (
+        await db.execute(
+            select(func.count()).select_from(Output).where(Output.project_id == project_id, Output.deleted_at.is_(None))
+        )
+    ).scalar_one()
+    project.deleted_at = utcnow()
+    project.deleted_code = project.code
+    project.code = tombstone(project.id)  # frees the code for a new project
     await db.commit()
-    return envelope({"id": project_id}, "项目已删除")
+    msg = (
+        f"项目已删除。它的 {kept} 个产出文件和生成记录仍保留在服务器上，管理员可以恢复或导出" if kept else "项目已删除"
+    )
+    return envelope({"id": project_id, "outputs_kept": kept}, msg)
+
+
+def tombstone(project_id: int) -> str:
+    """The code a deleted project holds: no user code can look like it (codes start alphanumeric)."""
+    return f"~deleted-{project_id}"
 
 
 @router.post("/{project_id}/open_comfy", summary="数据生成：打开（必要时启动）ComfyUI")
@@ -120,7 +143,7 @@ async def open_comfy(project_id: ProjectId, user: CurrentUser, db: DbSession, ma
         await db.execute(
             select(Project, ComfyUIService)
             .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
-            .where(Project.id == project_id)
+            .where(Project.id == project_id, Project.deleted_at.is_(None))
         )
     ).first()
     await db.commit()  # hand the connection back: a start can take minutes

@@ -69,7 +69,7 @@ class ProxyAccess:
                 await db.execute(
                     select(Project.owner_user_id, ComfyUIService.status, ComfyUIService.host, ComfyUIService.port)
                     .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
-                    .where(Project.id == project_id)
+                    .where(Project.id == project_id, Project.deleted_at.is_(None))
                 )
             ).first()
         target = Target(project_id, row[0], row[1], row[2] or "127.0.0.1", row[3]) if row else None

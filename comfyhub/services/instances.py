@@ -13,7 +13,7 @@ from comfyhub.config import Settings
 
 
 def instance_dir(settings: Settings, user_id: int, project_id: int) -> Path:
-    return settings.comfyui_instance_base_dir / f"u{user_id}" / f"p{project_id}"
+    return settings.instance_dir(user_id, project_id)
 
 
 def log_path(settings: Settings, user_id: int, project_id: int, port: int) -> Path:

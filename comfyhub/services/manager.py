@@ -15,6 +15,7 @@ writes its record. The work is done by small owners, each in its own module:
 | audit.py      | the events table                                                |
 | liveness.py   | is a record's process alive, and is it ours                     |
 | launchers/    | how a process runs (local subprocess or Ray actor)              |
+| outputs/      | generation records: history pulled before every stop (`stop`)   |
 
 Where each invariant (docs/architecture.md) is kept:
 
@@ -31,6 +32,9 @@ Where each invariant (docs/architecture.md) is kept:
 6. Only the owner: `ensure` checks ownership here; the API and proxy check it too.
 7. Nothing a user generated is deleted: no code path removes an instance folder
    (instances.py only creates).
+8. Nothing ComfyUI finished goes unrecorded: `stop` pulls the history before the
+   process is signalled (culls, deletes and admin stops all come through it), and the
+   output sync (outputs/sync.py) scans the files of every instance that went down.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ from comfyhub.config import Settings
 from comfyhub.launchers import Launcher, make_launcher
 from comfyhub.metrics import Metrics
 from comfyhub.models import ComfyUIService, Event, Project, ServiceStatus
+from comfyhub.outputs.client import InstanceUnreachable
+from comfyhub.outputs.sync import Instance, OutputSync
 from comfyhub.reasons import Reason
 from comfyhub.services import instances
 from comfyhub.services.admission import Admission
@@ -66,6 +72,9 @@ log = logging.getLogger("comfyhub.manager")
 
 # Proxied traffic marks activity; one write per instance per this many seconds at most.
 ACTIVITY_WRITE_SECONDS = 5.0
+# The last history pull before a stop: long enough for thousands of entries, bounded so
+# that a hung instance cannot hold a stop (its files are still scanned afterwards).
+FINAL_PULL_SECONDS = 30.0
 
 
 class ServiceManager:
@@ -86,6 +95,8 @@ class ServiceManager:
         self.background = BackgroundTasks()
         self._closing = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
+        self._sync_task: asyncio.Task | None = None
+        self.outputs = OutputSync(settings, sessions)
         self._touched: dict[int, float] = {}
         locks = ProjectLocks(sessions.kw["bind"])
         self.liveness = Liveness(self.launcher, self.health)
@@ -130,14 +141,19 @@ class ServiceManager:
     async def startup(self) -> None:
         """Start the heartbeat; its first sweep (in the lease holder) reconciles the records."""
         self._loop_task = asyncio.create_task(self.heartbeat.run(), name="comfyhub-heartbeat")
+        # The output sync follows the lease: one process pulls every instance's history.
+        self._sync_task = asyncio.create_task(
+            self.outputs.run(lambda: self.heartbeat.leading), name="comfyhub-output-sync"
+        )
 
     async def shutdown(self) -> None:
         """Stop background work. Instances keep running unless configured otherwise."""
         self._closing.set()  # starts still waiting for resources give up now
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
-            self._loop_task = None
+        for task in (self._loop_task, self._sync_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._loop_task = self._sync_task = None
         await self.starts.cancel_all()
         await self.background.wait()
         if self.settings.comfyui_stop_instances_on_exit:
@@ -145,6 +161,7 @@ class ServiceManager:
         if self.heartbeat.leading:
             with contextlib.suppress(Exception):
                 await self.heartbeat.lease.release()  # let another worker take over at once
+        await self.outputs.close()
         await self.health.aclose()
         self.launcher.close()
 
@@ -191,6 +208,7 @@ class ServiceManager:
         `cli`, `system`); it goes to the audit trail and, for Reason.ADMIN, into the words.
         """
         await self.starts.interrupt(project_id)
+        await self._final_pull(project_id)
         record, old_state = await self.records.mark_stopped(project_id, reason, actor)
         if record is None:
             return None
@@ -199,9 +217,24 @@ class ServiceManager:
             await self.launcher.stop(old, self.settings.comfyui_stop_grace_seconds)
             await asyncio.to_thread(instances.mark_event, record.log_path, f"stopped ({record.stopped_reason})")
             log.info("project %s: stopped (%s)", project_id, reason)
+        # Files written after the last pull (or by a hung instance) are recorded from disk.
+        self.outputs.scan_soon(project_id, record.user_id)
         action = "cull" if reason == Reason.IDLE else "stop"
         await self.audit.record(action, project_id, record.user_id, actor, "stopped", record.stopped_reason)
         return record
+
+    async def _final_pull(self, project_id: int) -> None:
+        record = await self.get(project_id)
+        if record is None or record.status != ServiceStatus.ONLINE:
+            return
+        try:
+            await asyncio.wait_for(self.outputs.pull(Instance.of(record)), FINAL_PULL_SECONDS)
+        except (InstanceUnreachable, TimeoutError) as exc:
+            log.warning(
+                "project %s: history not pulled before the stop (%s); its files will be scanned", project_id, exc
+            )
+        except Exception:  # noqa: BLE001 — a database hiccup must not prevent a stop
+            log.warning("project %s: history not pulled before the stop", project_id, exc_info=True)
 
     async def stop_all(self, reason: Reason) -> None:
         await asyncio.gather(*(self.stop(pid, reason) for pid in await self.records.active_ids()))

@@ -1,0 +1,248 @@
+"""The only writer of `generations` and `outputs` rows made from ComfyUI's data.
+
+Every write is idempotent: a prompt is one row per project (unique `prompt_id`), a file
+one row per project (unique type/subfolder/filename), and inserts skip rows that exist
+(`ON CONFLICT DO NOTHING` on SQLite and PostgreSQL alike). So a sync may run twice, in
+two workers at once, or after a crash half-way, and nothing is ever doubled.
+
+A file indexed from its own metadata (source `file`) is taken over by the history entry
+that names it, if one turns up later: the history knows the prompt id and the status.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from comfyhub.models import Generation, Output, utcnow
+from comfyhub.outputs.graph import Params, params_of
+from comfyhub.outputs.history import FileRef, Finished
+from comfyhub.outputs.media import FileFacts, media_type
+
+# Rows per statement: big enough to amortise a round trip, small enough to keep each
+# transaction (and SQLite's write lock) short.
+BATCH = 200
+
+
+@dataclass
+class FoundFile:
+    """A file in an output folder that no record names yet."""
+
+    ref: FileRef
+    facts: FileFacts
+
+
+def _insert(session: AsyncSession, model):
+    dialect = session.bind.dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
+
+
+def _when(finished: Finished, facts: FileFacts | None) -> datetime:
+    if finished.finished_at is not None:
+        return finished.finished_at
+    if facts is not None:
+        return datetime.fromtimestamp(facts.mtime, UTC)
+    return utcnow()
+
+
+def _output_row(project_id: int, user_id: int, generation_id: int, ref: FileRef, facts, params: Params, at) -> dict:
+    return {
+        "project_id": project_id,
+        "user_id": user_id,
+        "generation_id": generation_id,
+        "node_id": ref.node_id,
+        "filename": ref.filename,
+        "subfolder": ref.subfolder,
+        "type": ref.type,
+        "media_type": media_type(ref.filename),
+        "size": facts.size if facts else None,
+        "width": facts.width if facts else None,
+        "height": facts.height if facts else None,
+        "prompt": params.prompt,
+        "negative_prompt": params.negative_prompt,
+        "seed": params.seed,
+        "steps": params.steps,
+        "cfg": params.cfg,
+        "sampler": params.sampler[:64],
+        "scheduler": params.scheduler[:64],
+        "model": params.model[:255],
+        "mark": None,
+        "tags": "[]",
+        "note": "",
+        "created_at": at,
+        "deleted_at": None,
+        "trash_path": "",
+    }
+
+
+class OutputStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]):
+        self.sessions = sessions
+
+    async def known_prompts(self, project_id: int, prompt_ids: Sequence[str]) -> set[str]:
+        if not prompt_ids:
+            return set()
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Generation.prompt_id).where(
+                    Generation.project_id == project_id, Generation.prompt_id.in_(list(prompt_ids))
+                )
+            )
+            return {r[0] for r in rows}
+
+    async def known_files(self, project_id: int) -> set[tuple[str, str]]:
+        """(subfolder, filename) of every output file on record for the project, deleted included."""
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(Output.subfolder, Output.filename).where(Output.project_id == project_id)
+            )
+            return {(r[0], r[1]) for r in rows}
+
+    async def record_finished(
+        self,
+        project_id: int,
+        user_id: int,
+        finished: Sequence[Finished],
+        facts: dict[FileRef, FileFacts],
+        params: dict[str, Params] | None = None,
+    ) -> int:
+        """Store finished prompts and their files; returns how many prompts were new.
+
+        `facts` holds what was read from each file on disk (missing: the file is gone);
+        `params` the graph parameters per prompt id (computed off the event loop by the
+        caller; computed here when absent).
+        """
+        new = 0
+        for start in range(0, len(finished), BATCH):
+            new += await self._record_batch(project_id, user_id, finished[start : start + BATCH], facts, params or {})
+        return new
+
+    async def _record_batch(self, project_id, user_id, batch: Sequence[Finished], facts, params) -> int:
+        async with self.sessions() as session:
+            rows = [
+                {
+                    "project_id": project_id,
+                    "user_id": user_id,
+                    "prompt_id": f.prompt_id,
+                    "number": f.number,
+                    "status": f.status,
+                    "source": "history",
+                    "started_at": f.started_at,
+                    "finished_at": f.finished_at,
+                    "graph": f.graph,
+                    "error": f.error,
+                    "created_at": utcnow(),
+                }
+                for f in batch
+            ]
+            stmt = _insert(session, Generation).on_conflict_do_nothing(index_elements=["project_id", "prompt_id"])
+            inserted = await session.execute(stmt.returning(Generation.id, Generation.prompt_id), rows)
+            new_ids = {prompt_id: gid for gid, prompt_id in inserted}
+            files = [(f, ref) for f in batch if f.prompt_id in new_ids for ref in f.files]
+            if files:
+                await self._add_files(session, project_id, user_id, files, new_ids, facts, params)
+            await session.commit()
+            return len(new_ids)
+
+    async def _add_files(self, session, project_id, user_id, files, gen_ids, facts, params) -> None:
+        out_rows = []
+        for finished, ref in files:
+            p = params.get(finished.prompt_id) or params_of(finished.graph)
+            f = facts.get(ref)
+            out_rows.append(
+                _output_row(project_id, user_id, gen_ids[finished.prompt_id], ref, f, p, _when(finished, f))
+            )
+        stmt = _insert(session, Output).on_conflict_do_nothing(
+            index_elements=["project_id", "type", "subfolder", "filename"]
+        )
+        inserted = await session.execute(stmt.returning(Output.subfolder, Output.filename), out_rows)
+        taken = {(s, n) for s, n in inserted}
+        # Files already on record from their own metadata: the history entry takes them over.
+        for row in out_rows:
+            if (row["subfolder"], row["filename"]) in taken:
+                continue
+            await session.execute(
+                update(Output)
+                .where(
+                    Output.project_id == project_id,
+                    Output.type == row["type"],
+                    Output.subfolder == row["subfolder"],
+                    Output.filename == row["filename"],
+                    Output.generation_id.in_(
+                        select(Generation.id).where(Generation.project_id == project_id, Generation.source == "file")
+                    ),
+                )
+                .values(generation_id=row["generation_id"], node_id=row["node_id"], created_at=row["created_at"])
+            )
+        await self._drop_empty_file_records(session, project_id)
+
+    async def record_files(self, project_id: int, user_id: int, found: Iterable[FoundFile]) -> int:
+        """Index files no record names, from their own metadata; returns how many were new."""
+        found = list(found)
+        new = 0
+        for start in range(0, len(found), BATCH):
+            new += await self._record_files_batch(project_id, user_id, found[start : start + BATCH])
+        return new
+
+    async def _record_files_batch(self, project_id, user_id, batch: Sequence[FoundFile]) -> int:
+        async with self.sessions() as session:
+            gen_rows = [
+                {
+                    "project_id": project_id,
+                    "user_id": user_id,
+                    "prompt_id": None,
+                    "number": None,
+                    "status": "success",
+                    "source": "file",
+                    "started_at": None,
+                    "finished_at": datetime.fromtimestamp(item.facts.mtime, UTC),
+                    "graph": item.facts.graph,
+                    "error": "",
+                    "created_at": utcnow(),
+                }
+                for item in batch
+            ]
+            result = await session.execute(
+                _insert(session, Generation).returning(Generation.id, sort_by_parameter_order=True), gen_rows
+            )
+            gen_ids = [r[0] for r in result]
+            out_rows = [
+                _output_row(
+                    project_id,
+                    user_id,
+                    gid,
+                    item.ref,
+                    item.facts,
+                    params_of(item.facts.graph),
+                    datetime.fromtimestamp(item.facts.mtime, UTC),
+                )
+                for gid, item in zip(gen_ids, batch, strict=True)
+            ]
+            stmt = _insert(session, Output).on_conflict_do_nothing(
+                index_elements=["project_id", "type", "subfolder", "filename"]
+            )
+            inserted = len((await session.execute(stmt.returning(Output.id), out_rows)).all())
+            if inserted < len(out_rows):
+                await self._drop_empty_file_records(session, project_id)  # lost a race: keep no empty record
+            await session.commit()
+            return inserted
+
+    async def _drop_empty_file_records(self, session, project_id: int) -> None:
+        # Our own bookkeeping rows, never user data: a `file` record whose file went to a history record.
+        await session.execute(
+            delete(Generation).where(
+                Generation.project_id == project_id,
+                Generation.source == "file",
+                ~exists().where(Output.generation_id == Generation.id),
+            )
+        )
+
+
+def tags_text(tags: Iterable[str]) -> str:
+    return json.dumps(sorted(set(tags)), ensure_ascii=False)

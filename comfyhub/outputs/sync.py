@@ -1,0 +1,300 @@
+"""Keeping the generation records up to date: ComfyUI's /history, and files on disk.
+
+Two sources, both needed (docs/architecture.md, "Generated data"):
+
+- **history**, pulled from every online instance: every COMFYHUB_HISTORY_SYNC_SECONDS
+  while it is in use, every COMFYHUB_HISTORY_IDLE_SYNC_SECONDS otherwise, and once more
+  by the manager before any stop, cull or restart (`pull`);
+- **files**, scanned when an instance is first seen in a run and whenever it went down
+  (crash, stop): a file with no history entry (written just before a crash, or before
+  comfyhub kept records) is recorded from its own metadata (`scan`).
+
+A pull asks for the newest entry first (`/history?max_items=1`): when it is the one seen
+last time, nothing changed and nothing else is read. Otherwise it reads the newest page;
+only when the whole page is new does it walk the history from the start, page by page,
+so a page is never large and its JSON is decoded off the event loop. Every pull and scan
+of one instance runs in its own task with a deadline: a slow or hung instance delays
+nobody else, neither the heartbeat nor the proxy.
+
+The periodic loop runs only in the backend process that holds the heartbeat lease;
+`pull` before a stop runs wherever the stop happens. Both are idempotent (store.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from comfyhub.config import Settings
+from comfyhub.models import ComfyUIService
+from comfyhub.outputs import files
+from comfyhub.outputs.client import ComfyClient, InstanceUnreachable
+from comfyhub.outputs.graph import params_of
+from comfyhub.outputs.history import FileRef, Finished, parse_history, safe_name, safe_subfolder
+from comfyhub.outputs.media import FileFacts, file_facts, is_output_file
+from comfyhub.outputs.store import FoundFile, OutputStore
+
+log = logging.getLogger("comfyhub.outputs")
+
+PAGE = 64  # history entries per request: small answers, parsed quickly
+ACTIVE_WINDOW = timedelta(minutes=10)  # "in use": proxied traffic or new records this recently
+CONCURRENCY = 8  # pulls and scans at once
+PULL_DEADLINE = 60.0  # one pull, all pages (seconds)
+TRASH_PURGE_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class Instance:
+    """What a sync needs to know of an instance record."""
+
+    project_id: int
+    user_id: int
+    host: str
+    port: int | None
+    run: int  # the record's generation: a new start is a new run (a fresh ComfyUI history)
+    online: bool
+    status: str = ""
+    last_activity: datetime | None = None
+
+    @classmethod
+    def of(cls, record: ComfyUIService) -> Instance:
+        return cls(
+            record.project_id,
+            record.user_id,
+            record.host or "127.0.0.1",
+            record.port,
+            record.generation or 0,
+            record.status == "online",
+            record.status,
+            record.last_activity,
+        )
+
+
+class OutputSync:
+    def __init__(
+        self, settings: Settings, sessions: async_sessionmaker[AsyncSession], store: OutputStore | None = None
+    ):
+        self.settings = settings
+        self.sessions = sessions
+        self.store = store or OutputStore(sessions)
+        self.client = ComfyClient(timeout=max(settings.comfyui_health_timeout_seconds, 5.0))
+        self._newest: dict[int, tuple[int, str]] = {}  # project → (run, newest prompt id stored)
+        self._scanned: dict[int, tuple[int, str]] = {}  # project → (run, status) last scanned in
+        self._due: dict[int, float] = {}
+        self._found_at: dict[int, float] = {}  # project → monotonic time a pull last found something
+        self._busy: dict[object, asyncio.Task] = {}  # project id (or a tagged key) → its task
+        self._gate = asyncio.Semaphore(CONCURRENCY)
+        self._purged_at = 0.0
+
+    # --- history -------------------------------------------------------------------------
+
+    async def pull(self, instance: Instance) -> int:
+        """Store the prompts the instance finished that are not on record; returns how many.
+
+        Raises InstanceUnreachable when the instance does not answer.
+        """
+        if not instance.port:
+            return 0
+        newest = await self._history(instance, "max_items=1")
+        if not newest:
+            return 0
+        newest_id = next(reversed(newest))
+        if self._newest.get(instance.project_id) == (instance.run, newest_id):
+            return 0
+        page = await self._history(instance, f"max_items={PAGE}")
+        ids = list(page)
+        known = await self.store.known_prompts(instance.project_id, ids)
+        if len(ids) == PAGE and ids[0] not in known:
+            stored = await self._pull_all(instance)  # more new entries than one page: walk it all
+        else:
+            stored = await self._store(instance, [f for f in parse_history(page) if f.prompt_id not in known])
+        if ids:
+            self._newest[instance.project_id] = (instance.run, ids[-1])
+        if stored:
+            self._found_at[instance.project_id] = time.monotonic()
+        return stored
+
+    async def _pull_all(self, instance: Instance) -> int:
+        stored, offset = 0, 0
+        while True:
+            page = await self._history(instance, f"offset={offset}&max_items={PAGE}")
+            ids = list(page)
+            known = await self.store.known_prompts(instance.project_id, ids)
+            stored += await self._store(instance, [f for f in parse_history(page) if f.prompt_id not in known])
+            offset += len(ids)
+            if len(ids) < PAGE:
+                return stored
+
+    async def _history(self, instance: Instance, query: str) -> dict:
+        answer = await self.client.get_json(instance.host, instance.port, f"/history?{query}")
+        return answer if isinstance(answer, dict) else {}
+
+    async def _store(self, instance: Instance, finished: list[Finished]) -> int:
+        if not finished:
+            return 0
+        facts, params = await asyncio.to_thread(self._read_files, instance, finished)
+        return await self.store.record_finished(instance.project_id, instance.user_id, finished, facts, params)
+
+    def _read_files(self, instance: Instance, finished: list[Finished]):
+        """Facts of every file the entries name, and each graph's parameters (blocking)."""
+        facts: dict[FileRef, FileFacts] = {}
+        for f in finished:
+            for ref in f.files:
+                try:
+                    path = files.resolve(
+                        self.settings, instance.user_id, instance.project_id, ref.subfolder, ref.filename
+                    )
+                    facts[ref] = file_facts(path)
+                except (files.FileRefused, OSError):
+                    continue  # recorded without size: the history says it was written
+        return facts, {f.prompt_id: params_of(f.graph) for f in finished}
+
+    # --- files ---------------------------------------------------------------------------
+
+    async def scan(self, project_id: int, user_id: int) -> int:
+        """Record output files no record names yet, from their own metadata; returns how many."""
+        known = await self.store.known_files(project_id)
+        found = await asyncio.to_thread(self._unknown_files, user_id, project_id, known)
+        if not found:
+            return 0
+        stored = await self.store.record_files(project_id, user_id, found)
+        if stored:
+            log.info("project %s: recorded %d output file(s) from their metadata", project_id, stored)
+        return stored
+
+    def _unknown_files(self, user_id: int, project_id: int, known: set[tuple[str, str]]) -> list[FoundFile]:
+        folder = files.output_dir(self.settings, user_id, project_id)
+        found = []
+        for root, dirs, names in os.walk(folder, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d)))
+            subfolder = Path(root).relative_to(folder).as_posix()
+            subfolder = "" if subfolder == "." else subfolder
+            if not safe_subfolder(subfolder):
+                continue
+            for name in sorted(names):
+                if (subfolder, name) in known or not safe_name(name) or not is_output_file(name):
+                    continue
+                path = Path(root) / name
+                if path.is_symlink() or not path.is_file():
+                    continue  # never index a link: it may point anywhere
+                try:
+                    facts = file_facts(path)
+                except OSError:
+                    continue
+                found.append(FoundFile(FileRef(node_id="", filename=name, subfolder=subfolder), facts))
+        found.sort(key=lambda f: f.facts.mtime)
+        return found
+
+    # --- the periodic loop -----------------------------------------------------------------
+
+    async def run(self, leading: Callable[[], bool]) -> None:
+        """Sync every instance on its schedule, while this process leads (`leading()`)."""
+        tick = min(self.settings.comfyhub_history_sync_seconds, 5.0)
+        while True:
+            try:
+                if leading():
+                    await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 — the loop must survive a database outage
+                log.warning("output sync failed; retrying", exc_info=True)
+            await asyncio.sleep(tick)
+
+    async def tick(self) -> None:
+        """Start the pulls and scans that are due (each in its own task) and return."""
+        now = time.monotonic()
+        for instance in await self._instances():
+            pid = instance.project_id
+            if pid in self._busy:
+                continue
+            if instance.online:
+                first = self._scanned.get(pid, (None,))[0] != instance.run
+                if first or now >= self._due.get(pid, 0.0):
+                    self._due[pid] = now + self._interval(instance, now)
+                    self._scanned[pid] = (instance.run, instance.status)
+                    self._spawn(pid, self._pull_and_scan(instance, scan=first))
+            elif self._scanned.get(pid) != (instance.run, instance.status):
+                self._scanned[pid] = (instance.run, instance.status)
+                self._newest.pop(pid, None)
+                self._spawn(pid, self.scan(pid, instance.user_id))
+        if now - self._purged_at > TRASH_PURGE_SECONDS:
+            self._purged_at = now
+            self._spawn(0, self._purge())
+
+    async def wait_idle(self) -> None:
+        """Wait for the pulls and scans started so far (tests, shutdown)."""
+        while self._busy:
+            await asyncio.gather(*list(self._busy.values()), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._busy.values()):
+            task.cancel()
+        await asyncio.gather(*list(self._busy.values()), return_exceptions=True)
+        self.client.close()
+
+    def _interval(self, instance: Instance, now: float) -> float:
+        recent = instance.last_activity is not None and datetime.now(UTC) - instance.last_activity < ACTIVE_WINDOW
+        found = now - self._found_at.get(instance.project_id, -1e9) < ACTIVE_WINDOW.total_seconds()
+        if recent or found:
+            return self.settings.comfyhub_history_sync_seconds
+        return self.settings.comfyhub_history_idle_sync_seconds
+
+    def _spawn(self, key, work) -> None:
+        async def gated():
+            async with self._gate:
+                with contextlib.suppress(asyncio.CancelledError):
+                    try:
+                        await asyncio.wait_for(work, PULL_DEADLINE)
+                    except (InstanceUnreachable, TimeoutError) as exc:
+                        log.debug("project %s: sync skipped: %s", key, exc)
+                    except Exception:  # noqa: BLE001 — one instance's trouble stays its own
+                        log.warning("project %s: sync failed", key, exc_info=True)
+
+        task = asyncio.create_task(gated(), name=f"comfyhub-output-sync-{key}")
+        self._busy[key] = task
+        task.add_done_callback(lambda t: self._busy.pop(key) if self._busy.get(key) is t else None)
+
+    def scan_soon(self, project_id: int, user_id: int) -> None:
+        """Scan a project's files in the background (after a stop: what the last pull missed)."""
+        self._spawn(("scan", project_id), self.scan(project_id, user_id))
+
+    async def _pull_and_scan(self, instance: Instance, scan: bool) -> None:
+        await self.pull(instance)
+        if scan:  # files from before this run, or from before records were kept
+            await self.scan(instance.project_id, instance.user_id)
+
+    async def _purge(self) -> None:
+        removed = await asyncio.to_thread(
+            files.purge_trash, self.settings.comfyui_instance_base_dir, self.settings.comfyhub_trash_days
+        )
+        if removed:
+            log.info(
+                "removed %d file(s) from the trash (older than %s days)", removed, self.settings.comfyhub_trash_days
+            )
+
+    async def _instances(self) -> list[Instance]:
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(
+                    ComfyUIService.project_id,
+                    ComfyUIService.user_id,
+                    ComfyUIService.host,
+                    ComfyUIService.port,
+                    ComfyUIService.generation,
+                    ComfyUIService.status,
+                    ComfyUIService.last_activity,
+                )
+            )
+            return [
+                Instance(p, u, h or "127.0.0.1", port, g or 0, s == "online", s, a) for p, u, h, port, g, s, a in rows
+            ]
