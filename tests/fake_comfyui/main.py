@@ -27,7 +27,7 @@ Queue and history, as PromptQueue in execution.py:
 
 * ``POST /prompt`` takes any JSON object as the graph (no validation; ``number``,
   ``front``, ``prompt_id``, ``client_id``, ``extra_data`` as the real one) and answers
-  ``{"prompt_id", "number", "node_errors": {}}``; numbers count from 1.
+  ``{"prompt_id", "number", "node_errors": {}}``; numbers count from 1 (the real ones from 0).
   ``outputs_to_execute`` are the SaveImage and PreviewImage nodes; a prompt with none
   (the real one answers 400) gets its last node id, or "9" when empty, run as a SaveImage.
 * ``/queue`` entries are ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``
