@@ -10,9 +10,11 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import aiohttp
@@ -95,6 +97,7 @@ def spawn(
     port: int | None = None,
     custom_nodes: bool = True,
     preexec=None,
+    args: tuple[str, ...] = (),
 ) -> Fake:
     base = tmp / "instance"
     base.mkdir(parents=True, exist_ok=True)
@@ -127,6 +130,7 @@ def spawn(
                 "--cpu",
                 "--preview-method",
                 "auto",
+                *args,
             ],
             cwd=FAKE_DIR,
             env=full_env,
@@ -521,3 +525,299 @@ async def test_page_uses_relative_urls_and_loads_a_script(server):
             assert r.status == 200
             js = await r.text()
         assert '"api/system_stats"' in js and '"ws?clientId=abc"' in js and "ws: connected" in js
+
+
+# --- execution, history and the execution log (fakes of their own, jobs of 0 s) -------------
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """A fake whose prompts run at once; tests add to its history and read it relative to
+    what they submitted."""
+    fake = spawn(tmp_path_factory.mktemp("quick-fake"), env={"FAKE_COMFYUI_JOB_SECONDS": "0"})
+    fake.wait_ready()
+    yield fake
+    _kill(fake)
+
+
+async def submit(session: aiohttp.ClientSession, fake: Fake, prompt: dict, **body) -> str:
+    async with session.post(fake.url + "/prompt", json={"prompt": prompt, **body}) as r:
+        assert r.status == 200, await r.text()
+        return (await r.json())["prompt_id"]
+
+
+async def finished(session: aiohttp.ClientSession, fake: Fake, prompt_id: str) -> dict:
+    """The history entry, once the prompt has one."""
+
+    async def entry():
+        return (await get_json(session, f"{fake.url}/history/{prompt_id}")).get(prompt_id)
+
+    return await wait_for(entry, what=f"history of {prompt_id}")
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, data) of each chunk, CRCs checked."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    chunks, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        assert struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(tag + body)
+        chunks.append((tag, body))
+        pos += 12 + length
+    return chunks
+
+
+def png_facts(path: Path) -> tuple[int, int, set[bytes], list[tuple[str, str]], list[bytes]]:
+    """(width, height, the distinct RGB pixels, tEXt (key, value)s, chunk types in order)."""
+    chunks = png_chunks(path.read_bytes())
+    width, height, depth, colour = struct.unpack(">IIBB", chunks[0][1][:10])
+    assert (depth, colour) == (8, 2)
+    raw = zlib.decompress(b"".join(body for tag, body in chunks if tag == b"IDAT"))
+    stride = 1 + 3 * width
+    assert len(raw) == stride * height
+    pixels = {raw[y * stride + 1 + 3 * x : y * stride + 4 + 3 * x] for y in range(height) for x in range(width)}
+    texts = [tuple(part.decode("latin-1") for part in body.split(b"\0", 1)) for tag, body in chunks if tag == b"tEXt"]
+    return width, height, pixels, texts, [tag for tag, _body in chunks]
+
+
+def digest(graph: dict) -> str:
+    canonical = json.dumps(graph, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+SAVE = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "hist"}}}
+
+
+async def test_history_max_items_and_offset_like_get_history(quick):
+    async with aiohttp.ClientSession() as session:
+        for _ in range(5):
+            await finished(session, quick, await submit(session, quick, SAVE))
+
+        async def ids(query: str = "") -> list[str]:
+            return list(await get_json(session, f"{quick.url}/history{query}"))
+
+        every = await ids()
+        assert len(every) >= 5
+        assert await ids("?max_items=2") == every[-2:]  # the newest 2, oldest first
+        assert await ids("?max_items=0") == []
+        assert await ids(f"?max_items={len(every) + 5}") == every
+        assert await ids("?offset=1") == every[1:]  # from the second oldest
+        assert await ids("?offset=1&max_items=2") == every[1:3]
+        assert await ids("?offset=0&max_items=0") == every[:1]  # the real loop adds before it counts
+        assert await ids(f"?offset={len(every)}") == []
+        assert list(await get_json(session, f"{quick.url}/api/history?max_items=1")) == every[-1:]
+        one = await get_json(session, f"{quick.url}/history/{every[2]}")
+        assert list(one) == [every[2]] and one[every[2]]["prompt"][1] == every[2]
+        for query in ("?max_items=x", "?offset=1.5"):
+            async with session.get(f"{quick.url}/history{query}") as r:
+                assert r.status == 500, query  # server.py's int() raises
+
+        async with session.post(quick.url + "/history", json={"delete": [every[0]]}) as r:
+            assert r.status == 200
+        assert await ids() == every[1:]
+
+
+async def test_history_keeps_cap_plus_one_newest_and_extra_data_keeps_client_id(fakes):
+    fake = fakes(env={"FAKE_COMFYUI_JOB_SECONDS": "0", "FAKE_COMFYUI_HISTORY_CAP": "3"})
+    fake.wait_ready()
+    extra = {"extra_pnginfo": {"workflow": {}}, "api_key_comfy_org": "secret"}
+    async with aiohttp.ClientSession() as session:
+        submitted = [await submit(session, fake, SAVE, client_id="c-1", extra_data=extra) for _ in range(6)]
+        await wait_for(lambda: len(read_log(fake.base / "fake_executions.jsonl")) == 6, what="6 executions")
+        history = await get_json(session, fake.url + "/history")
+    # task_done drops the oldest only when it already holds more than the cap.
+    assert list(history) == submitted[-4:]
+    kept = history[submitted[-1]]["prompt"][3]
+    assert kept == {"extra_pnginfo": {"workflow": {}}, "client_id": "c-1"}  # the API key is not kept
+    assert "history_cap=3" in fake.log()
+
+
+async def test_empty_image_feeds_size_batch_colour_and_prefix_subfolder(quick):
+    graph = {
+        "5": {"class_type": "EmptyImage", "inputs": {"width": 24, "height": 10, "batch_size": 3, "color": 0x336699}},
+        "7": {"class_type": "ImageInvert", "inputs": {"image": ["5", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["7", 0], "filename_prefix": "shots/cat"}},
+        "11": {"class_type": "PreviewImage", "inputs": {"images": ["5", 0]}},
+    }
+    extra = {"extra_pnginfo": {"workflow": {"nodes": [1, 2]}, "note": "猫"}}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(quick.url + "/ws?clientId=painter") as ws:
+            prompt_id = await submit(session, quick, graph, client_id="painter", extra_data=extra)
+            executed = await receive_until(ws, lambda m: m["type"] == "executed" and m["data"]["node"] == "9")
+            await receive_until(ws, lambda m: m["type"] == "execution_success")
+            done = await receive_until(ws, lambda m: m["type"] == "executing" and m["data"]["node"] is None)
+            assert done["data"]["prompt_id"] == prompt_id
+        entry = await finished(session, quick, prompt_id)
+        again = await finished(session, quick, await submit(session, quick, graph))
+
+    saved = entry["outputs"]["9"]["images"]
+    assert saved == [{"filename": f"cat_0000{n}_.png", "subfolder": "shots", "type": "output"} for n in (1, 2, 3)]
+    assert executed["data"]["output"] == {"images": saved}
+    assert [i["filename"] for i in again["outputs"]["9"]["images"]] == [f"cat_0000{n}_.png" for n in (4, 5, 6)]
+    previews = entry["outputs"]["11"]["images"]
+    assert len(previews) == 3 and all(p["type"] == "temp" and p["subfolder"] == "" for p in previews)
+    assert previews[0]["filename"].startswith("ComfyUI_temp_") and previews[0]["filename"].endswith("_00001_.png")
+    assert (quick.base / "temp" / previews[2]["filename"]).is_file()
+    assert entry["meta"]["9"] == {"node_id": "9", "display_node": "9", "parent_node": None, "real_node_id": "9"}
+    assert set(entry["prompt"][4]) == {"9", "11"}
+
+    width, height, pixels, texts, order = png_facts(quick.base / "output" / "shots" / "cat_00002_.png")
+    assert (width, height, pixels) == (24, 10, {bytes([0x33, 0x66, 0x99])})
+    assert texts == [
+        ("prompt", json.dumps(graph)),
+        ("workflow", json.dumps({"nodes": [1, 2]})),
+        ("note", json.dumps("猫")),
+    ]
+    assert order == [b"IHDR", b"tEXt", b"tEXt", b"tEXt", b"IDAT", b"IEND"]
+
+
+async def test_pillow_reads_the_text_chunks(quick):
+    image_module = pytest.importorskip("PIL.Image")
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 12, "batch_size": 1, "color": 0xFF0000}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "pil"}},
+    }
+    async with aiohttp.ClientSession() as session:
+        entry = await finished(
+            session, quick, await submit(session, quick, graph, extra_data={"extra_pnginfo": {"workflow": {"v": 1}}})
+        )
+    image = entry["outputs"]["2"]["images"][0]
+    with image_module.open(quick.base / "output" / image["filename"]) as img:
+        assert (img.size, img.mode) == ((16, 12), "RGB")
+        assert img.text == {"prompt": json.dumps(graph), "workflow": json.dumps({"v": 1})}
+        assert img.getpixel((3, 3)) == (255, 0, 0)
+
+
+async def test_sizes_and_batch_are_capped_and_plain_saves_are_8x8(quick):
+    big = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 5000, "height": 3000, "batch_size": 40, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "big"}},
+    }
+    async with aiohttp.ClientSession() as session:
+        entry = await finished(session, quick, await submit(session, quick, big))
+        plain = await finished(session, quick, await submit(session, quick, {"3": SAVE["9"]}))
+        escape = await finished(
+            session,
+            quick,
+            await submit(session, quick, {"4": {"class_type": "SaveImage", "inputs": {"filename_prefix": "../x"}}}),
+        )
+    images = entry["outputs"]["2"]["images"]
+    assert len(images) == 16
+    assert png_facts(quick.base / "output" / images[15]["filename"])[:2] == (2048, 2048)
+    name = plain["outputs"]["3"]["images"][0]["filename"]
+    assert png_facts(quick.base / "output" / name)[:2] == (8, 8)
+    # A prefix that leaves the output folder is the real error, not a file elsewhere.
+    assert escape["status"]["status_str"] == "error" and escape["outputs"] == {}
+    event, data = escape["status"]["messages"][-1]
+    assert event == "execution_error" and data["exception_type"] == "Exception"
+    assert "outside the output folder" in data["exception_message"]
+    assert not (quick.base / "x_00001_.png").exists()
+
+
+async def test_disable_metadata_writes_no_text(fakes):
+    fake = fakes(env={"FAKE_COMFYUI_JOB_SECONDS": "0"}, args=("--disable-metadata",))
+    fake.wait_ready()
+    async with aiohttp.ClientSession() as session:
+        extra = {"extra_pnginfo": {"workflow": {}}}
+        entry = await finished(session, fake, await submit(session, fake, SAVE, extra_data=extra))
+    _w, _h, _pixels, texts, order = png_facts(fake.base / "output" / entry["outputs"]["9"]["images"][0]["filename"])
+    assert texts == [] and order == [b"IHDR", b"IDAT", b"IEND"]
+
+
+async def test_requested_failures_write_nothing_and_report_like_execution_error(quick):
+    flagged = {
+        "3": {"class_type": "KSampler", "inputs": {"seed": 1, "fake_fail": True, "model": ["4", 0]}},
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "x.safetensors"}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "never"}},
+    }
+    worded = {
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat FAKE_FAIL please"}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "never"}},
+    }
+    log_path = quick.base / "fake_executions.jsonl"
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(quick.url + "/ws?clientId=failing") as ws:
+            first = await submit(session, quick, flagged, client_id="failing")
+            error = await receive_until(ws, lambda m: m["type"] == "execution_error")
+        entry = await finished(session, quick, first)
+        second = await finished(session, quick, await submit(session, quick, worded))
+
+    assert entry["status"]["status_str"] == "error" and entry["status"]["completed"] is False
+    assert entry["outputs"] == {} and entry["meta"] == {}
+    events = [event for event, _data in entry["status"]["messages"]]
+    assert events == ["execution_start", "execution_cached", "execution_error"]
+    data = entry["status"]["messages"][-1][1]
+    assert error["data"] == data
+    assert set(data) == {
+        "prompt_id",
+        "node_id",
+        "node_type",
+        "executed",
+        "exception_message",
+        "exception_type",
+        "traceback",
+        "current_inputs",
+        "current_outputs",
+        "timestamp",
+    }
+    assert (data["prompt_id"], data["node_id"], data["node_type"]) == (first, "3", "KSampler")
+    assert data["executed"] == ["4"] and data["exception_type"] == "RuntimeError"
+    assert "fake_fail" in data["exception_message"]
+    assert data["traceback"] and all(isinstance(line, str) for line in data["traceback"])
+    assert data["current_inputs"]["seed"] == [1] and data["current_outputs"] == []
+    assert second["status"]["messages"][-1][1]["node_id"] == "6"
+    assert not (quick.base / "output" / "never_00001_.png").exists()
+    logged = {line["prompt_id"]: line for line in read_log(log_path)}
+    assert logged[first]["status"] == "error" and logged[first]["files"] == []
+    assert "!!! Exception during processing !!!" in quick.log()
+
+
+async def test_fail_every_and_the_execution_log(fakes, tmp_path):
+    log_path = tmp_path / "elsewhere" / "executions.jsonl"
+    fake = fakes(
+        env={
+            "FAKE_COMFYUI_JOB_SECONDS": "0",
+            "FAKE_COMFYUI_FAIL_EVERY": "2",
+            "FAKE_COMFYUI_EXECUTION_LOG": str(log_path),
+        }
+    )
+    fake.wait_ready()
+    graphs = [{"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": f"n{i}"}}} for i in range(4)]
+    async with aiohttp.ClientSession() as session:
+        ids = [await submit(session, fake, graph) for graph in graphs]
+        entries = [await finished(session, fake, prompt_id) for prompt_id in ids]
+    assert [e["status"]["status_str"] for e in entries] == ["success", "error", "success", "error"]
+    assert entries[1]["status"]["messages"][-1][1]["node_id"] == "9"
+
+    lines = read_log(log_path)
+    assert not (fake.base / "fake_executions.jsonl").exists()
+    assert [line["prompt_id"] for line in lines] == ids
+    assert [line["status"] for line in lines] == ["success", "error", "success", "error"]
+    for line, entry, graph in zip(lines, entries, graphs, strict=True):
+        assert set(line) == {"prompt_id", "number", "status", "started", "finished", "files", "graph_digest"}
+        assert line["number"] == entry["prompt"][0]
+        assert line["files"] == entry["outputs"].get("9", {}).get("images", [])
+        assert line["graph_digest"] == digest(graph)
+        assert line["started"] <= line["finished"] <= time.time()
+    assert lines[0]["files"] == [{"filename": "n0_00001_.png", "subfolder": "", "type": "output"}]
+    assert sorted(p.name for p in (fake.base / "output").iterdir()) == ["n0_00001_.png", "n2_00001_.png"]
+
+    fake.proc.kill()  # the log is on disk already: nothing of it waits in the process
+    fake.wait_exit(5)
+    assert read_log(log_path) == lines
+
+
+async def test_crash_after_save_leaves_files_without_history(fakes):
+    fake = fakes(env={"FAKE_COMFYUI_JOB_SECONDS": "0", "FAKE_COMFYUI_CRASH_AFTER_SAVE": "1"})
+    fake.wait_ready()
+    async with aiohttp.ClientSession() as session:
+        await submit(session, fake, SAVE)
+    assert fake.wait_exit(10) == 3
+    assert [p.name for p in (fake.base / "output").iterdir()] == ["hist_00001_.png"]
+    assert not (fake.base / "fake_executions.jsonl").exists()
+    assert "FAKE_COMFYUI_CRASH_AFTER_SAVE" in fake.log()

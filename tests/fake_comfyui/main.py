@@ -1,8 +1,9 @@
 """Fake ComfyUI: a stand-in for the external ComfyUI program, used by comfyhub's tests.
 
 It is run exactly like the real one: ``python main.py --listen H --port P
---disable-auto-launch --base-directory DIR [--database-url sqlite:///DIR/user/x.db]``
-with the current directory set to the folder of this file. Unknown flags (``--cpu``,
+--disable-auto-launch --base-directory DIR [--database-url sqlite:///DIR/user/x.db]
+[--disable-metadata]`` with the current directory set to the folder of this file (it
+imports its sibling execution.py, which runs the prompts). Unknown flags (``--cpu``,
 ``--front-end-root X``, ``--preview-method X``, ...) are accepted and ignored.
 
 What it does, like ComfyUI 0.3.64 where comfyhub can observe it:
@@ -21,6 +22,80 @@ What it does, like ComfyUI 0.3.64 where comfyhub can observe it:
 * SIGINT: logs "Stopped server", removes ``DIR/temp``, exits 0 at once. SIGTERM: the
   default action (dies at once). A SIGINT that was already ignored when the process
   started stays ignored, as with the real (Python) program. No child processes.
+
+Queue and history, as PromptQueue in execution.py:
+
+* ``POST /prompt`` takes any JSON object as the graph (no validation; ``number``,
+  ``front``, ``prompt_id``, ``client_id``, ``extra_data`` as the real one) and answers
+  ``{"prompt_id", "number", "node_errors": {}}``; numbers count from 1 (the real ones from 0).
+  ``outputs_to_execute`` are the SaveImage and PreviewImage nodes; a prompt with none
+  (the real one answers 400) gets its last node id, or "9" when empty, run as a SaveImage.
+* ``/queue`` entries are ``[number, prompt_id, prompt, extra_data, outputs_to_execute]``
+  (``extra_data`` holds ``client_id``); ``POST /queue`` clears or deletes pending ones.
+* ``GET /history`` is ``get_history``: ``max_items=N`` alone gives the newest N;
+  ``offset=K`` skips the K oldest, and with it ``max_items`` counts from there; both are
+  integers (anything else is a 500, as with the real one). ``/history/{id}`` gives
+  ``{id: entry}`` or ``{}``. ``POST /history`` clears or deletes. Oldest first, and
+  evicted oldest first: like the real task_done, an entry is dropped only when the
+  history already holds *more* than the cap (10000) before adding, so it settles at
+  cap + 1 entries.
+* An entry is ``{"prompt": [number, prompt_id, prompt, extra_data, outputs], "outputs":
+  {node_id: {"images": [{"filename", "subfolder", "type"}]}}, "status": {"status_str":
+  "success"|"error", "completed": bool, "messages": [[event, data], ...]}, "meta":
+  {node_id: {"node_id", "display_node", "parent_node", "real_node_id"}}}``. extra_data
+  keeps ``client_id`` and loses ``auth_token_comfy_org`` and ``api_key_comfy_org``.
+  messages: ``execution_start`` {prompt_id, timestamp}, ``execution_cached`` {nodes: [],
+  prompt_id, timestamp}, then one of ``execution_success`` {prompt_id, timestamp},
+  ``execution_error`` {prompt_id, node_id, node_type, executed, exception_message,
+  exception_type, traceback (list of str), current_inputs, current_outputs, timestamp}
+  or ``execution_interrupted`` {prompt_id, node_id, node_type, executed, timestamp}
+  (interrupted also has status_str "error").
+
+Execution, one prompt at a time in ``number`` order:
+
+* Nodes run in dependency order; each sends ``executing`` {node, display_node,
+  prompt_id} to the client. The first save node (or failing node) first waits
+  FAKE_COMFYUI_JOB_SECONDS; ``POST /interrupt`` cuts that wait short and the prompt
+  ends interrupted, with no files.
+* A SaveImage writes PNGs into ``DIR/output``, a PreviewImage into ``DIR/temp`` (type
+  "temp", prefix ``ComfyUI_temp_`` + 5 random letters), named like
+  folder_paths.get_save_image_path: ``filename_prefix`` "sub/name" gives subfolder
+  "sub" and files ``name_00001_.png``, ``name_00002_.png``, ... counting on from the
+  highest number already there; ``%width%``, ``%height%``, ``%year%`` ..., and
+  ``%batch_num%`` are filled in; a prefix that leaves the output folder is an
+  execution_error (exception_type "Exception"). Then ``executed`` {node, display_node,
+  output: {images}, prompt_id} goes to the client.
+* Image size and count: the EmptyImage reached by following ``images`` (or ``image``)
+  links back from the save node gives width, height (each capped to 2048), batch_size
+  (capped to 16) and ``color`` (0xRRGGBB; missing inputs take the real defaults 512,
+  512, 1, 0). Without one: one 8x8 image whose colour depends on the prompt's number.
+* Each PNG has tEXt chunks, between IHDR and IDAT as Pillow's PngInfo writes them:
+  ``prompt`` = json.dumps(graph), then one per key of ``extra_data.extra_pnginfo`` (a
+  JSON object), e.g. ``workflow`` = json.dumps(value). ``--disable-metadata`` leaves
+  them out.
+* No caching: every prompt runs all its nodes and writes new files (the real one would
+  reuse cached outputs of an identical graph and write nothing new).
+* A prompt fails (execution_error, status_str "error", no file written) when
+  - a node has an input ``fake_fail`` that is true (true, non-zero, "1"/"true"/"yes"/"on"),
+  - or a node has a string input containing ``FAKE_FAIL``,
+  - or FAKE_COMFYUI_FAIL_EVERY=N and it is the Nth, 2Nth, ... prompt this process runs
+    (interrupted and failed ones count too).
+  The error names the first such node (for FAIL_EVERY: the first output node), its
+  exception_type is "RuntimeError", and ``executed`` lists the nodes it depends on.
+* When a prompt ends, its history entry is added and, in the same step, one line is
+  appended to the execution log (written and closed at once, so a kill -9 loses no
+  finished prompt). Only then is the final execution_* message sent, followed by
+  ``executing`` {node: null, prompt_id}; the real one may send execution_success a
+  moment *before* its history has the entry, so wait for ``executing`` with node null.
+* Execution log: ``DIR/fake_executions.jsonl`` unless FAKE_COMFYUI_EXECUTION_LOG names
+  another file. One JSON object a line: {"prompt_id", "number", "status": "success" |
+  "error" | "interrupted", "started", "finished" (Unix time in seconds, float),
+  "files": [{"filename", "subfolder", "type"}, ...] (as in the history), "graph_digest":
+  sha256 hex of json.dumps(graph, sort_keys=True, separators=(",", ":"),
+  ensure_ascii=False) in UTF-8}.
+* WebSocket messages go to the ``clientId`` that queued the prompt (``client_id``);
+  a prompt without one sends them to nobody, except execution_interrupted, which then
+  goes to every socket. ``status`` {queue_remaining} goes to every socket on changes.
 
 Fake-only additions, for testing a proxy:
 
@@ -49,6 +124,13 @@ The effective values are printed in one log line at start.
   FAKE_COMFYUI_IGNORE_SIGTERM  bool. Ignore SIGTERM *and* SIGINT: only SIGKILL stops it.
   FAKE_COMFYUI_JOB_SECONDS     float s, default 0.2. How long each queued prompt runs.
   FAKE_COMFYUI_HEALTH_STATUS   int. If set, /system_stats answers with this HTTP status.
+  FAKE_COMFYUI_FAIL_EVERY      int. Every Nth prompt run fails (see Execution).
+  FAKE_COMFYUI_EXECUTION_LOG   path. The execution log; default DIR/fake_executions.jsonl.
+  FAKE_COMFYUI_CRASH_AFTER_SAVE bool. After the first prompt that succeeds has written
+                               its files: print a fatal line and exit 3 (os._exit) before
+                               its history entry and its execution log line exist.
+  FAKE_COMFYUI_HISTORY_CAP     int, default 10000 (the real MAXIMUM_HISTORY_SIZE; fake
+                               only, so tests can reach it cheaply).
 
 Booleans accept 1/0, true/false, yes/no, on/off (JSON: true/false or numbers).
 A malformed knob value is reported on stderr and the process exits 2.
@@ -106,6 +188,10 @@ KNOBS: dict[str, tuple[type, object]] = {
     "ignore_sigterm": (bool, False),
     "job_seconds": (float, 0.2),
     "health_status": (int, None),
+    "fail_every": (int, None),
+    "execution_log": (str, None),
+    "crash_after_save": (bool, False),
+    "history_cap": (int, 10000),
 }
 
 
@@ -171,6 +257,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--disable-auto-launch", action="store_true")
     parser.add_argument("--base-directory", type=str, default=None)
     parser.add_argument("--database-url", type=str, default=None)
+    parser.add_argument("--disable-metadata", action="store_true")
     args, _unknown = parser.parse_known_args(argv)
     return args
 
@@ -355,7 +442,7 @@ async def serve(args: argparse.Namespace, base: str, knobs: dict) -> None:
 
     from aiohttp import web
 
-    app = build_app(base, knobs)
+    app = build_app(base, knobs, disable_metadata=args.disable_metadata)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     for sock in socks:
@@ -458,21 +545,6 @@ OBJECT_INFO = {
 }
 
 
-def tiny_png(seed: int) -> bytes:
-    """A valid 8x8 RGB PNG whose colour depends on seed."""
-    import struct
-    import zlib
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    w = h = 8
-    pixel = bytes(((seed * 53) % 256, (seed * 97) % 256, (seed * 151) % 256))
-    raw = b"".join(b"\x00" + pixel * w for _ in range(h))
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-
-
 def is_loopback(host: str | None) -> bool:
     """Like ComfyUI's is_loopback, without DNS lookups for arbitrary names."""
     import ipaddress
@@ -487,14 +559,24 @@ def is_loopback(host: str | None) -> bool:
     return host == "localhost" or host.endswith(".localhost")
 
 
-def build_app(base: str, knobs: dict):
+def output_nodes(prompt: dict) -> list[str]:
+    """outputs_to_execute: the save nodes. A prompt without one (the real ComfyUI refuses
+    it) still gets one output: its last node id, or "9" for an empty prompt, run as a
+    SaveImage with the default prefix."""
+    outputs = [
+        k for k, v in prompt.items() if isinstance(v, dict) and v.get("class_type") in ("SaveImage", "PreviewImage")
+    ]
+    return outputs or [next(reversed(prompt), "9")]
+
+
+def build_app(base: str, knobs: dict, disable_metadata: bool = False):
     import asyncio
     import hashlib
-    import re
     import tempfile
     import urllib.parse
     import uuid
 
+    import execution
     from aiohttp import BodyPartReader, WSMsgType, web
 
     dirs = {name: os.path.join(base, name) for name in ("input", "output", "temp")}
@@ -502,14 +584,9 @@ def build_app(base: str, knobs: dict):
     state = {
         "pending": [],  # [number, prompt_id, prompt, extra_data, outputs_to_execute]
         "running": None,
-        "history": {},
         "counter": 0,
-        "interrupt": None,  # asyncio.Event of the running job
     }
     wakeup = asyncio.Event()
-
-    def now_ms() -> int:
-        return int(time.time() * 1000)
 
     def queue_remaining() -> int:
         return len(state["pending"]) + (1 if state["running"] else 0)
@@ -527,80 +604,8 @@ def build_app(base: str, knobs: dict):
     async def send_status() -> None:
         await send(None, "status", {"status": {"exec_info": {"queue_remaining": queue_remaining()}}})
 
-    def next_image_name(prefix: str) -> str:
-        pattern = re.compile(re.escape(prefix) + r"_(\d{5,})_\.png$")
-        highest = 0
-        try:
-            for name in os.listdir(dirs["output"]):
-                m = pattern.match(name)
-                if m:
-                    highest = max(highest, int(m.group(1)))
-        except FileNotFoundError:
-            os.makedirs(dirs["output"], exist_ok=True)
-        return f"{prefix}_{highest + 1:05d}_.png"
-
-    async def run_job(entry: list) -> None:
-        number, prompt_id, prompt, extra, outputs = entry
-        client_id = extra.get("client_id")
-        node = outputs[0] if outputs else "9"
-        prefix = "ComfyUI"
-        node_def = prompt.get(node) if isinstance(prompt, dict) else None
-        if isinstance(node_def, dict):
-            candidate = (node_def.get("inputs") or {}).get("filename_prefix")
-            if isinstance(candidate, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", candidate):
-                prefix = candidate
-        started = time.monotonic()
-        messages = [["execution_start", {"prompt_id": prompt_id, "timestamp": now_ms()}]]
-        await send(client_id, "execution_start", messages[0][1])
-        await send(client_id, "execution_cached", {"nodes": [], "prompt_id": prompt_id, "timestamp": now_ms()})
-        await send(client_id, "executing", {"node": node, "display_node": node, "prompt_id": prompt_id})
-        interrupt = asyncio.Event()
-        state["interrupt"] = interrupt
-        try:
-            await asyncio.wait_for(interrupt.wait(), timeout=float(knobs["job_seconds"]))
-            interrupted = True
-        except TimeoutError:
-            interrupted = False
-        state["interrupt"] = None
-        meta = {node: {"node_id": node, "display_node": node, "parent_node": None, "real_node_id": node}}
-        if interrupted:
-            data = {
-                "prompt_id": prompt_id,
-                "node_id": node,
-                "node_type": "SaveImage",
-                "executed": [],
-                "timestamp": now_ms(),
-            }
-            messages.append(["execution_interrupted", data])
-            state["history"][prompt_id] = {
-                "prompt": entry,
-                "outputs": {},
-                "meta": {},
-                "status": {"status_str": "error", "completed": False, "messages": messages},
-            }
-            log("Processing interrupted")
-            await send(client_id, "execution_interrupted", data)
-        else:
-            filename = next_image_name(prefix)
-            with open(os.path.join(dirs["output"], filename), "wb") as f:
-                f.write(tiny_png(number))
-            images = [{"filename": filename, "subfolder": "", "type": "output"}]
-            success = {"prompt_id": prompt_id, "timestamp": now_ms()}
-            messages.append(["execution_success", success])
-            state["history"][prompt_id] = {
-                "prompt": entry,
-                "outputs": {node: {"images": images}},
-                "meta": meta,
-                "status": {"status_str": "success", "completed": True, "messages": messages},
-            }
-            await send(
-                client_id,
-                "executed",
-                {"node": node, "display_node": node, "output": {"images": images}, "prompt_id": prompt_id},
-            )
-            await send(client_id, "execution_success", success)
-            log(f"Prompt executed in {time.monotonic() - started:.2f} seconds")
-        await send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
+    executor = execution.Executor(base, dirs, knobs, send, log, disable_metadata=disable_metadata)
+    history = executor.history
 
     async def worker() -> None:
         while True:
@@ -611,7 +616,7 @@ def build_app(base: str, knobs: dict):
             entry = state["pending"].pop(0)
             state["running"] = entry
             try:
-                await run_job(entry)
+                await executor.run(entry)
             except Exception as exc:  # keep the worker alive whatever happens
                 log(f"[fake_comfyui] job failed: {exc!r}")
             finally:
@@ -745,11 +750,7 @@ def build_app(base: str, knobs: dict):
         extra = dict(body.get("extra_data") or {})
         if "client_id" in body:
             extra["client_id"] = body["client_id"]
-        outputs = [
-            k for k, v in prompt.items() if isinstance(v, dict) and v.get("class_type") in ("SaveImage", "PreviewImage")
-        ]
-        if not outputs:
-            outputs = [next(reversed(prompt), "9")]
+        outputs = output_nodes(prompt)
         state["pending"].append([number, prompt_id, prompt, extra, outputs])
         wakeup.set()
         await send_status()
@@ -776,34 +777,29 @@ def build_app(base: str, knobs: dict):
         return web.Response(status=200)
 
     async def get_history(request):
-        items = list(state["history"].items())
-        max_items = request.rel_url.query.get("max_items")
-        if max_items is not None:
-            try:
-                items = items[-int(max_items) :] if int(max_items) > 0 else []
-            except ValueError:
-                pass
-        return web.json_response(dict(items))
+        # As server.py parses them: a value that is not an integer is a 500.
+        query = request.rel_url.query
+        max_items = int(query["max_items"]) if "max_items" in query else None
+        offset = int(query["offset"]) if "offset" in query else -1
+        return web.json_response(history.get(max_items=max_items, offset=offset))
 
     async def get_history_one(request):
-        pid = request.match_info["prompt_id"]
-        entry = state["history"].get(pid)
-        return web.json_response({pid: entry} if entry is not None else {})
+        return web.json_response(history.get_one(request.match_info["prompt_id"]))
 
     async def post_history(request):
         data = await read_json(request)
         if data.get("clear"):
-            state["history"].clear()
+            history.clear()
         for pid in data.get("delete") or []:
-            state["history"].pop(pid, None)
+            history.delete(pid)
         return web.Response(status=200)
 
     async def post_interrupt(request):
         data = await read_json(request)
         pid = data.get("prompt_id")
         running = state["running"]
-        if state["interrupt"] is not None and (not pid or (running and running[1] == pid)):
-            state["interrupt"].set()
+        if not pid or (running and running[1] == pid):
+            executor.interrupt_running()
         return web.Response(status=200)
 
     async def post_free(request):
