@@ -178,6 +178,7 @@ def make_settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
         comfyui_port_range=f"{low}-{high}",
         comfyui_instance_base_dir=tmp_path / "instances",
         comfyui_log_dir=tmp_path / "logs",
+        comfyhub_thumbnail_dir=tmp_path / "thumbnails",
         comfyui_custom_nodes_dir=tmp_path / "shared" / "custom_nodes",
         comfyui_models_dir=tmp_path / "shared" / "models",
         comfyui_heartbeat_interval_seconds=3600,

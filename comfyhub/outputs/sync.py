@@ -199,7 +199,7 @@ class OutputSync:
 
     async def run(self, leading: Callable[[], bool]) -> None:
         """Sync every instance on its schedule, while this process leads (`leading()`)."""
-        tick = min(self.settings.comfyhub_history_sync_seconds, 5.0)
+        tick = min(self.settings.comfyhub_history_sync_seconds, self.settings.comfyhub_history_idle_sync_seconds)
         while True:
             try:
                 if leading():

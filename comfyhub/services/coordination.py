@@ -75,6 +75,7 @@ class HeartbeatLease:
         now = utcnow()
         async with self.sessions() as db:
             insert = pg_insert if db.bind.dialect.name == "postgresql" else sqlite_insert
+            # A new lease row is born expired (`<=` below), so the first process takes it at once.
             await db.execute(
                 insert(Lease)
                 .values(name=self.name, holder="", expires_at=now)
@@ -82,7 +83,7 @@ class HeartbeatLease:
             )
             result = await db.execute(
                 update(Lease)
-                .where(Lease.name == self.name, or_(Lease.holder == self.holder, Lease.expires_at < now))
+                .where(Lease.name == self.name, or_(Lease.holder == self.holder, Lease.expires_at <= now))
                 .values(holder=self.holder, expires_at=now + self.ttl)
             )
             if result.rowcount == 0:
