@@ -74,3 +74,19 @@ async def test_a_port_belongs_to_one_live_record(db_url):
                 await db.commit()
     finally:
         await engine.dispose()
+
+
+async def test_the_migrations_build_exactly_the_tables_the_models_declare(db_url):
+    """A column, index or table added to models.py without a migration (or the reverse) fails here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from comfyhub.models import Base
+
+    engine = create_engine(db_url)
+    try:
+        async with engine.connect() as conn:
+            diffs = await conn.run_sync(lambda c: compare_metadata(MigrationContext.configure(c), Base.metadata))
+    finally:
+        await engine.dispose()
+    assert diffs == []
