@@ -155,7 +155,7 @@ async def list_outputs(
     return envelope({"total": total, "limit": limit, "offset": offset, "items": items})
 
 
-@router.get("/outputs/{output_id}", summary="产出详情（含完整工作流）")
+@router.get("/outputs/{output_id}", summary="产出详情（含完整的 API 格式工作流）")
 async def get_output(project_id: ProjectId, output_id: OutputIdPath, user: CurrentUser, db: DbSession):
     await _project(db, project_id, user)
     output = await _output(db, project_id, output_id)

@@ -96,13 +96,17 @@ class OutputStore:
             )
             return {r[0] for r in rows}
 
-    async def known_files(self, project_id: int) -> set[tuple[str, str]]:
-        """(subfolder, filename) of every output file on record for the project, deleted included."""
+    async def known_files(self, project_id: int, names: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (subfolder, filename) are on record for the project, deleted ones included."""
+        if not names:
+            return set()
         async with self.sessions() as session:
             rows = await session.execute(
-                select(Output.subfolder, Output.filename).where(Output.project_id == project_id)
+                select(Output.subfolder, Output.filename).where(
+                    Output.project_id == project_id, Output.filename.in_({n for _, n in names})
+                )
             )
-            return {(r[0], r[1]) for r in rows}
+            return {(r[0], r[1]) for r in rows} & set(names)
 
     async def record_finished(
         self,

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from comfyhub.outputs.store import FoundFile, OutputStore
 log = logging.getLogger("comfyhub.outputs")
 
 PAGE = 64  # history entries per request: small answers, parsed quickly
+SCAN_BATCH = 500  # files checked against the records per query
 ACTIVE_WINDOW = timedelta(minutes=10)  # "in use": proxied traffic or new records this recently
 CONCURRENCY = 8  # pulls and scans at once
 PULL_DEADLINE = 60.0  # one pull, all pages (seconds)
@@ -78,6 +80,17 @@ class Instance:
             record.status,
             record.last_activity,
         )
+
+
+def _read_found(candidates: list[tuple[str, str, Path]]) -> list[FoundFile]:
+    found = []
+    for subfolder, name, path in candidates:
+        try:
+            facts = file_facts(path)
+        except OSError:
+            continue  # gone meanwhile
+        found.append(FoundFile(FileRef(node_id="", filename=name, subfolder=subfolder), facts))
+    return found
 
 
 class OutputSync:
@@ -162,38 +175,46 @@ class OutputSync:
     # --- files ---------------------------------------------------------------------------
 
     async def scan(self, project_id: int, user_id: int) -> int:
-        """Record output files no record names yet, from their own metadata; returns how many."""
-        known = await self.store.known_files(project_id)
-        found = await asyncio.to_thread(self._unknown_files, user_id, project_id, known)
-        if not found:
-            return 0
-        stored = await self.store.record_files(project_id, user_id, found)
+        """Record output files no record names yet, from their own metadata; returns how many.
+
+        The folder is listed in a thread; names are checked against the records a batch
+        at a time, so a project with 100,000 files never loads them all at once.
+        """
+        candidates = await asyncio.to_thread(self._list_files, user_id, project_id)
+        stored = 0
+        for start in range(0, len(candidates), SCAN_BATCH):
+            batch = candidates[start : start + SCAN_BATCH]
+            known = await self.store.known_files(project_id, [(sub, name) for sub, name, _ in batch])
+            fresh = [c for c in batch if (c[0], c[1]) not in known]
+            if fresh:
+                found = await asyncio.to_thread(_read_found, fresh)
+                stored += await self.store.record_files(project_id, user_id, found)
         if stored:
             log.info("project %s: recorded %d output file(s) from their metadata", project_id, stored)
         return stored
 
-    def _unknown_files(self, user_id: int, project_id: int, known: set[tuple[str, str]]) -> list[FoundFile]:
+    def _list_files(self, user_id: int, project_id: int) -> list[tuple[str, str, Path]]:
+        """(subfolder, filename, path) of every plain output file, oldest first (blocking)."""
         folder = files.output_dir(self.settings, user_id, project_id)
-        found = []
+        listed = []
         for root, dirs, names in os.walk(folder, followlinks=False):
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d)))
             subfolder = Path(root).relative_to(folder).as_posix()
             subfolder = "" if subfolder == "." else subfolder
             if not safe_subfolder(subfolder):
                 continue
-            for name in sorted(names):
-                if (subfolder, name) in known or not safe_name(name) or not is_output_file(name):
+            for name in names:
+                if not safe_name(name) or not is_output_file(name):
                     continue
                 path = Path(root) / name
-                if path.is_symlink() or not path.is_file():
-                    continue  # never index a link: it may point anywhere
                 try:
-                    facts = file_facts(path)
+                    st = path.lstat()
                 except OSError:
                     continue
-                found.append(FoundFile(FileRef(node_id="", filename=name, subfolder=subfolder), facts))
-        found.sort(key=lambda f: f.facts.mtime)
-        return found
+                if stat.S_ISREG(st.st_mode):  # never a link: it may point anywhere
+                    listed.append((st.st_mtime, subfolder, name, path))
+        listed.sort()
+        return [(sub, name, path) for _, sub, name, path in listed]
 
     # --- the periodic loop -----------------------------------------------------------------
 
