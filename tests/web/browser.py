@@ -22,7 +22,7 @@ SCREENSHOTS = os.environ.get("COMFYHUB_SCREENSHOTS") == "1"
 IMG_DIR = ROOT / "docs" / "img"
 PASSWORD = "password-123"
 ADMIN_PASSWORD = "admin-password-1"
-USERS = ("alice", "bob", "dana", "erin", "fay", "gus", "hana", "ivy", "jun")
+USERS = ("alice", "bob", "dana", "erin", "fay", "gus", "hana", "ivy", "jun", "kai", "lin", "mei")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",

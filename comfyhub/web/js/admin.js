@@ -1,5 +1,7 @@
-// 管理 (/admin): every user's ComfyUI instances, the users, and the audit events.
+// 管理 (/admin): every user's ComfyUI instances, the users, the audit events, and the
+// deleted projects (whose outputs are kept).
 
+import { deletedProjectsPanel } from "./admin-deleted.js";
 import { get, post } from "./api.js";
 import { confirmDialog } from "./dialogs.js";
 import { h, setText, show, syncKeyed, toast } from "./dom.js";
@@ -183,14 +185,17 @@ export function renderAdmin(main, { me, meta }) {
     }
   }
 
+  const deleted = deletedProjectsPanel(scope, () => refresh());
+
   main.append(
     h("div", { class: "page-head" },
       h("div", {},
         h("h1", { text: "管理" }),
-        h("p", { class: "muted", text: "所有用户的 ComfyUI 实例、账户和事件。" }))),
+        h("p", { class: "muted", text: "所有用户的 ComfyUI 实例、账户、事件和已删除的项目。" }))),
     servicesPanel,
     usersPanel,
     eventsPanel,
+    deleted.el,
   );
 
   const projectNames = new Map();
@@ -208,6 +213,7 @@ export function renderAdmin(main, { me, meta }) {
       setText(usersCount, `共 ${users.length} 人`);
       show(servicesError, false);
       if (!eventsPanel.hidden) await loadEvents(isCurrent);
+      if (!deleted.el.hidden) await deleted.load(isCurrent);
     } catch (error) {
       if (!isCurrent()) return;
       setText(servicesError, `刷新失败：${error.message}`);

@@ -16,9 +16,15 @@ export function setUnauthorizedHandler(fn) {
   onUnauthorized = fn;
 }
 
+/** A 401 from a call made without api() (a streamed download): the session ended. */
+export function reportUnauthorized(error) {
+  if (onUnauthorized) onUnauthorized(error);
+}
+
 /**
  * Call the API. Resolves with `data`; rejects with ApiError carrying the server's `msg`.
  * `options.allow401`: a 401 is an ordinary answer here (the login form, "who am I").
+ * `options.envelope`: resolve with the whole {code, msg, data} (when the msg is the news).
  */
 export async function api(method, path, body, options = {}) {
   const init = { method, credentials: "same-origin", headers: { accept: "application/json" } };
@@ -44,6 +50,7 @@ export async function api(method, path, body, options = {}) {
     if (response.status === 401 && !options.allow401 && onUnauthorized) onUnauthorized(error);
     throw error;
   }
+  if (options.envelope) return payload || { code: response.status, msg: "", data: null };
   return payload ? payload.data : null;
 }
 

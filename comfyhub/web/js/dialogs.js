@@ -7,11 +7,12 @@ import { Scope, poll } from "./lifecycle.js";
 /**
  * Open a modal dialog. `build(close, scope)` returns the body; `close(value)` ends it.
  * What the body starts on `scope` (timers, polling, listeners) ends when it closes.
+ * `within` (a view's Scope): the dialog also closes when that view ends.
  * Resolves with the value passed to close (undefined on Esc or 关闭).
  */
-export function modal({ title, className = "", build }) {
+export function modal({ title, className = "", build, within = null }) {
   const opener = document.activeElement;
-  const scope = new Scope();
+  const scope = within ? within.child() : new Scope();
   return new Promise((resolve) => {
     let done = false;
     const titleId = `dlg-${Math.random().toString(36).slice(2, 9)}`;
@@ -25,6 +26,7 @@ export function modal({ title, className = "", build }) {
       if (opener && opener.isConnected && typeof opener.focus === "function") opener.focus();
       resolve(value);
     };
+    scope.controller.signal.addEventListener("abort", () => close(undefined), { once: true });
     dialog.addEventListener("cancel", (event) => {
       event.preventDefault();
       close(undefined);

@@ -50,3 +50,16 @@ export function splitError(text, tailLines = 4) {
   const rest = (marker >= 0 ? lines.slice(marker + 1) : lines).filter((line) => line.trim() !== "");
   return { reason, tail: rest.slice(-tailLines) };
 }
+
+/** 1536 → "1.5 KB"; null → "—". */
+export function formatBytes(bytes) {
+  if (bytes === null || bytes === undefined || Number.isNaN(Number(bytes))) return "—";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let value = Number(bytes);
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${unit === 0 ? value : value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
+}

@@ -1,17 +1,20 @@
 // Entry point: decide the view from the path and from "who am I".
 //   /login → login form (or / when already logged in)
 //   /      → 个人工作台        /admin → 管理 (admins)
+//   /#/projects/{id}/outputs → 产出 of a project (a hash route: the server serves one page)
 // Any page while logged out shows the login form and comes back after logging in.
 
 import { ApiError, get, setUnauthorizedHandler } from "./api.js";
 import { h } from "./dom.js";
 import { renderAdmin } from "./admin.js";
+import { renderGallery } from "./gallery.js";
 import { renderLogin, safeNext } from "./login.js";
 import { renderShell } from "./shell.js";
 import { renderWorkbench } from "./workbench.js";
 
 const root = document.getElementById("app");
 const path = location.pathname.replace(/\/+$/, "") || "/";
+const GALLERY_ROUTE = /^#\/projects\/(\d+)\/outputs$/;
 const DEFAULT_META = { list_refresh_seconds: 8, comfyui_configured: true, comfyui_hint: null };
 
 // The view on screen owns timers and listeners: they end before another view (or a
@@ -80,7 +83,25 @@ async function boot() {
   }
   const current = path === "/admin" ? "admin" : "workbench";
   const main = renderShell(root, { me, meta, metaError, current });
-  mount(current === "admin" ? renderAdmin : renderWorkbench, main, { me, meta });
+  if (current === "admin") {
+    mount(renderAdmin, main, { me, meta });
+    return;
+  }
+  // The workbench and a project's 产出 share the page; the hash says which (back works).
+  const banners = [...main.children];
+  const route = () => {
+    const gallery = GALLERY_ROUTE.exec(location.hash);
+    unmount();
+    main.replaceChildren(...banners);
+    if (gallery) mount(renderGallery, main, { me, meta, projectId: Number(gallery[1]) });
+    else mount(renderWorkbench, main, { me, meta });
+  };
+  window.addEventListener("hashchange", () => {
+    route();
+    window.scrollTo(0, 0);
+    main.focus({ preventScroll: true });
+  });
+  route();
 }
 
 boot().finally(() => root.removeAttribute("aria-busy"));

@@ -1,4 +1,4 @@
-// 个人工作台 (/): the caller's project cards, 数据生成, 停止, logs, create / edit / delete.
+// 个人工作台 (/): the caller's project cards, 数据生成, 停止, logs, 产出, create / edit / delete.
 
 import { del, get, post } from "./api.js";
 import { confirmDialog, logDialog } from "./dialogs.js";
@@ -186,6 +186,7 @@ export function renderWorkbench(main, { me, meta }) {
     const openButton = h("button", { type: "button", class: "btn btn-primary", dataset: { action: "open" } }, "数据生成");
     const stopButton = h("button", { type: "button", class: "btn", dataset: { action: "stop" } }, "停止");
     const logButton = h("button", { type: "button", class: "btn", dataset: { action: "log" } }, "查看日志");
+    const outputsLink = h("a", { href: `#/projects/${id}/outputs`, class: "btn", dataset: { action: "outputs" } }, "产出");
     const editButton = h("button", {
       type: "button", class: "btn btn-ghost btn-icon", "aria-label": "编辑", title: "编辑项目", dataset: { action: "edit" },
     }, icon("edit"));
@@ -210,7 +211,7 @@ export function renderWorkbench(main, { me, meta }) {
       limit,
       failure,
       h("div", { class: "card-actions" },
-        h("div", { class: "actions-main" }, openButton, stopButton, logButton),
+        h("div", { class: "actions-main" }, openButton, stopButton, logButton, outputsLink),
         h("div", { class: "actions-side" }, editButton, deleteButton)));
 
     let current = initial;
@@ -364,18 +365,18 @@ export function renderWorkbench(main, { me, meta }) {
     if (!p) return;
     const ok = await confirmDialog({
       title: "删除项目",
-      message: `确定删除项目“${p.name}”（${p.code}）吗？正在运行的 ComfyUI 会被停止；实例文件保留在服务器上。`,
+      message: `确定删除项目“${p.name}”（${p.code}）吗？正在运行的 ComfyUI 会被停止；它的产出文件和生成记录会保留在服务器上，管理员可以恢复或导出。`,
       confirmText: "删除",
       danger: true,
     });
     if (!ok) return;
     try {
-      await del(`/api/projects/${id}`);
+      const answer = await del(`/api/projects/${id}`, { envelope: true });
       state.projects = state.projects.filter((x) => x.id !== id);
       state.flights.delete(id);
       state.failures.delete(id);
       renderCards();
-      toast("项目已删除", "success");
+      toast(answer.msg || "项目已删除", "success");
     } catch (error) {
       if (error.status !== 401) toast(error.message, "error");
     }
