@@ -187,6 +187,7 @@ def cmd_services(args) -> int:
                             select(ComfyUIService, Project.code, User.username)
                             .join(Project, Project.id == ComfyUIService.project_id)
                             .join(User, User.id == ComfyUIService.user_id)
+                            .where(Project.deleted_at.is_(None))
                             .order_by(ComfyUIService.project_id)
                         )
                     ).all()

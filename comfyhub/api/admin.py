@@ -28,6 +28,7 @@ async def list_services(_admin: AdminUser, db: DbSession):
             select(ComfyUIService, Project, User)
             .join(Project, Project.id == ComfyUIService.project_id)
             .join(User, User.id == ComfyUIService.user_id)
+            .where(Project.deleted_at.is_(None))  # deleted projects are listed on their own
             .order_by(ComfyUIService.project_id)
         )
     ).all()

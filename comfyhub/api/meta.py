@@ -18,6 +18,7 @@ async def meta(_user: CurrentUser, settings: SettingsDep):
         {
             "version": __version__,
             "list_refresh_seconds": settings.comfyhub_list_refresh_seconds,
+            "trash_days": settings.comfyhub_trash_days,
             "comfyui_configured": settings.comfyui_configured,
             "comfyui_hint": None if settings.comfyui_configured else NOT_CONFIGURED_HINT,
         }
