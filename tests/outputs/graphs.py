@@ -6,7 +6,15 @@ import json
 from pathlib import Path
 
 
-def txt2img(text: str = "a red fox", negative: str = "blurry", seed: int = 42, steps: int = 20) -> dict:
+def txt2img(
+    text: str = "a red fox",
+    negative: str = "blurry",
+    seed: int = 42,
+    steps: int = 20,
+    cfg: float = 7.5,
+    sampler: str = "euler",
+    scheduler: str = "normal",
+) -> dict:
     """The default text-to-image workflow, as ComfyUI's "Export (API)" writes it."""
     return {
         "3": {
@@ -14,9 +22,9 @@ def txt2img(text: str = "a red fox", negative: str = "blurry", seed: int = 42, s
             "inputs": {
                 "seed": seed,
                 "steps": steps,
-                "cfg": 7.5,
-                "sampler_name": "euler",
-                "scheduler": "normal",
+                "cfg": cfg,
+                "sampler_name": sampler,
+                "scheduler": scheduler,
                 "denoise": 1,
                 "model": ["4", 0],
                 "positive": ["6", 0],

@@ -13,6 +13,7 @@ import httpx
 from PIL import Image, ImageDraw
 from PIL.PngImagePlugin import PngInfo
 
+from tests.outputs.graphs import txt2img
 from tests.web.browser import Hub
 
 # Colour pairs for the thumbnails: each picture is a diagonal blend with a disc on top.
@@ -30,29 +31,7 @@ PALETTE = [
 
 def graph(prompt: str, negative: str, seed: int, steps: int = 20, cfg: float = 7.0, sampler: str = "euler") -> dict:
     """An API-format graph as ComfyUI saves it: checkpoint → two text encoders → KSampler."""
-    return {
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "seed": seed,
-                "steps": steps,
-                "cfg": cfg,
-                "sampler_name": sampler,
-                "scheduler": "karras",
-                "denoise": 1.0,
-                "model": ["4", 0],
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-            },
-        },
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["4", 1]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
-    }
+    return txt2img(prompt, negative, seed, steps, cfg, sampler, scheduler="karras")
 
 
 def picture(index: int, size: int = 384) -> Image.Image:
