@@ -67,6 +67,7 @@ LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import 
     ({"app", "doctor", "comfyui_install"}, True),
     ({"api", "proxy"}, True),
     ({"auth", "security"}, False),
+    ({"jobs"}, False),
     ({"services"}, False),
     ({"outputs"}, False),
     ({"launchers"}, False),
