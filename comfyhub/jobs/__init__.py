@@ -1,0 +1,1 @@
+"""Batch jobs: one workflow run item by item with the parameters a user submits."""
