@@ -68,7 +68,7 @@ LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import 
     ({"api", "proxy"}, True),
     ({"auth", "security"}, False),
     ({"services"}, False),
-    ({"outputs"}, False),
+    ({"outputs", "jobs"}, False),
     ({"launchers"}, False),
     ({"migrations"}, False),
     ({"models", "db", "config", "metrics", "net", "reasons", "messages", ""}, False),  # "": comfyhub/__init__.py
