@@ -49,8 +49,10 @@ class JobIn(Strict):
 
 
 def _refused(exc: ParamsError) -> ApiError:
-    where = exc.column or "params"
-    return ApiError(422, str(exc), field_errors((where, "invalid", str(exc))) | {"row": exc.row, "column": exc.column})
+    """The first bad cell, said in Chinese, with its row and column for the page to point at."""
+    where = exc.column or "workflow"
+    data = field_errors((where, "invalid", exc.message)) | {"row": exc.row, "column": exc.column}
+    return ApiError(422, exc.message, data)
 
 
 async def _body(request: Request) -> JobIn:
@@ -113,12 +115,16 @@ async def create_job(project_id: ProjectId, request: Request, user: CurrentUser,
     if len(sources) > 1:
         raise ApiError(422, "table、grid、csv、jsonl 只能给出其中一种")
     try:
+        table, table_format = body.table, "json"
+        if body.csv is not None:
+            table, table_format = body.csv, "csv"
+        elif body.jsonl is not None:
+            table, table_format = body.jsonl, "jsonl"
         expanded = expand(
             body.workflow,
-            table=body.table,
+            table=table,
+            table_format=table_format,
             grid=body.grid,
-            csv_text=body.csv,
-            jsonl_text=body.jsonl,
             repeat=body.repeat,
             seed=body.seed.model_dump() if body.seed else None,
         )
