@@ -14,6 +14,7 @@ from comfyhub.api import api_router, health
 from comfyhub.api.errors import install_error_handlers
 from comfyhub.config import Settings, get_settings
 from comfyhub.db import create_engine, session_factory
+from comfyhub.jobs.runner import JobRunner
 from comfyhub.metrics import Metrics
 from comfyhub.proxy import ComfyProxy, ProxyAccess, UpstreamPool
 from comfyhub.services.manager import ServiceManager
@@ -58,10 +59,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.proxy_access = ProxyAccess(app.state.sessions, app.state.secret_key)
         app.state.upstream_pool = UpstreamPool()
         app.state.manager.listeners.append(app.state.proxy_access.forget_target)
+        app.state.jobs = JobRunner(settings, app.state.sessions, app.state.manager)
         await app.state.manager.startup()
+        app.state.jobs.start()
         try:
             yield
         finally:
+            await app.state.jobs.close()
             await app.state.manager.shutdown()
             app.state.upstream_pool.close()
             await engine.dispose()

@@ -203,6 +203,16 @@ class Settings(BaseSettings):
     comfyhub_trash_days: float = Field(
         30, ge=0, description="days a deleted output stays in its instance's `.trash/` folder before it is removed"
     )
+    comfyhub_job_queue_depth: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="job items of one project kept in its ComfyUI's queue at a time: 2 keeps ComfyUI busy "
+        "between items, and a prompt the user queues by hand waits behind at most one of them",
+    )
+    comfyhub_job_max_retries: int = Field(
+        2, ge=0, le=20, description="times a job item that fails in ComfyUI is tried again before it counts as failed"
+    )
     comfyhub_thumbnail_dir: Path = Field(
         RUNTIME_DIR / "thumbnails", description="cache of the gallery's thumbnails (safe to delete)"
     )

@@ -259,3 +259,78 @@ class Output(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     trash_path: Mapped[str] = mapped_column(String(1024), default="")
+
+
+class JobState(StrEnum):
+    """A batch job's state. `queued` until its first item is submitted."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ItemState(StrEnum):
+    PENDING = "pending"  # not in ComfyUI (yet, or again after a crash or a retry)
+    RUNNING = "running"  # submitted under `prompt_id`; ComfyUI has it or is about to
+    DONE = "done"
+    FAILED = "failed"  # ComfyUI's error, after the retries
+    CANCELLED = "cancelled"
+
+
+class Job(Base):
+    """A workflow run over a table of parameters (批量生成), item by item, by comfyhub.
+
+    `workflow` is the API-format graph; each item's `params` replace its `NODE_ID.input`
+    values. Only comfyhub/jobs/ writes these rows.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id"), index=True)
+    user_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(100))
+    workflow: Mapped[dict] = mapped_column(JSON)
+    columns: Mapped[list] = mapped_column(JSON)  # the parameter names, in the table's order
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
+    total: Mapped[int] = mapped_column(Integer)
+    max_retries: Mapped[int] = mapped_column(Integer, default=2)
+    detail: Mapped[str] = mapped_column(String(255), default="")  # why paused or failed, in words
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class JobItem(Base):
+    """One set of parameters of a job, and what became of it.
+
+    Each submission gets a fresh `prompt_id`, written here *before* ComfyUI is asked, so
+    after any crash comfyhub can ask ComfyUI (history, queue) whether it has it.
+    `run` is the instance's generation at submission: a different run means the
+    instance that had the item is gone.
+    """
+
+    __tablename__ = "job_items"
+    __table_args__ = (
+        Index("uq_job_items_idx", "job_id", "idx", unique=True),
+        Index("ix_job_items_state", "job_id", "state", "idx"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    idx: Mapped[int] = mapped_column(Integer)
+    params: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default=ItemState.PENDING)
+    prompt_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    run: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    submissions: Mapped[int] = mapped_column(Integer, default=0)
+    retries: Mapped[int] = mapped_column(Integer, default=0)  # after ComfyUI errors
+    resubmits: Mapped[int] = mapped_column(Integer, default=0)  # after its instance was lost
+    submitted_by: Mapped[str] = mapped_column(String(255), default="")
+    submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")

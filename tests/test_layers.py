@@ -9,7 +9,11 @@ The layers, top to bottom (docs/architecture.md explains each):
                                          (siblings, independent)
     auth, security                       who is asking: passwords, sessions, the token and
                                          Origin checks both front doors share
+    jobs                                 batch jobs: a client of the lifecycle (it asks
+                                         `services` to start instances)
     services                             the instance lifecycle
+    outputs                              generation records, files, export (the manager
+                                         pulls the history before a stop)
     launchers                            how a process (or Ray actor) is started
     migrations                           the schema history
     models, db, config, metrics,         foundations (and the root package's version)
@@ -67,6 +71,7 @@ LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import 
     ({"app", "doctor", "comfyui_install"}, True),
     ({"api", "proxy"}, True),
     ({"auth", "security"}, False),
+    ({"jobs"}, False),
     ({"services"}, False),
     ({"outputs"}, False),
     ({"launchers"}, False),

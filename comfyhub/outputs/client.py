@@ -36,12 +36,30 @@ class ComfyClient:
         except ValueError:
             raise InstanceUnreachable("not JSON") from None
 
+    async def post_json(self, host: str, port: int, path: str, body) -> tuple[int, object]:
+        """POST a JSON body; returns (status, decoded answer or None). Raises InstanceUnreachable."""
+        data = json.dumps(body).encode()
+        try:
+            status, answer = await asyncio.wait_for(self._request(host, port, "POST", path, data), self.timeout)
+        except (TimeoutError, UpstreamError, OSError) as exc:
+            raise InstanceUnreachable(str(exc) or type(exc).__name__) from None
+        try:
+            return status, json.loads(answer) if answer else None
+        except ValueError:
+            return status, None
+
     async def _get(self, host: str, port: int, path: str) -> tuple[int, bytes]:
+        return await self._request(host, port, "GET", path, None)
+
+    async def _request(self, host: str, port: int, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         conn = await self._pool.acquire(host, port)
         ok = False
         try:
             authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            await conn.write(f"GET {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\n\r\n".encode())
+            head = f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\n"
+            if body is not None:
+                head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            await conn.write(head.encode() + b"\r\n" + (body or b""))
             conn.request_sent = True
             status, _headers = await conn.response_head(self.timeout)
             parts, size = [], 0
