@@ -4,6 +4,8 @@
   of milliseconds of CPU and must not stall other users' requests.
 - Sessions: a random token is both the cookie value and the bearer token; the database
   keeps only HMAC(secret key, token), so a stolen database dump cannot log anyone in.
+- Personal access tokens (`chp_…`): long-lived bearer tokens for scripts, kept the same
+  way (HMAC only). The prefix tells `user_for_token` which table to ask.
 - Throttle: failures are counted per (user name, client address) in the database, so
   every worker sees the same count. After COMFYHUB_LOGIN_MAX_FAILURES failures within
   COMFYHUB_LOGIN_LOCKOUT_SECONDS further attempts are refused (429) until the lock-out
@@ -17,17 +19,19 @@ import asyncio
 import hashlib
 import hmac
 import secrets
+import string
 from datetime import datetime, timedelta
 from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from comfyhub.models import AuthSession, LoginThrottle, User, utcnow
+from comfyhub.models import ApiToken, AuthSession, LoginThrottle, User, utcnow
+from comfyhub.security import API_TOKEN_PREFIX, is_api_token
 
 _hasher = PasswordHasher()
 
@@ -79,8 +83,11 @@ async def create_session(db: AsyncSession, user: User, secret_key: str, hours: f
 
 
 async def user_for_token(db: AsyncSession, secret_key: str, token: str) -> User | None:
+    """The user a session token or a personal access token belongs to, if it is valid now."""
     if not token or len(token) > 256:
         return None
+    if is_api_token(token):
+        return await _user_for_api_token(db, secret_key, token)
     row = await db.execute(
         select(User)
         .join(AuthSession, AuthSession.user_id == User.id)
@@ -93,6 +100,93 @@ async def user_for_token(db: AsyncSession, secret_key: str, token: str) -> User 
 async def revoke_session(db: AsyncSession, secret_key: str, token: str) -> None:
     await db.execute(delete(AuthSession).where(AuthSession.token_digest == token_digest(secret_key, token)))
     await db.commit()
+
+
+# --- personal access tokens -------------------------------------------------------------
+
+MAX_API_TOKENS = 50  # live (unexpired) tokens per user
+# `last_used_at` is written at most this often per token: no write per request.
+LAST_USED_EVERY = timedelta(minutes=1)
+_TOKEN_ALPHABET = string.ascii_letters + string.digits  # no "-" or "_": one double-click selects it
+_TOKEN_CHARS = 40  # about 238 random bits
+SHOWN_PREFIX = len(API_TOKEN_PREFIX) + 6  # "chp_" and 6 characters: recognisable, not guessable
+
+
+class TooManyTokens(Exception):
+    """The user already holds MAX_API_TOKENS live tokens."""
+
+
+def new_api_token() -> str:
+    return API_TOKEN_PREFIX + "".join(secrets.choice(_TOKEN_ALPHABET) for _ in range(_TOKEN_CHARS))
+
+
+async def create_api_token(
+    db: AsyncSession, user_id: int, secret_key: str, name: str, days: int
+) -> tuple[ApiToken, str]:
+    """Store a new token for `user_id`; return its row and the token (shown once, never again).
+
+    Raises TooManyTokens when the user would hold more than MAX_API_TOKENS live ones. The
+    count is taken after the insert, with the user's row locked: on PostgreSQL the lock
+    orders concurrent creates of one user, on SQLite the insert itself takes the write
+    lock; either way two creates at once cannot both slip under the limit.
+    """
+    await db.execute(select(User.id).where(User.id == user_id).with_for_update())
+    token, now = new_api_token(), utcnow()
+    row = ApiToken(
+        user_id=user_id,
+        name=name,
+        token_digest=token_digest(secret_key, token),
+        prefix=token[:SHOWN_PREFIX],
+        created_at=now,
+        expires_at=now + timedelta(days=days),
+    )
+    db.add(row)
+    await db.flush()
+    live = await db.scalar(
+        select(func.count()).select_from(ApiToken).where(ApiToken.user_id == user_id, ApiToken.expires_at > now)
+    )
+    if live > MAX_API_TOKENS:
+        await db.rollback()
+        raise TooManyTokens
+    await db.commit()
+    return row, token
+
+
+async def api_tokens_of(db: AsyncSession, user_id: int) -> list[ApiToken]:
+    """The user's tokens, expired ones included (until revoked), newest first."""
+    rows = await db.execute(
+        select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.created_at.desc(), ApiToken.id.desc())
+    )
+    return list(rows.scalars())
+
+
+async def revoke_api_token(db: AsyncSession, user_id: int, token_id: int) -> bool:
+    """Delete the user's token `token_id`; False when the user has no such token."""
+    result = await db.execute(delete(ApiToken).where(ApiToken.id == token_id, ApiToken.user_id == user_id))
+    await db.commit()
+    return result.rowcount > 0
+
+
+async def _user_for_api_token(db: AsyncSession, secret_key: str, token: str) -> User | None:
+    now = utcnow()
+    row = (
+        await db.execute(
+            select(User, ApiToken.id, ApiToken.last_used_at)
+            .join(ApiToken, ApiToken.user_id == User.id)
+            .where(ApiToken.token_digest == token_digest(secret_key, token))
+            .where(ApiToken.expires_at > now)
+        )
+    ).first()
+    if row is None:
+        return None
+    user, token_id, last_used = row
+    if last_used is None or now - last_used >= LAST_USED_EVERY:
+        # Decided on the value just read, so a token in steady use costs one write a
+        # minute, not one per request (an UPDATE that matches nothing still takes
+        # SQLite's write lock).
+        await db.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+        await db.commit()
+    return user
 
 
 # --- throttle -------------------------------------------------------------------------

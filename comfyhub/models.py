@@ -83,6 +83,26 @@ class AuthSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class ApiToken(Base):
+    """A personal access token: a user's long-lived bearer token for scripts.
+
+    Like a session, only an HMAC digest of the token is stored; `prefix` (its first few
+    characters, not enough to guess it) lets the owner recognise it in a list. Revoking
+    deletes the row. `last_used_at` is written at most once a minute per token.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_digest: Mapped[str] = mapped_column(String(128), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class LoginThrottle(Base):
     """Failed-login counter per (user name, client address), shared by all workers."""
 

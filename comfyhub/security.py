@@ -12,18 +12,28 @@ from urllib.parse import urlsplit
 
 SESSION_COOKIE = "comfyhub_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Personal access tokens start with this, so the lookup knows their table and secret
+# scanners can spot one pasted where it should not be.
+API_TOKEN_PREFIX = "chp_"
+
+
+def is_api_token(token: str | None) -> bool:
+    """Whether `token` is a personal access token (as opposed to a login session)."""
+    return bool(token) and token.startswith(API_TOKEN_PREFIX)
 
 
 def session_token(authorization: str, cookie: str) -> tuple[str | None, bool]:
     """The caller's session token and whether it came from the cookie.
 
     A bearer token wins over the cookie: scripts send the header, browsers the cookie.
+    A personal access token is never taken from the cookie: it is meant for scripts, and
+    a cookie can be planted by another site on the same host (another port shares it).
     """
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip(), False
     token = cookie_value(cookie, SESSION_COOKIE)
-    return (token, True) if token else (None, False)
+    return (token, True) if token and not is_api_token(token) else (None, False)
 
 
 def cookie_value(header: str, name: str) -> str | None:

@@ -6,7 +6,7 @@ from sqlalchemy import inspect, text
 
 from comfyhub.db import create_engine, current_revision, head_revision, migrate
 
-TABLES = {"users", "auth_sessions", "login_throttle", "projects", "comfyui_services", "leases"}
+TABLES = {"users", "auth_sessions", "api_tokens", "login_throttle", "projects", "comfyui_services", "leases"}
 
 
 async def _tables(url):

@@ -12,7 +12,7 @@ from comfyhub.api.schemas import LoginIn
 from comfyhub.api.views import user_view
 from comfyhub.config import Settings
 from comfyhub.models import User
-from comfyhub.security import SESSION_COOKIE
+from comfyhub.security import SESSION_COOKIE, is_api_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -69,6 +69,9 @@ def cookie_secure(request: Request, settings: Settings) -> bool:
 @router.post("/logout", summary="退出登录")
 async def logout(request: Request, user: CurrentUser, db: DbSession, settings: SettingsDep):
     token, _ = request_token(request)
+    if is_api_token(token):
+        # Logging out ends a login; a script that thinks it revoked its token would be wrong.
+        raise ApiError(400, "访问令牌不能退出登录；要停用它，请在访问令牌中撤销")
     await auth.revoke_session(db, request.app.state.secret_key, token)
     request.app.state.proxy_access.forget_token(token)
     response = envelope(None, "已退出登录")

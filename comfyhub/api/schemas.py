@@ -59,3 +59,11 @@ class ProjectUpdate(Strict):
     name: Name | None = None
     code: Code | None = None
     note: Note | None = None
+
+
+class TokenCreate(Strict):
+    """A personal access token. It always expires: 3650 days is there for whoever needs
+    "practically never", and a forgotten token on a shared server still ends by itself."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_single_line)]
+    expires_days: Annotated[int, Field(ge=1, le=3650)] = 30

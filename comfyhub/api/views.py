@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from comfyhub.models import ComfyUIService, Event, Project, User
+from comfyhub.models import ApiToken, ComfyUIService, Event, Project, User
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -77,4 +77,17 @@ def event_view(event: Event) -> dict:
         "user_id": event.user_id,
         "outcome": event.outcome,
         "detail": event.detail,
+    }
+
+
+def token_view(token: ApiToken, now: datetime) -> dict:
+    """A personal access token as its owner sees it in a list: never the token itself."""
+    return {
+        "id": token.id,
+        "name": token.name,
+        "prefix": token.prefix,
+        "created_at": _iso(token.created_at),
+        "expires_at": _iso(token.expires_at),
+        "last_used_at": _iso(token.last_used_at),
+        "expired": token.expires_at <= now,
     }

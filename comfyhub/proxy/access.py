@@ -4,8 +4,9 @@ Every proxied request needs the caller and the instance's address. Looking both 
 the database per request would cost more than the whole forwarding (the proxy must
 add under a millisecond), so answers are cached briefly:
 
-- a session token's user for AUTH_TTL seconds (a logout in this process forgets it at
-  once; in another worker it takes effect within AUTH_TTL);
+- a token's user for AUTH_TTL seconds, session or personal access token alike (a
+  logout or a token revoked in this process is forgotten at once; in another worker it
+  takes effect within AUTH_TTL, and so does a token's expiry);
 - a project's owner, status and address for TARGET_TTL seconds (a failed connection
   drops the entry at once, so a restarted instance is found again).
 """
@@ -40,6 +41,7 @@ class ProxyAccess:
         self.sessions = sessions
         self.secret_key = secret_key
         self._users: dict[str, tuple[float, int | None]] = {}
+        self._forgets = 0  # bumped by every forget_*: an answer read across one is not cached
         self._targets: dict[int, tuple[float, Target | None]] = {}
 
     async def user_id(self, token: str | None) -> int | None:
@@ -49,15 +51,28 @@ class ProxyAccess:
         now = time.monotonic()
         if hit and hit[0] > now:
             return hit[1]
+        forgets = self._forgets
         async with self.sessions() as db:
             user = await user_for_token(db, self.secret_key, token)
         if len(self._users) > _MAX_ENTRIES:
             self._users.clear()
-        self._users[token] = (now + AUTH_TTL, user.id if user else None)
+        # A logout or revocation while the database was asked may have come too late for
+        # the answer just read: use it for this request, but do not keep it.
+        if forgets == self._forgets:
+            self._users[token] = (now + AUTH_TTL, user.id if user else None)
         return user.id if user else None
 
     def forget_token(self, token: str) -> None:
+        self._forgets += 1
         self._users.pop(token, None)
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop every cached token of `user_id`: revoking a personal access token knows
+        only its id, not the token. Rare, so a scan is fine; the user's other tokens are
+        simply looked up again."""
+        for token in [t for t, (_, uid) in self._users.items() if uid == user_id]:
+            del self._users[token]
+        self._forgets += 1
 
     async def target(self, project_id: int) -> Target | None:
         hit = self._targets.get(project_id)

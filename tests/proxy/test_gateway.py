@@ -111,6 +111,39 @@ async def test_websocket_from_a_trusted_origin_passes(hub):
     assert err.value.response.status_code == 403 and "跨站请求被拒绝".encode() in err.value.response.body
 
 
+async def test_a_personal_access_token_opens_the_websocket_until_revoked(hub):
+    """A script's token (`Authorization: Bearer chp_…`) passes like a session: owner only,
+    and refused as soon as it is revoked (the API and the proxy share the process)."""
+
+    def new_token(user: str) -> dict:
+        with hub.client(user) as c:
+            r = c.post("/api/tokens", json={"name": "ws"}, headers=hub.origin)
+            assert r.status_code == 201, r.text
+            return r.json()["data"]
+
+    def connect(token: str):
+        return ws_connect(
+            f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=pat",
+            additional_headers={"Authorization": f"Bearer {token}"},
+            proxy=None,
+        )
+
+    async def refusal(token: str) -> int:
+        with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+            async with connect(token):
+                pass
+        return err.value.response.status_code
+
+    mine, bobs = new_token("alice"), new_token("bob")
+    async with connect(mine["token"]) as ws:
+        hello = await asyncio.wait_for(ws.recv(), 5)
+        assert '"status"' in hello and "pat" in hello
+    assert await refusal(bobs["token"]) == 403
+    with hub.client("alice") as c:
+        assert c.delete(f"/api/tokens/{mine['id']}", headers=hub.origin).status_code == 200
+    assert await refusal(mine["token"]) == 401
+
+
 @pytest.mark.parametrize("others", ["ui=dark mode", 'prefs={"a":1,"b":2}', "name=张三"])
 def test_other_cookies_on_the_host_do_not_hide_the_session(hub, others):
     """Cookies are shared by every port of a host; a malformed one must not log the owner out."""
