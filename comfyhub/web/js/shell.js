@@ -1,8 +1,9 @@
-// The frame around the logged-in views: top bar (brand, navigation, user, 退出) and the
+// The frame around the logged-in views: top bar (brand, navigation, user, 访问令牌, 退出) and the
 // banners: "ComfyUI 尚未配置", and the settings (/api/meta) that could not be read.
 
 import { post } from "./api.js";
 import { h, toast } from "./dom.js";
+import { tokensDialog } from "./tokens.js";
 
 export function renderShell(root, { me, meta, metaError = null, current }) {
   const link = (href, label, key) =>
@@ -39,6 +40,7 @@ export function renderShell(root, { me, meta, metaError = null, current }) {
         "div",
         { class: "user" },
         h("span", { class: "user-name", title: "当前用户" }, me.username, me.is_admin ? h("span", { class: "tag", text: "管理员" }) : null),
+        h("button", { type: "button", class: "btn btn-ghost btn-sm", onclick: () => tokensDialog() }, "访问令牌"),
         logout,
       ),
     ),
