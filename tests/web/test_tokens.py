@@ -10,6 +10,7 @@ import pytest
 from playwright.async_api import expect
 
 from tests.conftest import add_user
+from tests.support.net import wait_for
 from tests.web.browser import PASSWORD, login
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -56,6 +57,18 @@ async def test_create_copy_use_and_revoke_a_token_on_the_page(hub, browse):
     await copy.click()
     await expect(dialog.get_by_role("button", name="已复制")).to_be_visible()
     assert await page.evaluate("navigator.clipboard.readText()") == token
+    # Where the Clipboard API is refused (plain http on another host), a selected textarea
+    # inside the dialog is copied instead.
+    await page.evaluate("""async () => {
+        await navigator.clipboard.writeText("");
+        navigator.clipboard.writeText = () => Promise.reject(new DOMException("denied", "NotAllowedError"));
+    }""")
+    await copy.click()
+
+    async def copied():
+        return await page.evaluate("navigator.clipboard.readText()") == token
+
+    await wait_for(copied, what="the token in the clipboard")
 
     # A script uses it: the API and the proxy's rules alike.
     async with httpx.AsyncClient(base_url=hub.url, timeout=30, trust_env=False) as script:

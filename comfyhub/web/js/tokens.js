@@ -83,7 +83,7 @@ function revealBox() {
   const title = h("strong");
   const copy = h("button", { type: "button", class: "btn btn-sm" }, "复制");
   copy.addEventListener("click", async () => {
-    if (await copyText(value.textContent)) {
+    if (await copyText(value.textContent, el)) {
       setText(copy, "已复制");
       toast("令牌已复制", "success");
     } else {
@@ -104,15 +104,16 @@ function revealBox() {
   };
 }
 
-/** The Clipboard API where the page may use it (https, localhost); else the old way. */
-async function copyText(text) {
+/** Copy `text`: the Clipboard API, or a selected textarea where it is refused (http,
+ * permissions). The same as the gallery's; both could share one helper in dom.js. */
+async function copyText(text, host) {
   try {
     await navigator.clipboard.writeText(text);
     return true;
   } catch {
-    const area = h("textarea", { readonly: true, "aria-hidden": "true" });
+    const area = h("textarea", { class: "copy-buffer", readonly: true, "aria-hidden": "true" });
     area.value = text;
-    document.body.append(area);
+    host.append(area); // inside the modal dialog: the page behind it is inert
     area.select();
     let done = false;
     try {
