@@ -190,6 +190,15 @@ async def get_job(project_id: ProjectId, job_id: JobId, user: CurrentUser, db: D
     return envelope(await job_view(db, await _job(db, project_id, job_id)))
 
 
+STATE_WORDS = {
+    JobState.QUEUED: "排队中",
+    JobState.RUNNING: "运行中",
+    JobState.PAUSED: "已暂停",
+    JobState.DONE: "已完成",
+    JobState.FAILED: "失败",
+    JobState.CANCELLED: "已取消",
+}
+
 _MOVES = {
     "pause": ((JobState.QUEUED, JobState.RUNNING), JobState.PAUSED, "已暂停"),
     "resume": ((JobState.PAUSED,), JobState.RUNNING, "已继续"),
@@ -211,7 +220,7 @@ async def move_job(
     await db.commit()
     allowed, target, said = _MOVES[action]
     if job.state not in allowed:
-        raise ApiError(409, f"任务当前状态为 {job.state}，不能{said.removeprefix('已')}")
+        raise ApiError(409, f"任务{STATE_WORDS.get(job.state, job.state)}，不能{said.removeprefix('已')}")
     store = JobStore(request.app.state.sessions)
     if not await store.set_state(job_id, target, "" if target != JobState.PAUSED else "用户暂停", only_from=allowed):
         raise ApiError(409, "任务状态已变化，请刷新")

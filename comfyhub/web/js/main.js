@@ -2,19 +2,22 @@
 //   /login → login form (or / when already logged in)
 //   /      → 个人工作台        /admin → 管理 (admins)
 //   /#/projects/{id}/outputs → 产出 of a project (a hash route: the server serves one page)
+//   /#/projects/{id}/jobs    → 批量生成 of a project
 // Any page while logged out shows the login form and comes back after logging in.
 
 import { ApiError, get, setUnauthorizedHandler } from "./api.js";
 import { h } from "./dom.js";
 import { renderAdmin } from "./admin.js";
 import { renderGallery } from "./gallery.js";
+import { renderJobs } from "./jobs.js";
 import { renderLogin, safeNext } from "./login.js";
 import { renderShell } from "./shell.js";
 import { renderWorkbench } from "./workbench.js";
 
 const root = document.getElementById("app");
 const path = location.pathname.replace(/\/+$/, "") || "/";
-const GALLERY_ROUTE = /^#\/projects\/(\d+)\/outputs$/;
+const PROJECT_ROUTE = /^#\/projects\/(\d+)\/(outputs|jobs)$/;
+const PROJECT_VIEWS = { outputs: renderGallery, jobs: renderJobs };
 const DEFAULT_META = { list_refresh_seconds: 8, comfyui_configured: true, comfyui_hint: null };
 
 // The view on screen owns timers and listeners: they end before another view (or a
@@ -87,13 +90,13 @@ async function boot() {
     mount(renderAdmin, main, { me, meta });
     return;
   }
-  // The workbench and a project's 产出 share the page; the hash says which (back works).
+  // The workbench and a project's 产出 and 批量生成 share the page; the hash says which (back works).
   const banners = [...main.children];
   const route = () => {
-    const gallery = GALLERY_ROUTE.exec(location.hash);
+    const view = PROJECT_ROUTE.exec(location.hash);
     unmount();
     main.replaceChildren(...banners);
-    if (gallery) mount(renderGallery, main, { me, meta, projectId: Number(gallery[1]) });
+    if (view) mount(PROJECT_VIEWS[view[2]], main, { me, meta, projectId: Number(view[1]) });
     else mount(renderWorkbench, main, { me, meta });
   };
   window.addEventListener("hashchange", () => {

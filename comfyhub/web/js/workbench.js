@@ -1,4 +1,4 @@
-// 个人工作台 (/): the caller's project cards, 数据生成, 停止, logs, 产出, create / edit / delete.
+// 个人工作台 (/): the caller's project cards, 数据生成, 停止, logs, 产出, 批量生成, create / edit / delete.
 
 import { del, get, post } from "./api.js";
 import { confirmDialog, logDialog } from "./dialogs.js";
@@ -7,27 +7,10 @@ import { formatAgo, formatDateTime, formatDuration, parseTime, splitError } from
 import { icon } from "./icons.js";
 import { Scope, poll } from "./lifecycle.js";
 import { openPendingTab } from "./pending-tab.js";
+import { savedScope, saveScope } from "./prefs.js";
 import { projectDialog } from "./project-form.js";
 import { RUNNING, badge as statusBadge, statusOf } from "./status.js";
 import { confirmStop, stopInstance } from "./stop-comfy.js";
-
-const SCOPE_KEY = "comfyhub.scope";
-
-function savedScope() {
-  try {
-    return localStorage.getItem(SCOPE_KEY) === "mine" ? "mine" : "all";
-  } catch {
-    return "all";
-  }
-}
-
-function saveScope(scope) {
-  try {
-    localStorage.setItem(SCOPE_KEY, scope);
-  } catch {
-    /* private mode: the choice lasts for this page only */
-  }
-}
 
 /** Render the workbench into `main`; returns the function that ends its timers and listeners. */
 export function renderWorkbench(main, { me, meta }) {
@@ -187,6 +170,7 @@ export function renderWorkbench(main, { me, meta }) {
     const stopButton = h("button", { type: "button", class: "btn", dataset: { action: "stop" } }, "停止");
     const logButton = h("button", { type: "button", class: "btn", dataset: { action: "log" } }, "查看日志");
     const outputsLink = h("a", { href: `#/projects/${id}/outputs`, class: "btn", dataset: { action: "outputs" } }, "产出");
+    const jobsLink = h("a", { href: `#/projects/${id}/jobs`, class: "btn", dataset: { action: "jobs" } }, "批量生成");
     const editButton = h("button", {
       type: "button", class: "btn btn-ghost btn-icon", "aria-label": "编辑", title: "编辑项目", dataset: { action: "edit" },
     }, icon("edit"));
@@ -211,7 +195,7 @@ export function renderWorkbench(main, { me, meta }) {
       limit,
       failure,
       h("div", { class: "card-actions" },
-        h("div", { class: "actions-main" }, openButton, stopButton, logButton, outputsLink),
+        h("div", { class: "actions-main" }, openButton, stopButton, logButton, outputsLink, jobsLink),
         h("div", { class: "actions-side" }, editButton, deleteButton)));
 
     let current = initial;
@@ -281,6 +265,7 @@ export function renderWorkbench(main, { me, meta }) {
       const inFlight = state.flights.has(p.id);
       const stopping = state.busy.has(p.id);
       show(openButton, mine);
+      show(jobsLink, mine); // jobs are the owner's: an admin reads them by URL only
       openButton.disabled = inFlight || stopping;
       openButton.classList.toggle("is-busy", inFlight);
       openButton.setAttribute("aria-busy", String(inFlight));
