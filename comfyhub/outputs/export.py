@@ -7,8 +7,18 @@ The archive holds each file at its path under output/ (`sub/name.png`) and, last
 Nothing is copied or buffered whole: the ZIP is produced member by member by stream-zip
 (deflate at level 0, which stores the bytes — images are compressed already — and needs
 no size up front), each file read in 1 MiB pieces. Memory stays flat whatever the
-number or size of the files: only the list of output ids (a few bytes each) is kept.
-The same rows feed `comfyhub outputs export`, which writes the folder instead of a ZIP.
+number or size of the files: only a small record per file (id, path, name) is kept.
+The same rows feed `comfyhub outputs export` (folder_export.py), which writes the folder
+instead of a ZIP.
+
+Every column keeps one type whatever the rows hold, because `datasets` takes the types
+from the first 10 MB of metadata.jsonl and then casts every later line to them: a column
+typed `null` there (every seed unknown, every tag list empty) makes the first later line
+with a value fail the whole load. So the metadata lines start with one line for each
+column that can be empty where it has a value (when any has), and `created_at` is always
+written to the microsecond (pyarrow reads whole-second ISO times as timestamps and the
+others as strings). A column with no value at all in the whole export is typed `null`,
+which loads.
 """
 
 from __future__ import annotations
@@ -59,14 +69,22 @@ COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
+# Columns that may hold null (or an empty list) in a line: `datasets` learns their type
+# from the first lines it reads, so a line where each has a value goes first.
+SPARSE = ("seed", "steps", "cfg", "width", "height", "tags")
+
+
+@dataclass(frozen=True, slots=True)
 class Member:
-    """One file of the export: its id, where it is, and its name in the archive."""
+    """One file of the export: its id, where it is, its name in the archive, and which
+    of the SPARSE columns it has a value for."""
 
     output_id: int
     path: Path
     name: str
     mtime: datetime
+    size: int
+    filled: frozenset[str] = frozenset()
 
 
 def export_filter(flt: OutputFilter) -> OutputFilter:
@@ -79,22 +97,50 @@ async def members(settings: Settings, sessions: async_sessionmaker[AsyncSession]
     """The files the filter selects (oldest first), checked on disk; missing or unsafe ones are left out."""
     async with sessions() as session:
         stmt = query.matching(project_id, export_filter(flt)).with_only_columns(
-            Output.id, Output.user_id, Output.subfolder, Output.filename
+            Output.id, Output.user_id, Output.subfolder, Output.filename, *_filled_columns()
         )
         rows = (await session.execute(stmt.order_by(Output.created_at, Output.id))).all()
     return await asyncio.to_thread(_checked, settings, project_id, rows)
 
 
+def _filled_columns():
+    return (
+        Output.seed.is_not(None),
+        Output.steps.is_not(None),
+        Output.cfg.is_not(None),
+        Output.width.is_not(None),
+        Output.height.is_not(None),
+        Output.tags != "[]",
+    )
+
+
 def _checked(settings: Settings, project_id: int, rows) -> list[Member]:
     out = []
-    for output_id, user_id, subfolder, filename in rows:
+    sets: dict[tuple, frozenset[str]] = {}  # a handful of distinct sets, shared by every member
+    for output_id, user_id, subfolder, filename, *filled in rows:
         try:
             path = files.resolve(settings, user_id, project_id, subfolder, filename)
-            mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            st = path.stat()
         except (files.FileRefused, OSError):
             continue
-        out.append(Member(output_id, path, f"{subfolder}/{filename}" if subfolder else filename, mtime))
+        name = f"{subfolder}/{filename}" if subfolder else filename
+        mtime = datetime.fromtimestamp(st.st_mtime, UTC)
+        key = tuple(bool(yes) for yes in filled)
+        if key not in sets:
+            sets[key] = frozenset(column for column, yes in zip(SPARSE, key, strict=True) if yes)
+        out.append(Member(output_id, path, name, mtime, st.st_size, sets[key]))
     return out
+
+
+def metadata_order(chosen: list[Member]) -> list[Member]:
+    """The members in the order of their metadata lines: for each SPARSE column, the first
+    member with a value for it leads; then the rest, oldest first."""
+    lead: dict[int, Member] = {}
+    for column in SPARSE:
+        first = next((m for m in chosen if column in m.filled), None)
+        if first is not None:
+            lead.setdefault(first.output_id, first)
+    return [*lead.values(), *(m for m in chosen if m.output_id not in lead)]
 
 
 def metadata_line(name: str, output: Output, generation: Generation) -> str:
@@ -117,7 +163,7 @@ def metadata_line(name: str, output: Output, generation: Generation) -> str:
         "generation_id": generation.id,
         "prompt_id": generation.prompt_id or "",
         "status": generation.status,
-        "created_at": output.created_at.isoformat(),
+        "created_at": output.created_at.isoformat(timespec="microseconds"),
         # A string, not nested JSON: graphs differ in shape, and a column needs one type.
         "graph": json.dumps(generation.graph, ensure_ascii=False) if generation.graph is not None else "",
     }
@@ -126,6 +172,7 @@ def metadata_line(name: str, output: Output, generation: Generation) -> str:
 
 async def metadata_lines(sessions: async_sessionmaker[AsyncSession], chosen: list[Member]) -> AsyncIterator[str]:
     """metadata.jsonl for these members, read from the database a batch at a time."""
+    chosen = metadata_order(chosen)
     for start in range(0, len(chosen), METADATA_BATCH):
         batch = chosen[start : start + METADATA_BATCH]
         names = {m.output_id: m.name for m in batch}
