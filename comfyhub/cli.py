@@ -1,4 +1,4 @@
-"""The `comfyhub` command: serve, user create, doctor, services list|stop|events."""
+"""The `comfyhub` command: serve, user create, doctor, services list|stop|events, outputs export."""
 
 from __future__ import annotations
 
@@ -270,6 +270,12 @@ def cmd_comfyui_install(args) -> int:
     return 0
 
 
+def cmd_outputs_export(args) -> int:
+    from comfyhub.outputs import folder_export
+
+    return folder_export.main(_settings(), args)
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -324,7 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     events = services_sub.add_parser("events", help="the audit trail, oldest first")
     events.add_argument("--limit", type=int, default=50)
     events.set_defaults(func=cmd_services)
+
+    outputs = sub.add_parser("outputs", help="a project's generated files (same database and folders)")
+    outputs_sub = outputs.add_subparsers(dest="outputs_command", required=True)
+    export = outputs_sub.add_parser(
+        "export", help="write a project's outputs into a folder as a Hugging Face imagefolder (files + metadata.jsonl)"
+    )
+    _add_export_arguments(export)
+    export.set_defaults(func=cmd_outputs_export)
     return parser
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from comfyhub.outputs.folder_export import add_arguments
+
+    add_arguments(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

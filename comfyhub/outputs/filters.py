@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 MARKS = ("pass", "fail")
 STATUSES = ("success", "error", "interrupted")
@@ -21,3 +21,13 @@ class OutputFilter:
     media_type: str | None = None
     ids: list[int] | None = None  # exactly these outputs
     deleted: bool = False  # the trash instead of the gallery
+
+
+def parse_when(value: str, end: bool = False) -> datetime:
+    """`2026-12-01` (a whole day: as an end, the day is included) or an ISO date-time;
+    a time without a zone is UTC. Raises ValueError."""
+    if len(value) == 10:
+        day = date.fromisoformat(value)
+        return datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
+    when = datetime.fromisoformat(value)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
