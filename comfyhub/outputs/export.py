@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.config import Settings
@@ -40,6 +40,7 @@ from comfyhub.outputs import files, query
 from comfyhub.outputs.filters import OutputFilter
 
 READ_CHUNK = 1 << 20
+SEND_CHUNK = 1 << 20
 METADATA_BATCH = 200
 METADATA_NAME = "metadata.jsonl"
 # The export is a dataset of images unless the filter asks for another kind.
@@ -116,12 +117,14 @@ def _filled_columns():
 
 def _checked(settings: Settings, project_id: int, rows) -> list[Member]:
     out = []
+    resolvers: dict[int, files.FolderResolver] = {}
     sets: dict[tuple, frozenset[str]] = {}  # a handful of distinct sets, shared by every member
     for output_id, user_id, subfolder, filename, *filled in rows:
+        if user_id not in resolvers:
+            resolvers[user_id] = files.FolderResolver(settings, user_id, project_id)
         try:
-            path = files.resolve(settings, user_id, project_id, subfolder, filename)
-            st = path.stat()
-        except (files.FileRefused, OSError):
+            path, st = resolvers[user_id](subfolder, filename)
+        except files.FileRefused:
             continue
         name = f"{subfolder}/{filename}" if subfolder else filename
         mtime = datetime.fromtimestamp(st.st_mtime, UTC)
@@ -143,7 +146,9 @@ def metadata_order(chosen: list[Member]) -> list[Member]:
     return [*lead.values(), *(m for m in chosen if m.output_id not in lead)]
 
 
-def metadata_line(name: str, output: Output, generation: Generation) -> str:
+def metadata_line(name: str, output: Output, generation_id: int, prompt_id, status: str, graph: str | None) -> str:
+    """One line of metadata.jsonl; `graph` is the generation's graph as the database keeps
+    it (JSON text: passed on as is, not decoded and encoded again for every file)."""
     row = {
         "file_name": name,
         "prompt": output.prompt,
@@ -160,12 +165,12 @@ def metadata_line(name: str, output: Output, generation: Generation) -> str:
         "tags": json.loads(output.tags or "[]"),
         "note": output.note,
         "record_id": output.id,
-        "generation_id": generation.id,
-        "prompt_id": generation.prompt_id or "",
-        "status": generation.status,
+        "generation_id": generation_id,
+        "prompt_id": prompt_id or "",
+        "status": status,
         "created_at": output.created_at.isoformat(timespec="microseconds"),
         # A string, not nested JSON: graphs differ in shape, and a column needs one type.
-        "graph": json.dumps(generation.graph, ensure_ascii=False) if generation.graph is not None else "",
+        "graph": graph if graph and graph != "null" else "",
     }
     return json.dumps(row, ensure_ascii=False) + "\n"
 
@@ -179,12 +184,12 @@ async def metadata_lines(sessions: async_sessionmaker[AsyncSession], chosen: lis
         async with sessions() as session:
             rows = (
                 await session.execute(
-                    select(Output, Generation)
+                    select(Output, Generation.id, Generation.prompt_id, Generation.status, cast(Generation.graph, Text))
                     .join(Generation, Generation.id == Output.generation_id)
                     .where(Output.id.in_(list(names)))
                 )
             ).all()
-        by_id = {o.id: (o, g) for o, g in rows}
+        by_id = {row[0].id: row for row in rows}
         for member in batch:
             if member.output_id in by_id:
                 yield metadata_line(member.name, *by_id[member.output_id])
@@ -213,7 +218,21 @@ def zip_chunks(sessions, chosen: list[Member], loop: asyncio.AbstractEventLoop) 
             yield m.name, m.mtime, 0o644, ZIP_64, file_chunks(m.path)
         yield METADATA_NAME, datetime.now(UTC), 0o644, ZIP_64, _metadata_bytes(sessions, chosen, loop)
 
-    return stream_zip(members_iter(), chunk_size=READ_CHUNK, get_compressobj=_stored)
+    return _coalesced(stream_zip(members_iter(), chunk_size=READ_CHUNK, get_compressobj=_stored))
+
+
+def _coalesced(chunks: Iterator[bytes], size: int = SEND_CHUNK) -> Iterator[bytes]:
+    """The same bytes in pieces of at least `size`: stream-zip ends a piece at every member,
+    and each piece costs the response a hop to a worker thread and a send."""
+    parts, total = [], 0
+    for chunk in chunks:
+        parts.append(chunk)
+        total += len(chunk)
+        if total >= size:
+            yield b"".join(parts)
+            parts, total = [], 0
+    if parts:
+        yield b"".join(parts)
 
 
 def _metadata_bytes(sessions, chosen: list[Member], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
