@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 
 from sqlalchemy import Select, func, or_, select
+from sqlalchemy.sql.util import find_tables
 
 from comfyhub.models import Generation, Output
 from comfyhub.outputs.filters import OutputFilter
@@ -61,6 +62,15 @@ def newest_first(query: Select) -> Select:
 
 
 def count(query: Select) -> Select:
+    """SELECT count(*) of a `matching` query.
+
+    The join is left out unless the filter reads the generation (its status): every output
+    has exactly one generation (a non-null foreign key), so the join changes only the cost,
+    which at 100,000 outputs is a lookup per output (neither SQLite nor PostgreSQL drops
+    an inner join on its own)."""
+    where = query.whereclause
+    if where is not None and Generation.__table__ not in find_tables(where, check_columns=True):
+        return select(func.count()).select_from(Output).where(where)
     return select(func.count()).select_from(query.with_only_columns(Output.id).order_by(None).subquery())
 
 
