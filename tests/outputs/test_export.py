@@ -1,7 +1,7 @@
 """The dataset export (POST /api/projects/{id}/exports): a ZIP that `datasets` loads as an imagefolder.
 
 Records are made without a ComfyUI: real PNGs carrying an API graph in their `prompt`
-text chunk, as ComfyUI's SaveImage writes them, are put into the project's output folder
+text chunk, as ComfyUI's SaveImage writes them (tests/outputs/graphs.py), are put into the project's output folder
 and indexed by `POST /outputs/sync` (the folder scan). The helpers here are also used by
 test_folder_export.py.
 """
@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from comfyhub.config import Settings
+from tests.outputs.graphs import txt2img, write_png
 from tests.support.comfy import new_project, user_id
 
 DATASET_COLUMNS = [
@@ -45,59 +46,20 @@ DATASET_COLUMNS = [
 # --- records without a ComfyUI ----------------------------------------------------------
 
 
-def api_graph(prompt: str, negative: str, seed: int, steps: int = 20, cfg: float = 7.5) -> dict:
-    """A text-to-image graph in ComfyUI's API format, as SaveImage embeds it."""
-    return {
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "seed": seed,
-                "steps": steps,
-                "cfg": cfg,
-                "sampler_name": "euler",
-                "scheduler": "karras",
-                "denoise": 1.0,
-                "model": ["4", 0],
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-            },
-        },
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
-        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 48, "batch_size": 1}},
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["4", 1]}},
-        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["4", 1]}},
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "ComfyUI", "images": ["8", 0]}},
-    }
-
-
 def output_dir(settings: Settings, owner: int, project_id: int) -> Path:
     return settings.instance_dir(owner, project_id) / "output"
 
 
-def write_png(
-    folder: Path,
-    name: str,
-    graph: dict | None,
-    *,
-    size: tuple[int, int] = (64, 48),
-    when: datetime | None = None,
-    color: tuple[int, int, int] = (200, 30, 30),
-) -> Path:
-    """A PNG like SaveImage's: the graph (json.dumps, as ComfyUI does) in a `prompt` tEXt chunk."""
-    from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
-
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngInfo()
-    if graph is not None:
-        info.add_text("prompt", json.dumps(graph))
-    Image.new("RGB", size, color).save(path, pnginfo=info)
+def put_png(folder: Path, name: str, graph: dict | None, size=(64, 48), when: datetime | None = None) -> Path:
+    """A PNG as SaveImage writes it (tests/outputs/graphs.py), made `when` (its mtime)."""
+    path = write_png(folder / name, graph, size=size)
     if when is not None:
         os.utime(path, (when.timestamp(), when.timestamp()))
     return path
+
+
+def api_graph(prompt: str, negative: str, seed: int) -> dict:
+    return txt2img(prompt, negative, seed=seed, steps=20, cfg=7.5, sampler="euler", scheduler="karras")
 
 
 async def sync(client, headers, project_id: int) -> int:
@@ -131,7 +93,7 @@ async def project_with_images(client, headers, settings: Settings, images: dict 
     project = await new_project(client, headers)
     folder = output_dir(settings, await user_id(client, headers), project)
     for name, spec in images.items():
-        write_png(folder, name, api_graph(spec["prompt"], spec["negative"], spec["seed"]), when=spec["when"])
+        put_png(folder, name, api_graph(spec["prompt"], spec["negative"], spec["seed"]), when=spec["when"])
     assert await sync(client, headers, project) == len(images)
     return project, folder
 
@@ -212,8 +174,8 @@ async def test_an_export_whose_columns_hold_no_values_loads(client, alice, setti
     """Files with no graph and no tags: every parameter is null and every tag list empty."""
     project = await new_project(client, alice)
     folder = output_dir(settings, await user_id(client, alice), project)
-    write_png(folder, "plain_1.png", None)
-    write_png(folder, "plain_2.png", None, size=(8, 8))
+    put_png(folder, "plain_1.png", None)
+    put_png(folder, "plain_2.png", None, size=(8, 8))
     assert await sync(client, alice, project) == 2
 
     lines = await exported(client, alice, project, {}, tmp_path / "ds")
@@ -232,13 +194,13 @@ async def test_a_large_export_keeps_each_column_typed(client, alice, settings, t
     folder = output_dir(settings, await user_id(client, alice), project)
     words = "a very long prompt " * 10_000  # 190 KB, in the prompt column and in the graph
     for i in range(32):
-        write_png(
+        put_png(
             folder,
             f"old_{i:02}.png",
             {"1": {"class_type": "CLIPTextEncode", "inputs": {"text": words}}},
             when=day(1, 1 + i % 28),
         )
-    newest = write_png(
+    newest = put_png(
         folder, "new.png", api_graph("the one with a seed", "", 7), when=datetime(2026, 3, 1, 1, 2, 3, 456789, UTC)
     )
     assert await sync(client, alice, project) == 33
@@ -373,7 +335,7 @@ async def test_who_may_export(client, alice, bob, admin, settings, tmp_path):
 
 async def test_missing_and_escaping_files_are_left_out(client, alice, settings, tmp_path):
     project, folder = await project_with_images(client, alice, settings)
-    secret = write_png(tmp_path / "elsewhere", "secret.png", None)
+    secret = put_png(tmp_path / "elsewhere", "secret.png", None)
     escaping = folder / "red_00002_.png"
     escaping.unlink()
     escaping.symlink_to(secret)  # on record, but now a link leading out of output/
