@@ -250,6 +250,16 @@ class Output(Base):
         Index("uq_outputs_file", "project_id", "type", "subfolder", "filename", unique=True),
         # The gallery's order: newest first, within one project.
         Index("ix_outputs_project_created", "project_id", "created_at", "id"),
+        # The gallery itself (what is not in the trash): its pages and its count read only this.
+        Index(
+            "ix_outputs_project_live",
+            "project_id",
+            "created_at",
+            "id",
+            "deleted_at",
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

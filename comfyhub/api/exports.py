@@ -36,5 +36,6 @@ async def export_outputs(
         "content-disposition": f"attachment; filename*=UTF-8''{quote(name)}",
         "x-export-files": str(len(chosen)),
     }
-    stream = export.zip_chunks(sessions, chosen, asyncio.get_running_loop())
+    params = await export.param_columns(sessions, project_id, chosen)
+    stream = export.zip_chunks(sessions, chosen, asyncio.get_running_loop(), params)
     return StreamingResponse(stream, media_type="application/zip", headers=headers)

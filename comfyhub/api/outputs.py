@@ -8,7 +8,7 @@ it reads comfyhub's tables and the files on disk, never the instance.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -21,7 +21,7 @@ from comfyhub.api.errors import ApiError, envelope, field_error
 from comfyhub.api.projects import load_project
 from comfyhub.api.schemas import Note, Strict
 from comfyhub.models import Generation, Output, ServiceStatus
-from comfyhub.outputs import curation, files, query, thumbs
+from comfyhub.outputs import curation, files, filters, query, thumbs
 from comfyhub.outputs.client import InstanceUnreachable
 from comfyhub.outputs.filters import OutputFilter
 from comfyhub.outputs.media import content_type
@@ -45,17 +45,13 @@ Tag = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 def parse_when(value: str | None, field: str, end: bool = False) -> datetime | None:
-    """`2026-12-01` (a whole day: `until` includes it) or an ISO date-time; naive = UTC."""
+    """The filter's date (see `filters.parse_when`), or a Chinese 422 naming the field."""
     if value is None or value == "":
         return None
     try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
-        when = datetime.fromisoformat(value)
+        return filters.parse_when(value, end)
     except ValueError:
         raise field_error(422, field, f"{field} 必须是日期（如 2026-12-01）或 ISO 时间") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 class FilterIn(Strict):

@@ -35,7 +35,7 @@ from sqlalchemy import Text, cast, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.config import Settings
-from comfyhub.models import Generation, Output
+from comfyhub.models import Generation, Job, JobItem, Output
 from comfyhub.outputs import files, query
 from comfyhub.outputs.filters import OutputFilter
 
@@ -71,8 +71,9 @@ COLUMNS = (
 
 
 # Columns that may hold null (or an empty list) in a line: `datasets` learns their type
-# from the first lines it reads, so a line where each has a value goes first.
-SPARSE = ("seed", "steps", "cfg", "width", "height", "tags")
+# from the first lines it reads, so a line where each has a value goes first. `params`
+# stands for the job parameter columns (`6.text`, `3.seed`, …), set on job outputs only.
+SPARSE = ("seed", "steps", "cfg", "width", "height", "tags", "params")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +98,26 @@ def export_filter(flt: OutputFilter) -> OutputFilter:
 async def members(settings: Settings, sessions: async_sessionmaker[AsyncSession], project_id: int, flt: OutputFilter):
     """The files the filter selects (oldest first), checked on disk; missing or unsafe ones are left out."""
     async with sessions() as session:
-        stmt = query.matching(project_id, export_filter(flt)).with_only_columns(
-            Output.id, Output.user_id, Output.subfolder, Output.filename, *_filled_columns()
+        stmt = (
+            query.matching(project_id, export_filter(flt))
+            .outerjoin(JobItem, JobItem.prompt_id == Generation.prompt_id)
+            .with_only_columns(Output.id, Output.user_id, Output.subfolder, Output.filename, *_filled_columns())
         )
         rows = (await session.execute(stmt.order_by(Output.created_at, Output.id))).all()
     return await asyncio.to_thread(_checked, settings, project_id, rows)
+
+
+async def param_columns(sessions: async_sessionmaker[AsyncSession], project_id: int, chosen: list[Member]) -> list[str]:
+    """The job parameter columns of the project's jobs, in the order the jobs named them;
+    none when no chosen file came from a job."""
+    if not any("params" in m.filled for m in chosen):
+        return []
+    async with sessions() as session:
+        rows = await session.execute(select(Job.columns).where(Job.project_id == project_id).order_by(Job.id))
+        names: dict[str, None] = {}
+        for (columns,) in rows:
+            names.update(dict.fromkeys(c for c in columns or [] if isinstance(c, str)))
+    return list(names)
 
 
 def _filled_columns():
@@ -112,6 +128,7 @@ def _filled_columns():
         Output.width.is_not(None),
         Output.height.is_not(None),
         Output.tags != "[]",
+        JobItem.id.is_not(None),
     )
 
 
@@ -146,9 +163,20 @@ def metadata_order(chosen: list[Member]) -> list[Member]:
     return [*lead.values(), *(m for m in chosen if m.output_id not in lead)]
 
 
-def metadata_line(name: str, output: Output, generation_id: int, prompt_id, status: str, graph: str | None) -> str:
+def metadata_line(
+    name: str,
+    output: Output,
+    generation_id: int,
+    prompt_id,
+    status: str,
+    graph: str | None,
+    params: dict | None = None,
+    param_names: list[str] = (),
+) -> str:
     """One line of metadata.jsonl; `graph` is the generation's graph as the database keeps
-    it (JSON text: passed on as is, not decoded and encoded again for every file)."""
+    it (JSON text: passed on as is, not decoded and encoded again for every file).
+    A job's output carries its item's parameters, one column each (`6.text`); every line
+    has every parameter column, null where the file did not come from a job."""
     row = {
         "file_name": name,
         "prompt": output.prompt,
@@ -172,10 +200,14 @@ def metadata_line(name: str, output: Output, generation_id: int, prompt_id, stat
         # A string, not nested JSON: graphs differ in shape, and a column needs one type.
         "graph": graph if graph and graph != "null" else "",
     }
+    for column in param_names:
+        row[column] = (params or {}).get(column)
     return json.dumps(row, ensure_ascii=False) + "\n"
 
 
-async def metadata_lines(sessions: async_sessionmaker[AsyncSession], chosen: list[Member]) -> AsyncIterator[str]:
+async def metadata_lines(
+    sessions: async_sessionmaker[AsyncSession], chosen: list[Member], param_names: list[str] = ()
+) -> AsyncIterator[str]:
     """metadata.jsonl for these members, read from the database a batch at a time."""
     chosen = metadata_order(chosen)
     for start in range(0, len(chosen), METADATA_BATCH):
@@ -184,15 +216,23 @@ async def metadata_lines(sessions: async_sessionmaker[AsyncSession], chosen: lis
         async with sessions() as session:
             rows = (
                 await session.execute(
-                    select(Output, Generation.id, Generation.prompt_id, Generation.status, cast(Generation.graph, Text))
+                    select(
+                        Output,
+                        Generation.id,
+                        Generation.prompt_id,
+                        Generation.status,
+                        cast(Generation.graph, Text),
+                        JobItem.params,
+                    )
                     .join(Generation, Generation.id == Output.generation_id)
+                    .outerjoin(JobItem, JobItem.prompt_id == Generation.prompt_id)
                     .where(Output.id.in_(list(names)))
                 )
             ).all()
         by_id = {row[0].id: row for row in rows}
         for member in batch:
             if member.output_id in by_id:
-                yield metadata_line(member.name, *by_id[member.output_id])
+                yield metadata_line(member.name, *by_id[member.output_id], param_names)
 
 
 def file_chunks(path: Path) -> Iterator[bytes]:
@@ -206,7 +246,9 @@ def _stored():
     return zlib.compressobj(level=0, wbits=-zlib.MAX_WBITS)
 
 
-def zip_chunks(sessions, chosen: list[Member], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
+def zip_chunks(
+    sessions, chosen: list[Member], loop: asyncio.AbstractEventLoop, param_names: list[str] = ()
+) -> Iterator[bytes]:
     """The ZIP, as a blocking iterator: run it in a thread (Starlette does, for a response).
 
     The metadata is fetched from the database on the event loop, a batch at a time.
@@ -216,7 +258,7 @@ def zip_chunks(sessions, chosen: list[Member], loop: asyncio.AbstractEventLoop) 
     def members_iter():
         for m in chosen:
             yield m.name, m.mtime, 0o644, ZIP_64, file_chunks(m.path)
-        yield METADATA_NAME, datetime.now(UTC), 0o644, ZIP_64, _metadata_bytes(sessions, chosen, loop)
+        yield METADATA_NAME, datetime.now(UTC), 0o644, ZIP_64, _metadata_bytes(sessions, chosen, loop, param_names)
 
     return _coalesced(stream_zip(members_iter(), chunk_size=READ_CHUNK, get_compressobj=_stored))
 
@@ -235,8 +277,8 @@ def _coalesced(chunks: Iterator[bytes], size: int = SEND_CHUNK) -> Iterator[byte
         yield b"".join(parts)
 
 
-def _metadata_bytes(sessions, chosen: list[Member], loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
-    lines = metadata_lines(sessions, chosen).__aiter__()
+def _metadata_bytes(sessions, chosen: list[Member], loop: asyncio.AbstractEventLoop, param_names) -> Iterator[bytes]:
+    lines = metadata_lines(sessions, chosen, param_names).__aiter__()
     while True:
         future = asyncio.run_coroutine_threadsafe(_next_batch(lines), loop)
         batch = future.result()

@@ -118,7 +118,7 @@ async def run(
         out.mkdir(parents=True, exist_ok=True)
         (out / export.METADATA_NAME).unlink(missing_ok=True)  # --force over an earlier export
         placed, linked = _place_all(out, chosen, link)
-        await _write_metadata(sessions, out, placed)
+        await _write_metadata(sessions, out, placed, await export.param_columns(sessions, project_id, placed))
         return Written(len(placed), sum(m.size for m in placed), linked, project.deleted_code or project.code)
     finally:
         await engine.dispose()
@@ -182,10 +182,10 @@ def _place(out: Path, member: export.Member, link: bool) -> bool:
     return False
 
 
-async def _write_metadata(sessions, out: Path, placed: list[export.Member]) -> None:
+async def _write_metadata(sessions, out: Path, placed: list[export.Member], params: list[str]) -> None:
     partial = out / f".{export.METADATA_NAME}.partial"
     with open(partial, "w", encoding="utf-8") as f:
-        async for line in export.metadata_lines(sessions, placed):
+        async for line in export.metadata_lines(sessions, placed, params):
             f.write(line)
     os.replace(partial, out / export.METADATA_NAME)
 

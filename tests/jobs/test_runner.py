@@ -279,3 +279,32 @@ def test_two_workers_submit_every_item_exactly_once(pg_url, tmp_path):
 
 async def _unused():
     await asyncio.sleep(0)
+
+
+async def test_the_export_carries_each_items_parameters_as_columns(db_url, tmp_path):
+    import io
+    import zipfile
+
+    import datasets
+
+    async with hub(db_url, tmp_path) as c:
+        pid = await new_project(c, c.alice)
+        set_knobs(c.settings, await user_id(c, c.alice), pid, job_seconds=0)
+        grid = {"6.text": ["红", "绿"], "1.width": [16, 24, 32]}
+        jid = (await submit(c, pid, grid=grid)).json()["data"]["id"]
+        await until_state(c, pid, jid, "done", timeout=60)
+        # One file that no job made: its parameter columns are null.
+        out = c.settings.instance_dir(await user_id(c, c.alice), pid) / "output"
+        from tests.outputs.graphs import txt2img, write_png
+
+        write_png(out / "by_hand.png", txt2img("by hand"))
+        await c.post(f"/api/projects/{pid}/outputs/sync", headers=c.alice)
+        r = await c.post(f"/api/projects/{pid}/exports", json={}, headers=c.alice)
+        assert r.status_code == 200
+        folder = tmp_path / "export"
+        zipfile.ZipFile(io.BytesIO(r.content)).extractall(folder)
+        ds = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+        assert {"6.text", "1.width"} <= set(ds.column_names) and ds.num_rows == 7
+        rows = sorted((r["6.text"], r["1.width"], r["image"].size[0]) for r in ds if r["6.text"] is not None)
+        assert rows == sorted((t, w, w) for t in grid["6.text"] for w in grid["1.width"])
+        assert [r["6.text"] for r in ds if r["prompt"] == "by hand"] == [None]
