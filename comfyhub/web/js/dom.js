@@ -71,3 +71,25 @@ export function toast(message, kind = "info", extra = null) {
   const close = () => item.remove();
   setTimeout(close, kind === "error" ? 8000 : 4000);
 }
+
+/** Copy `text`: the Clipboard API, or a selected textarea inside `host` where it is refused
+ * (plain http, permissions). `host` should be inside any open modal: the page behind one is inert. */
+export async function copyText(text, host) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    const area = h("textarea", { class: "copy-buffer", readonly: true, "aria-hidden": "true" });
+    area.value = text;
+    host.append(area);
+    area.select();
+    let done = false;
+    try {
+      done = document.execCommand("copy");
+    } catch {
+      done = false;
+    }
+    area.remove();
+    return done;
+  }
+}

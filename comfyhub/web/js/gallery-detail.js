@@ -4,7 +4,7 @@
 
 import { del, get, put } from "./api.js";
 import { confirmDialog, modal } from "./dialogs.js";
-import { h, setText, show, toast } from "./dom.js";
+import { copyText, h, setText, show, toast } from "./dom.js";
 import { formatBytes, formatDateTime, parseTime } from "./format.js";
 import { MARK_WORDS, keptFor, outputUrl } from "./gallery-tile.js";
 
@@ -40,27 +40,6 @@ function facts(item) {
 function textBlock(title, text, className) {
   if (!text) return null;
   return h("section", { class: "detail-block" }, h("h3", { text: title }), h("p", { class: className, text }));
-}
-
-/** Copy `text`: the Clipboard API, or a selected textarea where it is refused (http, permissions). */
-async function copyText(text, host) {
-  try {
-    await navigator.clipboard.writeText(text);
-    return true;
-  } catch {
-    const area = h("textarea", { class: "copy-buffer", readonly: true, "aria-hidden": "true" });
-    area.value = text;
-    host.append(area); // inside the modal dialog: the page behind it is inert
-    area.select();
-    let ok = false;
-    try {
-      ok = document.execCommand("copy");
-    } catch {
-      ok = false;
-    }
-    area.remove();
-    return ok;
-  }
 }
 
 function graphBlock(graph) {

@@ -4,7 +4,7 @@
 
 import { del, get, post } from "./api.js";
 import { confirmDialog, modal } from "./dialogs.js";
-import { h, setText, show, toast } from "./dom.js";
+import { copyText, h, setText, show, toast } from "./dom.js";
 import { formatDateTime, parseTime } from "./format.js";
 import { clearErrors, formField, showErrors } from "./forms.js";
 
@@ -102,28 +102,6 @@ function revealBox() {
       copy.focus();
     },
   };
-}
-
-/** Copy `text`: the Clipboard API, or a selected textarea where it is refused (http,
- * permissions). The same as the gallery's; both could share one helper in dom.js. */
-async function copyText(text, host) {
-  try {
-    await navigator.clipboard.writeText(text);
-    return true;
-  } catch {
-    const area = h("textarea", { class: "copy-buffer", readonly: true, "aria-hidden": "true" });
-    area.value = text;
-    host.append(area); // inside the modal dialog: the page behind it is inert
-    area.select();
-    let done = false;
-    try {
-      done = document.execCommand("copy");
-    } catch {
-      done = false;
-    }
-    area.remove();
-    return done;
-  }
 }
 
 /** The table of the user's tokens, with 撤销 on each row. */
