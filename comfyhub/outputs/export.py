@@ -48,16 +48,7 @@ DEFAULT_MEDIA = "image"
 
 # The columns of metadata.jsonl, after `file_name`, in this order.
 COLUMNS = (
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "steps",
-    "cfg",
-    "sampler",
-    "scheduler",
-    "model",
-    "width",
-    "height",
+    *query.PARAMETERS,
     "mark",
     "tags",
     "note",
@@ -179,16 +170,7 @@ def metadata_line(
     has every parameter column, null where the file did not come from a job."""
     row = {
         "file_name": name,
-        "prompt": output.prompt,
-        "negative_prompt": output.negative_prompt,
-        "seed": output.seed,
-        "steps": output.steps,
-        "cfg": output.cfg,
-        "sampler": output.sampler,
-        "scheduler": output.scheduler,
-        "model": output.model,
-        "width": output.width,
-        "height": output.height,
+        **query.parameters(output),
         "mark": output.mark or "",
         "tags": json.loads(output.tags or "[]"),
         "note": output.note,

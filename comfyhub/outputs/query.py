@@ -74,6 +74,15 @@ def count(query: Select) -> Select:
     return select(func.count()).select_from(query.with_only_columns(Output.id).order_by(None).subquery())
 
 
+# What each output records of the generation that made it (read from its graph and file):
+# the gallery shows these, and the export makes a column of each.
+PARAMETERS = ("prompt", "negative_prompt", "seed", "steps", "cfg", "sampler", "scheduler", "model", "width", "height")
+
+
+def parameters(output: Output) -> dict:
+    return {name: getattr(output, name) for name in PARAMETERS}
+
+
 def item_view(output: Output, status: str, prompt_id: str | None) -> dict:
     """One output as the API shows it."""
     return {
@@ -90,17 +99,8 @@ def item_view(output: Output, status: str, prompt_id: str | None) -> dict:
         "mark": output.mark,
         "tags": json.loads(output.tags or "[]"),
         "note": output.note,
-        "width": output.width,
-        "height": output.height,
         "size": output.size,
-        "prompt": output.prompt,
-        "negative_prompt": output.negative_prompt,
-        "seed": output.seed,
-        "steps": output.steps,
-        "cfg": output.cfg,
-        "sampler": output.sampler,
-        "scheduler": output.scheduler,
-        "model": output.model,
+        **parameters(output),
         "deleted_at": _iso(output.deleted_at),
     }
 

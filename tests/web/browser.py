@@ -201,3 +201,26 @@ async def screenshot(page: Page, name: str) -> None:
     if SCREENSHOTS:
         IMG_DIR.mkdir(parents=True, exist_ok=True)
         await page.screenshot(path=str(IMG_DIR / name))
+
+
+async def mount_view(page: Page, module: str, render: str, me: str, project_id: int | None = None) -> dict:
+    """Render one view into a bare page of the hub's origin, keeping its dispose function in
+    `window.__dispose`. Returns the listeners the bare page had before (Playwright's own among
+    them), once no timer is pending. Needs the probe (`browse(probe=True)`)."""
+    await page.route(
+        "**/bare",
+        lambda route: route.fulfill(
+            content_type="text/html", body='<!doctype html><meta charset="utf-8"><body><div id="toasts"></div>'
+        ),
+    )
+    await page.goto("/bare")
+    await page.wait_for_function("window.__probe.state().timers.length === 0")
+    before = (await page.evaluate("window.__probe.state()"))["listeners"]
+    project = f", projectId: {project_id}" if project_id is not None else ""
+    await page.evaluate(f"""async () => {{
+        const view = await import("/static/js/{module}.js");
+        const main = document.createElement("main");
+        document.body.append(main);
+        window.__dispose = view.{render}(main, {{ me: {me}, meta: {{ list_refresh_seconds: 1 }}{project} }});
+    }}""")
+    return before

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.web.browser import ADMIN_PASSWORD, LAPTOP, PHONE, card, login, new_project, screenshot
+from tests.web.browser import ADMIN_PASSWORD, LAPTOP, PHONE, card, login, mount_view, new_project, screenshot
 from tests.web.outputs import by_name, output_dir, outputs, sync, user_id, write_file, write_png
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
@@ -358,22 +358,7 @@ async def test_the_gallery_view_leaves_no_timers_or_listeners(hub, browse):
     _context, page = await browse(LAPTOP, probe=True)
     await login(page, "mei")
     me = await page.evaluate("fetch('/api/auth/me').then((r) => r.json()).then((j) => j.data.id)")
-    await page.route(
-        "**/bare",
-        lambda route: route.fulfill(
-            content_type="text/html", body='<!doctype html><meta charset="utf-8"><body><div id="toasts"></div>'
-        ),
-    )
-    await page.goto("/bare")
-    await page.wait_for_function("window.__probe.state().timers.length === 0")
-    before = (await page.evaluate("window.__probe.state()"))["listeners"]
-    await page.evaluate(f"""async () => {{
-        const view = await import("/static/js/gallery.js");
-        const main = document.createElement("main");
-        document.body.append(main);
-        window.__dispose = view.renderGallery(main, {{
-            me: {{ id: {me}, is_admin: false }}, meta: {{ list_refresh_seconds: 1 }}, projectId: {project_id} }});
-    }}""")
+    before = await mount_view(page, "gallery", "renderGallery", f"{{ id: {me}, is_admin: false }}", project_id)
     await expect(tiles(page)).to_have_count(3)
     await page.wait_for_event("request", lambda r: "/outputs?" in r.url)  # it polls
     await page.get_by_role("search", name="筛选产出").get_by_label("搜索").fill("猫")  # a typing pause timer

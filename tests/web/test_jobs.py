@@ -29,6 +29,7 @@ from tests.web.browser import (
     SCREENSHOTS,
     card,
     login,
+    mount_view,
     new_project,
     screenshot,
 )
@@ -467,22 +468,7 @@ async def test_the_jobs_view_leaves_no_timers_or_listeners(hub, browse):
     await login(page, "pia")
     me = await page.evaluate("fetch('/api/auth/me').then((r) => r.json()).then((j) => j.data.id)")
     await fake_api(page, pid, [fake_job(7, "running", 3)])
-    await page.route(
-        "**/bare",
-        lambda route: route.fulfill(
-            content_type="text/html", body='<!doctype html><meta charset="utf-8"><body><div id="toasts"></div>'
-        ),
-    )
-    await page.goto("/bare")
-    await page.wait_for_function("window.__probe.state().timers.length === 0")
-    before = (await page.evaluate("window.__probe.state()"))["listeners"]
-    await page.evaluate(f"""async () => {{
-        const view = await import("/static/js/jobs.js");
-        const main = document.createElement("main");
-        document.body.append(main);
-        window.__dispose = view.renderJobs(main, {{
-            me: {{ id: {me}, is_admin: false }}, meta: {{ list_refresh_seconds: 1 }}, projectId: {pid} }});
-    }}""")
+    before = await mount_view(page, "jobs", "renderJobs", f"{{ id: {me}, is_admin: false }}", pid)
     await expect(job_card(page, 7)).to_be_visible()
     await page.wait_for_event("request", lambda r: r.url.endswith(f"/projects/{pid}/jobs"))  # it polls
     await job_card(page, 7).get_by_role("button", name="查看各项").click()

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import Page, expect
 
-from tests.web.browser import ADMIN_PASSWORD, LIST_REFRESH_SECONDS, badge, card, login, new_project
+from tests.web.browser import ADMIN_PASSWORD, LIST_REFRESH_SECONDS, badge, card, login, mount_view, new_project
 
 pytestmark = pytest.mark.asyncio(loop_scope="package")
 
@@ -136,26 +136,6 @@ async def test_a_hidden_tab_polls_nothing_and_refreshes_at_once_when_shown(hub, 
 # --- what a view or a dialog starts ends with it ----------------------------------------------
 
 
-async def _mount(page: Page, module: str, render: str, me: str) -> dict:
-    """Render one view into a bare page of the hub's origin, keeping its dispose function.
-    Returns the listeners the bare page had before (Playwright's own among them)."""
-    await page.route(
-        "**/bare",
-        lambda route: route.fulfill(
-            content_type="text/html", body='<!doctype html><meta charset="utf-8"><body><div id="toasts"></div>'
-        ),
-    )
-    await page.goto("/bare")
-    before = await quiet(page)
-    await page.evaluate(f"""async () => {{
-        const view = await import("/static/js/{module}.js");
-        const main = document.createElement("main");
-        document.body.append(main);
-        window.__dispose = view.{render}(main, {{ me: {me}, meta: {{ list_refresh_seconds: 1 }} }});
-    }}""")
-    return before
-
-
 async def test_views_and_dialogs_leave_no_timers_or_listeners_behind(hub, browse):
     _context, page = await browse(probe=True)
     await login(page, "hana")
@@ -166,7 +146,7 @@ async def test_views_and_dialogs_leave_no_timers_or_listeners_behind(hub, browse
     logs = []
     page.on("request", lambda r: logs.append(r.url) if "/comfy_log" in r.url else None)
 
-    before = await _mount(page, "workbench", "renderWorkbench", f"{{ id: {me}, is_admin: false }}")
+    before = await mount_view(page, "workbench", "renderWorkbench", f"{{ id: {me}, is_admin: false }}")
     await expect(card(page, 9001)).to_be_visible()
     running = (await page.evaluate("window.__probe.state()"))["listeners"]
     assert running.get("document:visibilitychange"), running
@@ -190,7 +170,7 @@ async def test_views_and_dialogs_leave_no_timers_or_listeners_behind(hub, browse
 
     # The admin page too (its lists answered by the test: only what it schedules matters).
     await page.route("**/api/admin/**", lambda route: route.fulfill(**envelope([])))
-    before = await _mount(page, "admin", "renderAdmin", "{ id: 1, is_admin: true }")
+    before = await mount_view(page, "admin", "renderAdmin", "{ id: 1, is_admin: true }")
     await expect(page.locator("#admin-services")).to_contain_text("共 0 个")
     assert (await page.evaluate("window.__probe.state()"))["listeners"] != before
     await page.evaluate("window.__dispose()")
