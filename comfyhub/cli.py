@@ -203,6 +203,8 @@ def cmd_services(args) -> int:
             _print_table(_events_table(reversed(await manager.events(args.limit))))
             return 0
         finally:
+            await manager.outputs.wait_idle()  # the scan after a stop: what the last pull missed
+            await manager.outputs.close()
             await manager.health.aclose()
             await engine.dispose()
 

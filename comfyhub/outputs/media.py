@@ -57,6 +57,9 @@ class FileFacts:
     width: int | None = None
     height: int | None = None
     graph: dict | None = None
+    # The prompt id comfyhub gave the prompt (job items carry it in a `comfyhub` chunk):
+    # a file found without its history entry can still be tied to its prompt.
+    prompt_id: str | None = None
 
 
 def file_facts(path: Path) -> FileFacts:
@@ -93,8 +96,11 @@ def _read_png(f, facts: FileFacts) -> None:
             key, value = _text_chunk(kind, data)
             if key:
                 texts[key] = value
-    graph = _json_object(texts.get("prompt"))
-    facts.graph = graph
+    facts.graph = _json_object(texts.get("prompt"))
+    ours = _json_object(texts.get("comfyhub")) or {}
+    prompt_id = ours.get("prompt_id")
+    if isinstance(prompt_id, str) and 0 < len(prompt_id) <= 64:
+        facts.prompt_id = prompt_id
 
 
 def _text_chunk(kind: bytes, data: bytes) -> tuple[str, str]:

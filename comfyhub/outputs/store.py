@@ -86,12 +86,16 @@ class OutputStore:
         self.sessions = sessions
 
     async def known_prompts(self, project_id: int, prompt_ids: Sequence[str]) -> set[str]:
+        """Which of these prompts are on record from the history (a record made from a
+        file is not complete: its history entry, if it turns up, completes it)."""
         if not prompt_ids:
             return set()
         async with self.sessions() as session:
             rows = await session.execute(
                 select(Generation.prompt_id).where(
-                    Generation.project_id == project_id, Generation.prompt_id.in_(list(prompt_ids))
+                    Generation.project_id == project_id,
+                    Generation.prompt_id.in_(list(prompt_ids)),
+                    Generation.source == "history",
                 )
             )
             return {r[0] for r in rows}
@@ -148,11 +152,47 @@ class OutputStore:
             stmt = _insert(session, Generation).on_conflict_do_nothing(index_elements=["project_id", "prompt_id"])
             inserted = await session.execute(stmt.returning(Generation.id, Generation.prompt_id), rows)
             new_ids = {prompt_id: gid for gid, prompt_id in inserted}
+            # A prompt first known from its file (its history was lost, then turned up, or a
+            # job item's file): the history entry completes that record.
+            upgraded = await self._complete_file_records(
+                session, project_id, [f for f in batch if f.prompt_id not in new_ids]
+            )
+            new_ids.update(upgraded)
             files = [(f, ref) for f in batch if f.prompt_id in new_ids for ref in f.files]
             if files:
                 await self._add_files(session, project_id, user_id, files, new_ids, facts, params)
             await session.commit()
-            return len(new_ids)
+            return len(new_ids) - len(upgraded)
+
+    async def _complete_file_records(self, session, project_id: int, finished: Sequence[Finished]) -> dict[str, int]:
+        if not finished:
+            return {}
+        by_prompt = {f.prompt_id: f for f in finished}
+        rows = await session.execute(
+            select(Generation.id, Generation.prompt_id).where(
+                Generation.project_id == project_id,
+                Generation.source == "file",
+                Generation.prompt_id.in_(list(by_prompt)),
+            )
+        )
+        done = {}
+        for gid, prompt_id in rows:
+            f = by_prompt[prompt_id]
+            await session.execute(
+                update(Generation)
+                .where(Generation.id == gid)
+                .values(
+                    source="history",
+                    status=f.status,
+                    number=f.number,
+                    started_at=f.started_at,
+                    finished_at=f.finished_at,
+                    graph=f.graph,
+                    error=f.error,
+                )
+            )
+            done[prompt_id] = gid
+        return done
 
     async def _add_files(self, session, project_id, user_id, files, gen_ids, facts, params) -> None:
         out_rows = []
@@ -196,37 +236,41 @@ class OutputStore:
 
     async def _record_files_batch(self, project_id, user_id, batch: Sequence[FoundFile]) -> int:
         async with self.sessions() as session:
-            gen_rows = [
-                {
-                    "project_id": project_id,
-                    "user_id": user_id,
-                    "prompt_id": None,
-                    "number": None,
-                    "status": "success",
-                    "source": "file",
-                    "started_at": None,
-                    "finished_at": datetime.fromtimestamp(item.facts.mtime, UTC),
-                    "graph": item.facts.graph,
-                    "error": "",
-                    "created_at": utcnow(),
-                }
-                for item in batch
-            ]
-            result = await session.execute(
-                _insert(session, Generation).returning(Generation.id, sort_by_parameter_order=True), gen_rows
-            )
-            gen_ids = [r[0] for r in result]
+            # A file that names its prompt (job items do) joins that prompt's record if there
+            # is one, or makes one under that prompt id; any other file gets a record of its own.
+            named = {f.facts.prompt_id for f in batch if f.facts.prompt_id}
+            known = await self._generation_ids(session, project_id, named)
+            keys, rows = [], {}
+            for i, item in enumerate(batch):
+                prompt_id = item.facts.prompt_id
+                key = (
+                    ("known", known[prompt_id])
+                    if prompt_id in known
+                    else ("prompt", prompt_id)
+                    if prompt_id
+                    else ("file", i)
+                )
+                keys.append(key)
+                if key[0] != "known" and key not in rows:
+                    rows[key] = self._file_generation(project_id, user_id, item, prompt_id)
+            ids = {("known", gid): gid for gid in known.values()}
+            if rows:
+                result = await session.execute(
+                    _insert(session, Generation).returning(Generation.id, sort_by_parameter_order=True),
+                    list(rows.values()),
+                )
+                ids.update(zip(rows, (r[0] for r in result), strict=True))
             out_rows = [
                 _output_row(
                     project_id,
                     user_id,
-                    gid,
+                    ids[key],
                     item.ref,
                     item.facts,
                     params_of(item.facts.graph),
                     datetime.fromtimestamp(item.facts.mtime, UTC),
                 )
-                for gid, item in zip(gen_ids, batch, strict=True)
+                for key, item in zip(keys, batch, strict=True)
             ]
             stmt = _insert(session, Output).on_conflict_do_nothing(
                 index_elements=["project_id", "type", "subfolder", "filename"]
@@ -236,6 +280,32 @@ class OutputStore:
                 await self._drop_empty_file_records(session, project_id)  # lost a race: keep no empty record
             await session.commit()
             return inserted
+
+    @staticmethod
+    def _file_generation(project_id: int, user_id: int, item: FoundFile, prompt_id: str | None) -> dict:
+        return {
+            "project_id": project_id,
+            "user_id": user_id,
+            "prompt_id": prompt_id,
+            "number": None,
+            "status": "success",  # it wrote a file; the history that would say more is gone
+            "source": "file",
+            "started_at": None,
+            "finished_at": datetime.fromtimestamp(item.facts.mtime, UTC),
+            "graph": item.facts.graph,
+            "error": "",
+            "created_at": utcnow(),
+        }
+
+    async def _generation_ids(self, session, project_id: int, prompt_ids) -> dict[str, int]:
+        if not prompt_ids:
+            return {}
+        rows = await session.execute(
+            select(Generation.prompt_id, Generation.id).where(
+                Generation.project_id == project_id, Generation.prompt_id.in_(list(prompt_ids))
+            )
+        )
+        return dict(rows.all())
 
     async def _drop_empty_file_records(self, session, project_id: int) -> None:
         # Our own bookkeeping rows, never user data: a `file` record whose file went to a history record.
