@@ -331,6 +331,7 @@ def print_result(res: dict) -> None:
 def render(res: dict) -> str:
     m, a, r = res["machine"], res["accept"], res["run"]
     rss = r["rss_mb"]
+    counts = ", ".join(f"{n:,} {state}" for state, n in r["counts"].items() if n or state in ("done", "failed"))
 
     def v(met: bool) -> str:
         return "met" if met else "**missed**"
@@ -366,8 +367,8 @@ def render(res: dict) -> str:
         "",
         f"(2) One job of {r['items']:,} items after a 40-item warm-up on the same instance (already online): "
         f"{r['elapsed_s']} s from `POST` to `done` ({r['items_per_s']} items/s; ComfyUI's execution alone "
-        f"{r['executing_s']} s, {r['ideal_s']} s ideal). Counts at the end: {r['counts']}; every item ran "
-        f"exactly once (the fake's execution log): {r['each_item_ran_once']}. RSS of the serve process "
+        f"{r['executing_s']} s, {r['ideal_s']} s nominal). At the end: {counts}; every item ran exactly once "
+        f"(the fake's execution log): {'yes' if r['each_item_ran_once'] else '**no**'}. RSS of the serve process "
         f"(psutil, every 100 ms, {rss['samples']} samples): {rss['before']:.1f} MB before, peak "
         f"{rss['peak']:.1f} MB, {rss['after']:.1f} MB after. Overhead from the fake's execution log "
         "(started/finished per prompt): *wall* = (last finish − first start − Σ execution) / items; *gap* = "
