@@ -1,4 +1,5 @@
-"""The `comfyhub` command: serve, user create, doctor, services list|stop|events, outputs export."""
+"""The `comfyhub` command: serve, user create, doctor, services list|stop|events, outputs export,
+jobs submit|watch."""
 
 from __future__ import annotations
 
@@ -278,6 +279,53 @@ def cmd_outputs_export(args) -> int:
     return folder_export.main(_settings(), args)
 
 
+def cmd_jobs(args) -> int:
+    # A client of a running comfyhub's API (COMFYHUB_URL, COMFYHUB_TOKEN): no settings, no database.
+    from comfyhub.remote import submit_command, watch_command
+
+    return submit_command(args) if args.jobs_command == "submit" else watch_command(args)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return value
+
+
+def _add_jobs(sub) -> None:
+    jobs = sub.add_parser(
+        "jobs", help="批量生成 on a running comfyhub (COMFYHUB_URL, default http://127.0.0.1:8000; COMFYHUB_TOKEN)"
+    )
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    submit = jobs_sub.add_parser("submit", help="submit a workflow over a table or grid of parameters")
+    submit.add_argument("project_id", type=int)
+    submit.add_argument("workflow", type=Path, help="the workflow, saved with ComfyUI's Export (API)")
+    submit.add_argument(
+        "params",
+        type=Path,
+        nargs="?",
+        help='.csv (header: 6.text,3.seed…), .jsonl (an object a line) or .json (a list of rows, or {"grid": {...}})',
+    )
+    submit.add_argument("--name", help="the job's name (default 批量生成)")
+    submit.add_argument("--repeat", type=int, metavar="N", help="run each row N times in a row")
+    submit.add_argument("--seed-field", metavar="NODE.INPUT", help="set this input on every item, e.g. 3.seed")
+    submit.add_argument("--seed-mode", choices=("random", "increment"), help="default increment")
+    submit.add_argument("--seed-start", type=int, metavar="N", help="the first seed in increment mode (default 0)")
+    submit.add_argument("--max-retries", type=int, metavar="N", help="tries again of an item ComfyUI fails")
+    submit.add_argument("--watch", action="store_true", help="then follow it like `comfyhub jobs watch`")
+    submit.add_argument(
+        "--interval", type=_positive, default=1.0, help="seconds between polls with --watch (default 1)"
+    )
+    submit.set_defaults(func=cmd_jobs)
+    watch = jobs_sub.add_parser(
+        "watch", help="a job's progress until it ends: exit 0 all done, 3 some items failed, 4 failed or cancelled"
+    )
+    watch.add_argument("job_id", type=int)
+    watch.add_argument("--interval", type=_positive, default=1.0, help="seconds between polls (default 1)")
+    watch.set_defaults(func=cmd_jobs)
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 
@@ -340,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_export_arguments(export)
     export.set_defaults(func=cmd_outputs_export)
+    _add_jobs(sub)
     return parser
 
 

@@ -4,7 +4,8 @@ The layers, top to bottom (docs/architecture.md explains each):
 
     cli                                  the `comfyhub` command
     app | doctor | comfyui_install       what the command runs: the web app, the checks,
-                                         the ComfyUI installer (siblings, independent)
+      | remote                           the ComfyUI installer, the client of a running
+                                         comfyhub's API (siblings, independent)
     api | proxy                          the two front doors: /api routes, /comfy/ gateway
                                          (siblings, independent)
     auth, security                       who is asking: passwords, sessions, the token and
@@ -30,6 +31,11 @@ CLI that must work without the web app. Where the other modules go, and why:
   `services` keeps logins out of the lifecycle.
 - `doctor` and `comfyui_install` are imported by the CLI only, and use services (the GPU
   picker), so they sit with `app`, one below the CLI.
+- `remote` (`comfyhub jobs submit|watch`) talks to a running comfyhub over HTTP, as any
+  script would: a tool of the CLI, not part of the server. It sits with `app` and the
+  other tools and imports nothing of comfyhub, so it can never reach the database or
+  the server's code behind the API's back (in `jobs` it would sit among the runner's
+  modules, above `services`, free to import them).
 - `metrics` is a plain Prometheus registry that the app, the services and the proxy all
   write to, so it is a foundation.
 - `migrations/` is run by Alembic from its path, never imported: nothing may import it,
@@ -68,7 +74,7 @@ PACKAGE = ROOT / "comfyhub"
 
 LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import each other)
     ({"cli"}, False),
-    ({"app", "doctor", "comfyui_install"}, True),
+    ({"app", "doctor", "comfyui_install", "remote"}, True),
     ({"api", "proxy"}, True),
     ({"auth", "security"}, False),
     ({"jobs"}, False),

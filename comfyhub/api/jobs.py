@@ -278,3 +278,27 @@ async def list_items(
             ],
         }
     )
+
+
+# --- /api/jobs/{job_id}: a job by its id alone --------------------------------------------
+#
+# `comfyhub jobs watch JOB_ID` knows only the job. The routes above stay nested under their
+# project; this one answers the same view to whoever may read the job's project (its owner,
+# or an admin), and 404 to anyone else, so that job ids reveal nothing. `router` is rebound
+# to a parent of both, so that the API includes it as before.
+
+_project_jobs = router
+router = APIRouter(tags=["jobs"])
+router.include_router(_project_jobs)
+
+
+@router.get("/jobs/{job_id}", summary="任务详情（只凭任务 ID）：各状态数量、速度、预计剩余时间")
+async def get_job_by_id(job_id: JobId, user: CurrentUser, db: DbSession):
+    job = await db.get(Job, job_id)
+    if job is None:
+        raise ApiError(404, JOB_NOT_FOUND)
+    try:
+        await load_project(db, job.project_id, user)
+    except ApiError:
+        raise ApiError(404, JOB_NOT_FOUND) from None
+    return envelope(await job_view(db, job))

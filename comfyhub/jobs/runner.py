@@ -33,6 +33,7 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.config import Settings
+from comfyhub.jobs.listen import QueueListeners
 from comfyhub.jobs.params import apply
 from comfyhub.jobs.store import JobStore
 from comfyhub.models import ItemState, Job, JobItem, JobState, ServiceStatus, utcnow
@@ -75,6 +76,8 @@ class JobRunner:
         self._tried: dict[int, float] = {}  # project → when a start was last asked for
         self._task: asyncio.Task | None = None
         self.wake = asyncio.Event()
+        # A tick at once when a ComfyUI finishes a prompt, not at the next poll (listen.py).
+        self.listeners = QueueListeners(self.wake)
 
     # --- lifespan ------------------------------------------------------------------------
 
@@ -86,6 +89,7 @@ class JobRunner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.listeners.close()
         if self.leading:
             with contextlib.suppress(Exception):
                 await self.lease.release()
@@ -94,14 +98,18 @@ class JobRunner:
     async def run(self) -> None:
         while True:
             busy = False
+            # Cleared before the tick, not after: a wake that comes during the tick (a prompt
+            # finished, a job submitted) runs the next tick at once instead of being lost.
+            self.wake.clear()
             try:
                 if await self._hold_lease():
                     busy = await self.tick()
+                else:
+                    self.listeners.keep_only(())
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 — a database hiccup must not end the runner
                 log.warning("job runner tick failed; retrying", exc_info=True)
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), ACTIVE_TICK if busy else IDLE_TICK)
 
@@ -118,6 +126,7 @@ class JobRunner:
     async def tick(self) -> bool:
         """Advance every project with live jobs, each in its own task; True if any."""
         projects = await self.store.live_projects()
+        self.listeners.keep_only(projects)
         if projects:
             await asyncio.gather(*(self._bounded(pid) for pid in projects))
         return bool(projects)
@@ -140,6 +149,7 @@ class JobRunner:
             return
         self.manager.touch(project_id)  # a job in progress is activity: never culled
         instance = Instance.of(record)
+        self.listeners.follow(project_id, instance.host, instance.port, instance.run)
         flying = await self._follow(project_id, instance)
         for job in jobs:
             if flying >= self.depth:
