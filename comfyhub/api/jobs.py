@@ -7,7 +7,7 @@ against the workflow) and created with all its items in one transaction, or not 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -147,14 +147,35 @@ async def _job(db, project_id: int, job_id: int) -> Job:
     return job
 
 
+RATE_WINDOW = timedelta(minutes=2)
+
+
+async def _rate(db, job: Job, done: int) -> float:
+    """Items per second while the job runs: measured over the items finished in the last
+    two minutes, so a pause or an instance restart earlier does not drag it down; a
+    finished job's rate is over its whole run."""
+    if job.finished_at is not None or job.state not in (JobState.QUEUED, JobState.RUNNING):
+        elapsed = ((job.finished_at or datetime.now(UTC)) - (job.started_at or job.created_at)).total_seconds()
+        return done / elapsed if done and elapsed > 0 else 0.0
+    n, first, last = (
+        await db.execute(
+            select(func.count(), func.min(JobItem.finished_at), func.max(JobItem.finished_at)).where(
+                JobItem.job_id == job.id,
+                JobItem.state == ItemState.DONE,
+                JobItem.finished_at >= datetime.now(UTC) - RATE_WINDOW,
+            )
+        )
+    ).one()
+    if n >= 2 and last > first:
+        return (n - 1) / (last - first).total_seconds()
+    return 0.0
+
+
 async def job_view(db, job: Job) -> dict:
     rows = await db.execute(select(JobItem.state, func.count()).where(JobItem.job_id == job.id).group_by(JobItem.state))
     found = dict(rows.all())
     counts = {s.value: int(found.get(s.value, 0)) for s in ItemState}
-    now = datetime.now(UTC)
-    since = job.started_at or job.created_at
-    elapsed = max((now if job.finished_at is None else job.finished_at) - since, job.created_at - job.created_at)
-    rate = counts["done"] / elapsed.total_seconds() if counts["done"] and elapsed.total_seconds() > 0 else 0.0
+    rate = await _rate(db, job, counts["done"])
     left = counts["pending"] + counts["running"]
     live = job.state in (JobState.QUEUED, JobState.RUNNING)
     return {

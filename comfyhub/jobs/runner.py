@@ -226,6 +226,9 @@ class JobRunner:
         outcomes = await self.store.outcomes(project_id, [i.prompt_id for i in items])
         jobs = {j.id: j for j in await self.store.jobs_of(project_id, list(JobState))} if items else {}
         still, unknown = 0, []
+        orphans = [i for i in items if i.prompt_id not in outcomes and i.run != instance.run]
+        if orphans:
+            outcomes |= await self._outcomes_on_disk(project_id, instance.user_id, orphans)
         for item in items:
             if item.prompt_id in outcomes:
                 await self._settle(item, jobs[item.job_id], *outcomes[item.prompt_id])
@@ -266,11 +269,21 @@ class JobRunner:
             return
         outcomes = await self.store.outcomes(project_id, [i.prompt_id for i in items])
         jobs = {j.id: j for j in await self.store.jobs_of(project_id, list(JobState))}
+        unknown = [i for i in items if i.prompt_id not in outcomes]
+        if unknown:
+            outcomes |= await self._outcomes_on_disk(project_id, jobs[unknown[0].job_id].user_id, unknown)
         for item in items:
             if item.prompt_id in outcomes:
                 await self._settle(item, jobs[item.job_id], *outcomes[item.prompt_id])
             elif record is None or record.status != ServiceStatus.STARTING or item.run != record.generation:
                 await self._lost(item, LOST)
+
+    async def _outcomes_on_disk(self, project_id: int, user_id: int, items: list[JobItem]) -> dict:
+        """Outcomes of items whose instance died, from the files it wrote: each job PNG names
+        its prompt id, so a file written just before the crash marks its item done instead
+        of running it again. Scanning records what it finds (as the output sync would)."""
+        await self.manager.outputs.scan(project_id, user_id)
+        return await self.store.outcomes(project_id, [i.prompt_id for i in items])
 
     async def _queued_ids(self, instance: Instance) -> set[str]:
         queue = await self.client.get_json(instance.host, instance.port, "/queue")
@@ -309,7 +322,11 @@ class JobRunner:
             "prompt_id": item.prompt_id,
             "client_id": f"comfyhub-job-{job.id}",
             # Also written into each PNG: the file alone tells which job and item made it.
-            "extra_data": {"extra_pnginfo": {"comfyhub": {"job": job.id, "item": item.idx, "params": item.params}}},
+            "extra_data": {
+                "extra_pnginfo": {
+                    "comfyhub": {"job": job.id, "item": item.idx, "prompt_id": item.prompt_id, "params": item.params}
+                }
+            },
         }
         try:
             status, answer = await self.client.post_json(instance.host, instance.port, "/prompt", body)
