@@ -247,7 +247,18 @@ class Output(Base):
 
     __tablename__ = "outputs"
     __table_args__ = (
-        Index("uq_outputs_file", "project_id", "type", "subfolder", "filename", unique=True),
+        # One live row per file; deleted rows (in the trash) keep their names but not the key,
+        # so ComfyUI reusing a deleted file's name makes a new output.
+        Index(
+            "uq_outputs_file",
+            "project_id",
+            "type",
+            "subfolder",
+            "filename",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL"),
+        ),
         # The gallery's order: newest first, within one project.
         Index("ix_outputs_project_created", "project_id", "created_at", "id"),
         # The gallery itself (what is not in the trash): its pages and its count read only this.
@@ -329,6 +340,8 @@ class Job(Base):
     total: Mapped[int] = mapped_column(Integer)
     max_retries: Mapped[int] = mapped_column(Integer, default=2)
     detail: Mapped[str] = mapped_column(String(255), default="")  # why paused or failed, in words
+    # When the job was created or last resumed: a stop of its instance after this pauses it.
+    resumed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

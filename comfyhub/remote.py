@@ -87,7 +87,7 @@ class Hub:
         if data is not None:
             request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as reply:
+            with _OPENER.open(request, timeout=self.timeout) as reply:
                 envelope = _envelope(reply.read())
         except urllib.error.HTTPError as exc:
             raise self._refusal(exc.code, _envelope(exc.read())) from None
@@ -345,3 +345,14 @@ def _duration(seconds: float) -> str:
 def _fail(exc: RemoteError) -> int:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"comfyhub: {exc.message}", markup=False)
     return exc.exit_code
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as the error it is: following it would send the token to
+    wherever it points (urllib keeps the Authorization header across hosts)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)

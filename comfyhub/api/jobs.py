@@ -25,6 +25,7 @@ from comfyhub.models import Generation, ItemState, Job, JobItem, JobState, Outpu
 router = APIRouter(prefix="/projects/{project_id}/jobs", tags=["jobs"])
 
 JOB_NOT_FOUND = "任务不存在"
+TOO_LARGE = "请求体过大（工作流与参数表合计最多 32 MB）"
 MAX_BODY = 32 << 20  # a workflow plus 100,000 rows of parameters fits well within this
 JobId = Annotated[int, Path(ge=1, le=MAX_ID, description="任务 ID")]
 
@@ -56,45 +57,83 @@ def _refused(exc: ParamsError) -> ApiError:
 
 
 async def _body(request: Request) -> JobIn:
-    """The job from JSON, or from a multipart form with `workflow` and `params` files."""
+    """The job from JSON, or from a multipart form with `workflow` and `params` files.
+
+    Bodies are read with a running cap (MAX_BODY): a chunked request has no length to
+    check up front, and an uploaded file may be of any size."""
+    declared = request.headers.get("content-length") or "0"
+    if not declared.isdigit() or int(declared) > MAX_BODY:
+        raise ApiError(413, TOO_LARGE)
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
-        form = await request.form(max_files=2, max_fields=10, max_part_size=MAX_BODY)
-        fields: dict[str, Any] = {}
-        for key in ("name", "repeat", "max_retries"):
-            if form.get(key) not in (None, ""):
-                fields[key] = form[key]
-        workflow = form.get("workflow")
-        params = form.get("params")
-        try:
-            raw = await workflow.read() if hasattr(workflow, "read") else (workflow or "")
-            fields["workflow"] = json.loads(raw or "null")
-        except ValueError:
-            raise ApiError(422, "工作流文件不是有效的 JSON") from None
-        if params is not None and hasattr(params, "read"):
-            text = (await params.read()).decode("utf-8-sig", errors="replace")
-            name = (params.filename or "").lower()
-            fields["jsonl" if name.endswith((".jsonl", ".ndjson")) else "csv"] = text
-        for key in ("repeat", "max_retries"):
-            if key in fields:
-                try:
-                    fields[key] = int(fields[key])
-                except ValueError:
-                    raise ApiError(422, f"{key} 必须是整数") from None
-        try:
-            return JobIn.model_validate(fields)
-        except Exception as exc:  # noqa: BLE001 — pydantic's error, said in one Chinese line
-            raise ApiError(422, f"请求参数无效：{_first_error(exc)}") from None
-    if int(request.headers.get("content-length") or 0) > MAX_BODY:
-        raise ApiError(413, "请求体过大")
+        return await _form_body(request)
+    raw = await _capped(request.stream())
+    return _job_in(_json(raw, "请求参数无效：JSON 格式错误"))
+
+
+async def _capped(chunks) -> bytes:
+    body, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ApiError(413, TOO_LARGE)
+        body.append(chunk)
+    return b"".join(body)
+
+
+def _json(raw: bytes | str, refusal: str):
     try:
-        data = await request.json()
-    except ValueError:
-        raise ApiError(422, "请求参数无效：JSON 格式错误") from None
+        return json.loads(raw or "null")
+    except (ValueError, RecursionError):
+        raise ApiError(422, refusal) from None
+
+
+def _job_in(data) -> JobIn:
     try:
-        return JobIn.model_validate(data)
-    except Exception as exc:  # noqa: BLE001
+        job = JobIn.model_validate(data)
+    except Exception as exc:  # noqa: BLE001 — pydantic's error, said in one Chinese line
         raise ApiError(422, f"请求参数无效：{_first_error(exc)}") from None
+    try:
+        json.dumps(job.workflow, allow_nan=False)  # NaN or Infinity: no database stores it as JSON
+    except (ValueError, RecursionError):
+        raise ApiError(422, "工作流中有无效的数值（NaN 或 Infinity）") from None
+    return job
+
+
+async def _form_body(request: Request) -> JobIn:
+    form = await request.form(max_files=2, max_fields=10, max_part_size=1 << 20)
+    fields: dict[str, Any] = {}
+    for key in ("name", "repeat", "max_retries"):
+        value = form.get(key)
+        if isinstance(value, str) and value != "":
+            fields[key] = value
+        elif value not in (None, ""):
+            raise ApiError(422, f"{key} 必须是文本字段，不能是文件")
+    workflow, params = form.get("workflow"), form.get("params")
+    raw = await _upload(workflow) if hasattr(workflow, "read") else (workflow or "")
+    fields["workflow"] = _json(raw, "工作流文件不是有效的 JSON")
+    if params is not None and hasattr(params, "read"):
+        text = (await _upload(params)).decode("utf-8-sig", errors="replace")
+        name = (params.filename or "").lower()
+        fields["jsonl" if name.endswith((".jsonl", ".ndjson")) else "csv"] = text
+    for key in ("repeat", "max_retries"):
+        if key in fields:
+            try:
+                fields[key] = int(fields[key])
+            except ValueError:
+                raise ApiError(422, f"{key} 必须是整数") from None
+    return _job_in(fields)
+
+
+async def _upload(upload) -> bytes:
+    if upload.size is not None and upload.size > MAX_BODY:
+        raise ApiError(413, TOO_LARGE)
+    return await _capped(_pieces(upload))
+
+
+async def _pieces(upload):
+    while chunk := await upload.read(1 << 20):
+        yield chunk
 
 
 def _first_error(exc: Exception) -> str:
@@ -257,7 +296,7 @@ async def list_items(
     user: CurrentUser,
     db: DbSession,
     limit: int = Query(100, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=10_000_000),
     state: Annotated[Literal["pending", "running", "done", "failed", "cancelled"] | None, Query()] = None,
 ):
     await load_project(db, project_id, user)

@@ -8,7 +8,7 @@ it reads comfyhub's tables and the files on disk, never the instance.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query
@@ -49,8 +49,10 @@ def parse_when(value: str | None, field: str, end: bool = False) -> datetime | N
     if value is None or value == "":
         return None
     try:
-        return filters.parse_when(value, end)
-    except ValueError:
+        when = filters.parse_when(value, end)
+        when.astimezone(UTC)  # a time near year 1 or 9999 with an offset overflows
+        return when
+    except (ValueError, OverflowError):
         raise field_error(422, field, f"{field} 必须是日期（如 2026-12-01）或 ISO 时间") from None
 
 

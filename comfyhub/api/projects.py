@@ -5,19 +5,31 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from comfyhub.api.deps import CurrentUser, DbSession, Manager, ProjectId
 from comfyhub.api.errors import FORBIDDEN, PROJECT_NOT_FOUND, ApiError, envelope, field_error
 from comfyhub.api.schemas import ProjectCreate, ProjectUpdate
 from comfyhub.api.views import open_view, project_view, service_view
-from comfyhub.models import ComfyUIService, Output, Project, ServiceStatus, User, utcnow
+from comfyhub.models import (
+    ComfyUIService,
+    ItemState,
+    Job,
+    JobItem,
+    JobState,
+    Output,
+    Project,
+    ServiceStatus,
+    User,
+    utcnow,
+)
 from comfyhub.reasons import Reason
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
 CODE_TAKEN = "项目号已存在"
+LIVE_OR_PAUSED = (JobState.QUEUED, JobState.RUNNING, JobState.PAUSED)
 MAX_LOG_LINES = 2000
 
 
@@ -123,6 +135,18 @@ async def delete_project(project_id: ProjectId, user: CurrentUser, db: DbSession
     ).scalar_one()
     project.deleted_at = utcnow()
     project.deleted_code = project.code
+    # Its jobs end here: nothing may start an instance for a deleted project.
+    live = select(Job.id).where(Job.project_id == project_id, Job.state.in_(LIVE_OR_PAUSED))
+    await db.execute(
+        update(JobItem)
+        .where(JobItem.job_id.in_(live), JobItem.state == ItemState.PENDING)
+        .values(state=ItemState.CANCELLED)
+    )
+    await db.execute(
+        update(Job)
+        .where(Job.project_id == project_id, Job.state.in_(LIVE_OR_PAUSED))
+        .values(state=JobState.CANCELLED, detail="项目已删除", finished_at=utcnow())
+    )
     project.code = tombstone(project.id)  # frees the code for a new project
     await db.commit()
     msg = (

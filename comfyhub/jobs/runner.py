@@ -144,8 +144,9 @@ class JobRunner:
         record = await self.manager.get(project_id)
         status = record.status if record else None
         if status != ServiceStatus.ONLINE:
-            await self._instance_down(jobs, record)
             await self._settle_lost_runs(project_id, record)
+            await self._close_finished(project_id)
+            await self._instance_down(await self.store.jobs_of(project_id, (JobState.QUEUED, JobState.RUNNING)), record)
             return
         self.manager.touch(project_id)  # a job in progress is activity: never culled
         instance = Instance.of(record)
@@ -162,8 +163,8 @@ class JobRunner:
     async def _instance_down(self, jobs: list[Job], record) -> None:
         """Start the instance, or pause the jobs when its user stopped it or it cannot start.
 
-        A job resumed after that stop or failure (its row changed later than the record)
-        starts the instance again instead.
+        A job created or resumed after that stop or failure (its `resumed_at` is later than
+        the record's last change) starts the instance again instead.
         """
         status = record.status if record else None
         if status == ServiceStatus.STARTING or not jobs:
@@ -178,7 +179,7 @@ class JobRunner:
         elif status == ServiceStatus.FAILED and record.reason != Reason.INTERRUPTED:
             held = START_FAILED.format(why=(record.last_error or "").split("\n")[0][:120])
         if held is not None:
-            resumed = [j for j in jobs if j.updated_at > record.updated_at]
+            resumed = [j for j in jobs if j.resumed_at > record.updated_at]
             await self._pause([j for j in jobs if j not in resumed], held)
             jobs = resumed
         if jobs:
@@ -195,6 +196,9 @@ class JobRunner:
                 project = await self._project(job.project_id)
                 await self.manager.ensure(job.user_id, project, actor=f"job:{job.id}")
             except ServiceError as exc:
+                if exc.status == 404:  # the project was deleted meanwhile
+                    await self.store.set_state(job.id, JobState.CANCELLED, "项目已删除")
+                    return
                 state = JobState.RUNNING if exc.status == 429 else JobState.PAUSED
                 why = WAITING_FOR_SLOT.format(why=exc.msg) if exc.status == 429 else START_FAILED.format(why=exc.msg)
                 await self.store.set_state(job.id, state, why, only_from=(JobState.QUEUED, JobState.RUNNING))
@@ -221,30 +225,31 @@ class JobRunner:
         items = await self.store.in_flight(project_id)
         if not items:
             return 0
-        with contextlib.suppress(InstanceUnreachable):
+        # ComfyUI moves a prompt from its queue to its history in one step: reading the queue
+        # *before* the history means an item in neither really is lost, never just finished.
+        stale = [i for i in items if i.run == instance.run and utcnow() - i.submitted_at > LOST_AFTER]
+        queued = await self._queued_ids(instance) if stale else set()
+        try:
             await self.manager.outputs.pull(instance)
+        except InstanceUnreachable:
+            pass
+        except Exception:  # noqa: BLE001 — a bad history entry must not stall the jobs
+            log.warning("project %s: history pull failed", project_id, exc_info=True)
         outcomes = await self.store.outcomes(project_id, [i.prompt_id for i in items])
-        jobs = {j.id: j for j in await self.store.jobs_of(project_id, list(JobState))} if items else {}
-        still, unknown = 0, []
         orphans = [i for i in items if i.prompt_id not in outcomes and i.run != instance.run]
         if orphans:
             outcomes |= await self._outcomes_on_disk(project_id, instance.user_id, orphans)
+        jobs = await self.store.jobs_by_id({i.job_id for i in items})
+        still = 0
         for item in items:
             if item.prompt_id in outcomes:
                 await self._settle(item, jobs[item.job_id], *outcomes[item.prompt_id])
             elif item.run != instance.run:
                 await self._lost(item, LOST)
-            elif utcnow() - item.submitted_at > LOST_AFTER:
-                unknown.append(item)
+            elif item in stale and item.prompt_id not in queued:
+                await self._lost(item, NEVER_ARRIVED)
             else:
                 still += 1
-        if unknown:
-            queued = await self._queued_ids(instance)
-            for item in unknown:
-                if item.prompt_id in queued:
-                    still += 1
-                else:
-                    await self._lost(item, NEVER_ARRIVED)
         return still
 
     async def _settle(self, item: JobItem, job: Job, status: str, error: str) -> None:
@@ -263,20 +268,27 @@ class JobRunner:
 
     async def _settle_lost_runs(self, project_id: int, record) -> None:
         """Instance down: items it had are looked up in the records (the last pull before
-        a stop may have them), the rest go back to pending."""
+        a stop may have them) and in its files, the rest go back to pending.
+
+        Only when its run is really gone: an instance marked offline because it did not
+        answer a health check may still be executing them (its process is kept, same run)."""
         items = await self.store.in_flight(project_id)
         if not items:
             return
         outcomes = await self.store.outcomes(project_id, [i.prompt_id for i in items])
-        jobs = {j.id: j for j in await self.store.jobs_of(project_id, list(JobState))}
-        unknown = [i for i in items if i.prompt_id not in outcomes]
-        if unknown:
-            outcomes |= await self._outcomes_on_disk(project_id, jobs[unknown[0].job_id].user_id, unknown)
+        jobs = await self.store.jobs_by_id({i.job_id for i in items})
+        gone = [i for i in items if i.prompt_id not in outcomes and _run_gone(record, i)]
+        if gone:
+            outcomes |= await self._outcomes_on_disk(project_id, jobs[gone[0].job_id].user_id, gone)
+        stopped = record is not None and record.status == ServiceStatus.STOPPED
         for item in items:
             if item.prompt_id in outcomes:
                 await self._settle(item, jobs[item.job_id], *outcomes[item.prompt_id])
-            elif record is None or record.status != ServiceStatus.STARTING or item.run != record.generation:
-                await self._lost(item, LOST)
+            elif _run_gone(record, item):
+                if stopped:  # stopped on purpose (a user, an admin): not the item's fault
+                    await self.store.resubmit(item, LOST, counted=False)
+                else:
+                    await self._lost(item, LOST)
 
     async def _outcomes_on_disk(self, project_id: int, user_id: int, items: list[JobItem]) -> dict:
         """Outcomes of items whose instance died, from the files it wrote: each job PNG names
@@ -359,3 +371,12 @@ def refusal_text(answer, status: int) -> str:
                     text += f"：{errors[0].get('message', '')} {errors[0].get('details', '')}".rstrip()
             return text[:500] or f"HTTP {status}"
     return f"ComfyUI 拒绝了该项（HTTP {status}）"
+
+
+def _run_gone(record, item: JobItem) -> bool:
+    """Whether the instance run that had `item` has ended (its process is gone)."""
+    if record is None or record.generation != item.run:
+        return True
+    if record.status in (ServiceStatus.STOPPED, ServiceStatus.FAILED):
+        return True
+    return record.status == ServiceStatus.OFFLINE and record.pid is None

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import defer
 
 from comfyhub.models import Generation, ItemState, Job, JobItem, JobState, utcnow
 
@@ -90,6 +91,14 @@ class JobStore:
             )
             return list(rows.scalars())
 
+    async def jobs_by_id(self, ids) -> dict[int, Job]:
+        """These jobs, without their workflows (not needed to settle items)."""
+        if not ids:
+            return {}
+        async with self.sessions() as session:
+            rows = await session.execute(select(Job).options(defer(Job.workflow)).where(Job.id.in_(list(ids))))
+            return {j.id: j for j in rows.scalars()}
+
     async def in_flight(self, project_id: int) -> list[JobItem]:
         async with self.sessions() as session:
             rows = await session.execute(
@@ -150,9 +159,11 @@ class JobStore:
         """Back to pending after a ComfyUI error (counted against the job's retries)."""
         return await self._move(item, ItemState.PENDING, error=error, retries=JobItem.retries + 1)
 
-    async def resubmit(self, item: JobItem, why: str) -> bool:
-        """Back to pending: its instance lost it (a crash, a stop), or it never arrived."""
-        return await self._move(item, ItemState.PENDING, error=why, resubmits=JobItem.resubmits + 1)
+    async def resubmit(self, item: JobItem, why: str, counted: bool = True) -> bool:
+        """Back to pending: its instance lost it (a crash, a stop), or it never arrived.
+        `counted`: whether it counts against the item (a crash may be the item's doing)."""
+        values = {"resubmits": JobItem.resubmits + 1} if counted else {}
+        return await self._move(item, ItemState.PENDING, error=why, **values)
 
     async def _move(self, item: JobItem, state: ItemState, **values) -> bool:
         async with self.sessions() as session:
@@ -174,6 +185,8 @@ class JobStore:
             values["finished_at"] = utcnow()
         if state == JobState.RUNNING:
             values["finished_at"] = None
+        if state == JobState.RUNNING and only_from is not None and JobState.PAUSED in only_from:
+            values["resumed_at"] = utcnow()  # a resume: a stop of the instance before now no longer holds it
         async with self.sessions() as session:
             stmt = update(Job).where(Job.id == job_id)
             if only_from is not None:

@@ -62,7 +62,10 @@ async def annotate(
 
 
 async def trash(session: AsyncSession, settings: Settings, outputs: Sequence[Output]) -> int:
-    """Move these outputs' files to the trash and mark them deleted; returns how many."""
+    """Move these outputs' files to the trash and mark them deleted; returns how many.
+
+    Each output is committed on its own: a file that cannot be moved (permissions) is
+    skipped, and those moved before it are never left live without their trash path."""
     done = 0
     for output in outputs:
         if output.deleted_at is not None:
@@ -78,9 +81,11 @@ async def trash(session: AsyncSession, settings: Settings, outputs: Sequence[Out
             if not exc.missing:
                 continue  # a path leading outside its folder is never moved, only reported
             output.trash_path = ""  # already gone from disk: only the record goes
+        except OSError:
+            continue  # cannot be moved (permissions, a full disk): left as it is
         output.deleted_at = utcnow()
+        await session.commit()
         done += 1
-    await session.commit()
     return done
 
 
@@ -88,6 +93,17 @@ async def restore(session: AsyncSession, settings: Settings, output: Output) -> 
     """Bring a deleted output back. Raises FileExistsError when its place is taken."""
     if output.deleted_at is None:
         return
+    taken = await session.execute(
+        select(Output.id).where(
+            Output.project_id == output.project_id,
+            Output.type == output.type,
+            Output.subfolder == output.subfolder,
+            Output.filename == output.filename,
+            Output.deleted_at.is_(None),
+        )
+    )
+    if taken.first() is not None:
+        raise FileExistsError(output.filename)  # a newer output holds the name now
     if output.trash_path:
         await asyncio.to_thread(
             files.restore_from_trash,

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Text, cast, select
+from sqlalchemy import Text, and_, cast, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.config import Settings
@@ -91,11 +92,19 @@ async def members(settings: Settings, sessions: async_sessionmaker[AsyncSession]
     async with sessions() as session:
         stmt = (
             query.matching(project_id, export_filter(flt))
-            .outerjoin(JobItem, JobItem.prompt_id == Generation.prompt_id)
+            .outerjoin(JobItem, _item_of(project_id))
             .with_only_columns(Output.id, Output.user_id, Output.subfolder, Output.filename, *_filled_columns())
         )
         rows = (await session.execute(stmt.order_by(Output.created_at, Output.id))).all()
     return await asyncio.to_thread(_checked, settings, project_id, rows)
+
+
+def _item_of(project_id):
+    """Join condition: the job item (of this project's jobs) that a generation ran."""
+    return and_(
+        JobItem.prompt_id == Generation.prompt_id,
+        JobItem.job_id.in_(select(Job.id).where(Job.project_id == project_id)),
+    )
 
 
 async def param_columns(sessions: async_sessionmaker[AsyncSession], project_id: int, chosen: list[Member]) -> list[str]:
@@ -207,7 +216,7 @@ async def metadata_lines(
                         JobItem.params,
                     )
                     .join(Generation, Generation.id == Output.generation_id)
-                    .outerjoin(JobItem, JobItem.prompt_id == Generation.prompt_id)
+                    .outerjoin(JobItem, _item_of(Generation.project_id))
                     .where(Output.id.in_(list(names)))
                 )
             ).all()
@@ -218,7 +227,8 @@ async def metadata_lines(
 
 
 def file_chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
+    # The path was checked when the export began; a file swapped for a link since is not followed.
+    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
         while chunk := f.read(READ_CHUNK):
             yield chunk
 

@@ -9,6 +9,7 @@ custom nodes, so nothing here trusts their shape: anything odd yields empty fiel
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 # Sampler nodes, core and common: their inputs name the parameters users filter by.
@@ -126,6 +127,8 @@ def _text_behind(graph: dict, link, depth: int = 0) -> str:
 def _int(value) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     value = int(value)
     # Kept in a signed 64-bit column; ComfyUI allows seeds up to 2**64-1.
     return value if -(2**63) <= value < 2**63 else None
@@ -134,7 +137,7 @@ def _int(value) -> int | None:
 def _float(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    return float(value) if math.isfinite(value) else None
 
 
 def _str(value) -> str:

@@ -10,6 +10,7 @@ checked, and anything malformed is skipped rather than trusted.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
@@ -64,11 +65,25 @@ def parse_entry(prompt_id, entry) -> Finished | None:
     number = graph = None
     if isinstance(prompt, list) and len(prompt) >= 3:
         number = prompt[0] if isinstance(prompt[0], int | float) and not isinstance(prompt[0], bool) else None
-        graph = prompt[2] if isinstance(prompt[2], dict) else None
+        graph = finite(prompt[2]) if isinstance(prompt[2], dict) else None
     finished = Finished(prompt_id=prompt_id, status="success", number=number, graph=graph)
     _read_status(entry.get("status"), finished)
     finished.files = list(_files(entry.get("outputs")))
     return finished
+
+
+def finite(value, depth: int = 0):
+    """`value` with every NaN and ±Infinity made None: ComfyUI's JSON may carry them (a
+    float input), and PostgreSQL refuses them in a JSON column."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth > 64:
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v, depth + 1) for v in value]
+    return value
 
 
 def _read_status(status, finished: Finished) -> None:

@@ -16,6 +16,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from comfyhub.outputs.history import finite
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A text chunk larger than this is not metadata we can use (a graph is a few hundred KB).
 _MAX_TEXT_CHUNK = 32 << 20
@@ -128,9 +130,9 @@ def _json_object(text: str | None) -> dict | None:
         return None
     try:
         value = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    return finite(value) if isinstance(value, dict) else None
 
 
 def _read_image_size(path: Path, facts: FileFacts) -> None:

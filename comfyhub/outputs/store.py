@@ -18,12 +18,17 @@ from datetime import UTC, datetime
 
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.models import Generation, Output, utcnow
 from comfyhub.outputs.graph import Params, params_of
 from comfyhub.outputs.history import FileRef, Finished
 from comfyhub.outputs.media import FileFacts, media_type
+
+# The key of a live output row (the partial unique index uq_outputs_file).
+OUTPUT_KEY = ["project_id", "type", "subfolder", "filename"]
+LIVE = Output.deleted_at.is_(None)
 
 # Rows per statement: big enough to amortise a round trip, small enough to keep each
 # transaction (and SQLite's write lock) short.
@@ -101,13 +106,14 @@ class OutputStore:
             return {r[0] for r in rows}
 
     async def known_files(self, project_id: int, names: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of these (subfolder, filename) are on record for the project, deleted ones included."""
+        """Which of these (subfolder, filename) are live outputs of the project (a deleted
+        output's file is in the trash: a file found under its name is a new one)."""
         if not names:
             return set()
         async with self.sessions() as session:
             rows = await session.execute(
                 select(Output.subfolder, Output.filename).where(
-                    Output.project_id == project_id, Output.filename.in_({n for _, n in names})
+                    Output.project_id == project_id, Output.filename.in_({n for _, n in names}), LIVE
                 )
             )
             return {(r[0], r[1]) for r in rows} & set(names)
@@ -202,9 +208,7 @@ class OutputStore:
             out_rows.append(
                 _output_row(project_id, user_id, gen_ids[finished.prompt_id], ref, f, p, _when(finished, f))
             )
-        stmt = _insert(session, Output).on_conflict_do_nothing(
-            index_elements=["project_id", "type", "subfolder", "filename"]
-        )
+        stmt = _insert(session, Output).on_conflict_do_nothing(index_elements=OUTPUT_KEY, index_where=LIVE)
         inserted = await session.execute(stmt.returning(Output.subfolder, Output.filename), out_rows)
         taken = {(s, n) for s, n in inserted}
         # Files already on record from their own metadata: the history entry takes them over.
@@ -218,6 +222,7 @@ class OutputStore:
                     Output.type == row["type"],
                     Output.subfolder == row["subfolder"],
                     Output.filename == row["filename"],
+                    LIVE,
                     Output.generation_id.in_(
                         select(Generation.id).where(Generation.project_id == project_id, Generation.source == "file")
                     ),
@@ -231,7 +236,12 @@ class OutputStore:
         found = list(found)
         new = 0
         for start in range(0, len(found), BATCH):
-            new += await self._record_files_batch(project_id, user_id, found[start : start + BATCH])
+            batch = found[start : start + BATCH]
+            try:
+                new += await self._record_files_batch(project_id, user_id, batch)
+            except IntegrityError:
+                # Another scan recorded one of these prompts meanwhile: once more, it is known now.
+                new += await self._record_files_batch(project_id, user_id, batch)
         return new
 
     async def _record_files_batch(self, project_id, user_id, batch: Sequence[FoundFile]) -> int:
@@ -272,9 +282,7 @@ class OutputStore:
                 )
                 for key, item in zip(keys, batch, strict=True)
             ]
-            stmt = _insert(session, Output).on_conflict_do_nothing(
-                index_elements=["project_id", "type", "subfolder", "filename"]
-            )
+            stmt = _insert(session, Output).on_conflict_do_nothing(index_elements=OUTPUT_KEY, index_where=LIVE)
             inserted = len((await session.execute(stmt.returning(Output.id), out_rows)).all())
             if inserted < len(out_rows):
                 await self._drop_empty_file_records(session, project_id)  # lost a race: keep no empty record

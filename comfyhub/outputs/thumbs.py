@@ -24,9 +24,18 @@ def ensure_thumb(cache_dir: Path, project_id: int, output_id: int, source: Path)
     target = thumb_path(cache_dir, project_id, output_id, source)
     if target.is_file():
         return target
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return _make(source, target)
+    except Image.DecompressionBombError as exc:
+        raise ValueError("image too large for a thumbnail") from exc
+
+
+def _make(source: Path, target: Path) -> Path:
+    from PIL import Image, ImageOps
+
     with Image.open(source) as image:
         image.draft("RGB", (THUMB_SIZE, THUMB_SIZE))  # JPEG: decode at a reduced scale
         image = ImageOps.exif_transpose(image)

@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.config import Settings
 from comfyhub.launchers import Launcher, make_launcher
+from comfyhub.messages import PROJECT_NOT_FOUND
 from comfyhub.metrics import Metrics
 from comfyhub.models import ComfyUIService, Event, Project, ServiceStatus
 from comfyhub.outputs.client import InstanceUnreachable
@@ -174,12 +175,15 @@ class ServiceManager:
 
         `record`: the project's record when the caller loaded it along with the project
         (None: it has none), so the reuse path costs no second query.
-        Raises ServiceError 403 for anyone but the owner (before anything starts), 429
+        Raises ServiceError 403 for anyone but the owner (before anything starts), 404 for
+        a deleted project, 429
         over COMFYUI_MAX_INSTANCES(_PER_USER), 503 when ComfyUI is not configured or no
         port is free. A start that fails returns the record `failed` with `last_error`.
         """
         if project.owner_user_id != user_id:
             raise ServiceError(403, FORBIDDEN)
+        if project.deleted_at is not None:
+            raise ServiceError(404, PROJECT_NOT_FOUND)
         if record is False:
             record = await self.get(project.id)
         if record is not None and record.user_id != user_id:

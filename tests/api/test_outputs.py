@@ -221,3 +221,19 @@ async def test_generations_list_includes_records_without_files(client, settings,
     r = await client.get(f"/api/projects/{pid}/generations", headers=alice)
     (gen,) = r.json()["data"]
     assert gen["source"] == "file" and gen["status"] == "success" and json.dumps(gen)
+
+
+async def test_a_new_file_under_a_deleted_outputs_name_is_a_new_output(client, settings, alice):
+    # ComfyUI numbers a new file after the highest one it sees: deleting the newest output
+    # makes the next generation reuse its name.
+    pid, out = await project_with_outputs(client, settings, alice, n=2)
+    newest = (await items(client, alice, pid))["items"][0]
+    assert (await client.delete(f"/api/projects/{pid}/outputs/{newest['id']}", headers=alice)).status_code == 200
+    write_png(out / newest["filename"], txt2img("a new one", seed=77))
+    r = await client.post(f"/api/projects/{pid}/outputs/sync", headers=alice)
+    assert r.json()["data"]["new"] == 1
+    live = (await items(client, alice, pid))["items"]
+    assert [i["prompt"] for i in live if i["filename"] == newest["filename"]] == ["a new one"]
+    r = await client.post(f"/api/projects/{pid}/outputs/{newest['id']}/restore", headers=alice)
+    assert r.status_code == 409 and r.json()["msg"]  # the name is taken by the new output
+    assert (await items(client, alice, pid, deleted="true"))["items"][0]["id"] == newest["id"]
