@@ -105,7 +105,7 @@ async def test_killed_instance_goes_offline_then_restarts(client, alice, manager
     assert second["pid"] != first["pid"] and pid_alive(second["pid"])
 
 
-async def test_heartbeat_loop_marks_offline_by_itself(db_url, tmp_path, alice):
+async def test_heartbeat_loop_marks_offline_by_itself(db_url, tmp_path):
     async with running_app(db_url, tmp_path / "hb", users=("hb-user",), comfyui_heartbeat_interval_seconds=0.2) as c:
         h = c.headers_of["hb-user"]
         pid = await new_project(c, h, "HB-1")
