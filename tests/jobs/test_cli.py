@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from comfyhub.remote import RemoteError, exit_code, read_params, summary
+from tests.support.comfy import kill_instances
 from tests.support.hub import LiveHub, create_project
 from tests.support.net import free_port
 
@@ -68,6 +69,7 @@ def hub(tmp_path_factory):
         yield Hub(server, pid, token["token"], token["id"], root)
     finally:
         server.stop()
+        kill_instances(root)  # the serve leaves its instances running, by design
 
 
 def comfyhub(*args, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:

@@ -42,6 +42,16 @@ def instance_processes(base_dir: Path | str) -> list[psutil.Process]:
     return found
 
 
+def kill_instances(work: Path | str) -> None:
+    """The backend keeps instances running when it exits (by design): end those started under `work`."""
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(work) in arg for arg in proc.info["cmdline"] or []):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
 def system_argv(port: int) -> list[str] | None:
     """The argv an instance reports, asked directly (not through comfyhub)."""
     try:

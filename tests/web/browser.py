@@ -10,10 +10,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 from playwright.async_api import Browser, Page, expect
 
 from tests.conftest import ROOT
+from tests.support.comfy import kill_instances  # noqa: F401 — the web tests end their hub with it
 from tests.support.hub import fake_comfyui_env
 from tests.support.server import LiveServer
 
@@ -144,16 +144,6 @@ def hub_env(work: Path) -> dict[str, str]:
         "COMFYUI_MAX_INSTANCES": "0",
         "COMFYUI_IDLE_TIMEOUT_SECONDS": "0",
     }
-
-
-def kill_instances(work: Path) -> None:
-    """The backend keeps instances running when it exits (by design): end ours."""
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(work) in arg for arg in proc.info["cmdline"] or []):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
 
 
 class Errors(list):
