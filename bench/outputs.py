@@ -758,7 +758,8 @@ def run() -> dict:
         result["thumbs"] = measure_thumbs(ws)
     result["wall_s"] = round(time.monotonic() - t_start, 1)
     parts = [result[p] for p in ("page_sqlite", "page_postgresql", "export", "thumbs")]
-    parts += [result["sync"][k] for k in ("sqlite", "postgresql")]
+    # comfyhub freezes what exists at start-up (app.py), so the frozen rounds are the server's case.
+    parts += [result["sync"][k] for k in ("sqlite_frozen", "postgresql_frozen")]
     result["met"] = all(p["met"] for p in parts)
     result["checks_ok"] = result["export"]["archive_ok"] and all(
         set(result["sync"][k]["outputs"]) == {HISTORY} and result["sync"][k]["second_stored"] == 0
@@ -814,11 +815,11 @@ def render(r: dict) -> str:
             f"| {p['ratio']:.2f}× | ≤ {TARGET_PAGE_MS:g} ms | {verdict(p['met'])} |"
         )
     for kind, label in KINDS:
-        s = sy[kind]
+        s = sy[kind + "_frozen"]
         lines.append(
-            f"| (2) sync: `OutputSync.pull` of {HISTORY:,} new history entries, {label} "
-            f"| {s['pull_s'] * 1000:.0f} ms; longest loop stall {s['stall_ms']:.1f} ms (median of "
-            f"{SYNC_ROUNDS} rounds; after gc.freeze(): {sy[kind + '_frozen']['stall_ms']:.1f} ms) "
+            f"| (2) sync: `OutputSync.pull` of {HISTORY:,} new history entries, {label}, start-up objects frozen "
+            f"as the server does | {s['pull_s'] * 1000:.0f} ms; longest loop stall {s['stall_ms']:.1f} ms (median of "
+            f"{SYNC_ROUNDS} rounds; without the freeze: {sy[kind]['stall_ms']:.1f} ms) "
             f"| reading the same pages only: {s['read_only_s'] * 1000:.0f} ms "
             f"| {s['ratio']:.2f}× | ≤ {TARGET_SYNC_S:g} s, no stall > {TARGET_STALL_MS:g} ms | {verdict(s['met'])} |"
         )
