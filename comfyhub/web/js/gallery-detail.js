@@ -121,8 +121,12 @@ export function openDetail({ projectId, id, list, canEdit, trashDays, within, on
         content);
 
       const indexOf = () => list().findIndex((x) => x.id === currentId);
+      // The list as last seen non-empty: a filter change empties the view's list while it
+      // reloads, and a delete at that moment still moves on to a neighbour.
+      let seen = [];
       function syncNav() {
         const items = list();
+        if (items.length) seen = items.slice();
         const at = indexOf();
         prev.disabled = at <= 0;
         next.disabled = at < 0 || at >= items.length - 1;
@@ -196,9 +200,9 @@ export function openDetail({ projectId, id, list, canEdit, trashDays, within, on
         });
         if (!ok || scope.disposed) return;
         const gone = item.id;
-        const items = list();
-        const at = indexOf();
-        const neighbour = items[at + 1] || items[at - 1] || null;
+        const items = list().length ? list() : seen;
+        const at = items.findIndex((x) => x.id === gone);
+        const neighbour = at >= 0 ? items[at + 1] || items[at - 1] || null : null;
         try {
           const answer = await del(outputUrl(projectId, gone), { envelope: true });
           toast(answer.msg || "已删除", "success");
