@@ -6,7 +6,6 @@ with a digest of the graph: each item's graph differs, so the log counts how man
 times each item ran.
 """
 
-import asyncio
 import json
 import os
 import signal
@@ -275,10 +274,6 @@ def test_two_workers_submit_every_item_exactly_once(pg_url, tmp_path):
         assert len(runs) == 30 and set(runs.values()) == {2}
     finally:
         hub.stop()
-
-
-async def _unused():
-    await asyncio.sleep(0)
 
 
 async def test_the_export_carries_each_items_parameters_as_columns(db_url, tmp_path):
