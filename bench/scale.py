@@ -70,6 +70,7 @@ HEALTH_TIMEOUT_S = 2.5
 RATE = 100  # calls per second offered
 SLICE_S = 5.0  # one heartbeat interval: each "on" slice holds one sweep
 PAIRS = 8  # slices of each kind, alternating, so that other load on the machine hits both alike
+AA = False  # --aa: the heartbeat paused in both kinds of slice, to see how the ratio varies by itself
 # Opens in flight at once. On PostgreSQL every start, queued ones too, holds a pooled
 # connection for its advisory lock: 32 at once emptied the pool (30) and the hub answered
 # 503 to everyone for 30 s. The hub's start cap (2) sets the pace anyway.
@@ -98,6 +99,7 @@ class _Watch:
     samples = 0
     offline: list[tuple[float, int]] = []  # (monotonic, project id) written offline
     collections: list[tuple[float, float, int]] = []  # (monotonic end, ms, objects left) of full GCs
+    stamps: list[tuple[float, float]] = []  # (start, end) of each heartbeat stamp write
     _gc_started = 0.0
 
 
@@ -156,6 +158,16 @@ def _instrument() -> None:
                 _Watch.offline.append((now, record.project_id))
         return hits
 
+    stamp = Records.stamp_heartbeats
+
+    async def timed_stamp(self, records, at):
+        t0 = time.monotonic()
+        try:
+            return await stamp(self, records, at)
+        finally:
+            _Watch.stamps.append((t0, time.monotonic()))
+
+    Records.stamp_heartbeats = timed_stamp
     startup = ServiceManager.startup
 
     async def startup_and_sample(self):
@@ -197,6 +209,7 @@ def hub_main(port: int) -> int:
             "samples": _Watch.samples,
             "offline": _Watch.offline,
             "collections": _Watch.collections,
+            "stamps": _Watch.stamps,
         }
 
     @app.post("/_bench/full_gc", include_in_schema=False)
@@ -204,7 +217,16 @@ def hub_main(port: int) -> int:
         """What one full collection costs now, and what it walks (not what gc.freeze covered)."""
         from collections import Counter
 
-        kinds = Counter(type(o).__name__ for o in gc.get_objects())
+        objects = gc.get_objects()
+        kinds = Counter(type(o).__name__ for o in objects)
+        lists = [o for o in objects if type(o) is list]
+        held_by = Counter(
+            type(r).__name__
+            for lst in lists[:3000]
+            for r in gc.get_referrers(lst)
+            if r is not objects and r is not lists
+        )
+        del objects, lists
         t0 = time.thread_time()
         gc.collect()
         return {
@@ -212,6 +234,7 @@ def hub_main(port: int) -> int:
             "objects": sum(kinds.values()),
             "frozen": gc.get_freeze_count(),
             "kinds": kinds.most_common(12),
+            "lists_held_by": held_by.most_common(6),
         }
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
@@ -413,7 +436,7 @@ async def latency_phase(hub: Hub, paths: list[str], method: str) -> dict:
     samples: dict[str, list[tuple[float, float, int]]] = {"on": [], "off": []}
     windows: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     for state in ("on", "off") * PAIRS:
-        await hub.heartbeat(state == "on")
+        await hub.heartbeat(state == "on" and not AA)
         if state == "off":
             await wait_quiet(hub)
         t0 = time.monotonic()
@@ -432,6 +455,7 @@ async def latency_phase(hub: Hub, paths: list[str], method: str) -> dict:
         }
     out["ratio_p99"] = round(out["on"]["p99_ms"] / out["off"]["p99_ms"], 3)
     out["windows"] = windows
+    out["samples"] = samples
     return out
 
 
@@ -479,6 +503,29 @@ def stall_summary(stats: dict, windows: dict[str, list[tuple[float, float]]]) ->
         "heartbeat_off": top(heartbeat_off),
         "full_gc_heartbeat_on": full_gcs(windows["on"]),
         "full_gc_heartbeat_off": full_gcs(windows["off"]),
+    }
+
+
+def tail_causes(rows: list, stats: dict) -> dict:
+    """Where the slowest 1 % of the calls made with the heartbeat running were sent: inside a
+    sweep, overlapping a stamp write, or neither (for the analysis in docs/benchmarks.md)."""
+    ok = sorted((lat, t0) for t0, lat, status in rows if status == 200)
+    tail = ok[-max(1, len(ok) // 100) :]
+    sweeps = [(s["start"], s["end"]) for s in stats["sweeps"]]
+    stamps = stats["stamps"]
+
+    def overlaps(t0, lat, spans):
+        return any(a <= t0 + lat and t0 <= b for a, b in spans)
+
+    in_sweep = [x for x in ok if overlaps(x[1], x[0], sweeps)]
+    return {
+        "tail_n": len(tail),
+        "tail_in_sweep": sum(1 for lat, t0 in tail if overlaps(t0, lat, sweeps)),
+        "tail_over_stamp": sum(1 for lat, t0 in tail if overlaps(t0, lat, stamps)),
+        "share_of_calls_in_sweep": round(len(in_sweep) / len(ok), 3) if ok else None,
+        "p50_in_sweep_ms": round(percentile([x[0] for x in in_sweep], 0.5) * 1000, 2) if in_sweep else None,
+        "p99_in_sweep_ms": round(percentile([x[0] for x in in_sweep], 0.99) * 1000, 2) if in_sweep else None,
+        "stamp_ms_max": round(max((b - a for a, b in stamps), default=0) * 1000, 1),
     }
 
 
@@ -552,8 +599,10 @@ async def drive(hub: Hub, n: int, seed: int) -> dict:
         "max_s": round(max(durations), 3) if durations else None,
     }
     out["stall_samples"] = stats["samples"]
+    out["tails"] = {k: tail_causes(out[k]["samples"]["on"], stats) for k in ("reuse", "proxied_get")}
     for rows in (out["reuse"], out["proxied_get"]):
         rows.pop("windows")
+        rows.pop("samples")
     out["services_before_kill"] = services
     return out
 
@@ -695,7 +744,7 @@ def render(r: dict) -> str:
     inst = r.get("instance_mb", {})
     lines = [
         begin_marker(r["db"]),
-        f"**{r['db']}, N = {r['instances']}** — measured {m['date']} on {m['nproc']} CPUs ({m['cpu']}), "
+        f"**{r['db']}, N = {r['instances']}**{' (A/A: the heartbeat paused in both columns)' if r.get('aa') else ''} — measured {m['date']} on {m['nproc']} CPUs ({m['cpu']}), "
         f"Python {m['python']}, comfyhub at `{m['commit']}`; load average at start {m['loadavg_at_start']}, at the "
         f"end {r['loadavg_at_end']}. "
         f"Heartbeat every {INTERVAL_S:g} s, health timeout {HEALTH_TIMEOUT_S:g} s, start cap "
@@ -774,12 +823,13 @@ def write_doc(r: dict) -> None:
 
 
 def main() -> int:
-    global PAIRS
+    global PAIRS, AA
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=1000)
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pairs", type=int, default=PAIRS, help="on/off slices of each kind (default %(default)s)")
+    parser.add_argument("--aa", action="store_true", help="pause the heartbeat in the 'on' slices too (A/A check)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     parser.add_argument("--hub", type=int, help=argparse.SUPPRESS)  # internal: run the hub on this port
@@ -789,16 +839,17 @@ def main() -> int:
         return hub_main(args.hub)
     clean_environment()
     _interrupt_on_signals()
-    PAIRS = args.pairs
+    PAIRS, AA = args.pairs, args.aa
     from comfyhub.config import Settings
 
     result = run(args.instances, args.db, args.seed)
     result["start_cap"] = Settings.model_fields["comfyui_max_concurrent_starts"].default
     result["verdicts"] = verdicts(result)
+    result["aa"] = AA
     print(render(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, ensure_ascii=False))
-    if not args.no_write:
+    if not args.no_write and not AA:
         write_doc(result)
     return 0
 

@@ -4,23 +4,33 @@ runs the automatic restarts that are due. Taking the lease reconciles first.
 
 A sweep must not be felt by the users of the same process, however many instances it
 checks (measured with a thousand: docs/benchmarks.md, "Scale"). So it never does one
-thing for every instance in a single event-loop turn:
+thing for every instance in a single event-loop turn, and keeps its load on the machine
+low while it runs:
 
 - records are read PAGE rows per query, as plain rows of the columns a sweep needs
   (records.SWEPT), not ORM objects: 16 µs instead of 26 to build, and 4.5 objects for
-  the garbage collector instead of 10 (a sweep holds them long enough to reach the
-  oldest generation, where they set off full collections and lengthen each one);
-- checks start a few at a time, PROBE_TICK_SECONDS apart (`_probe_all`), not all at
-  once: a thousand started together is a thousand callbacks in one loop turn, ahead of
-  every user's request, and a thousand answers arriving together is another;
-- only what changed is written: a record that passed its check and was already online
-  gets its `last_heartbeat` stamped in one batched statement (records.stamp_heartbeats),
-  which tells no listener; a change of status is written (and announced) as before.
+  the garbage collector instead of 10;
+- checks start a few at a time, PROBE_TICK_SECONDS apart, at least PROBES_PER_SECOND
+  (`_start_checks`): a thousand started together was a thousand callbacks in one loop
+  turn ahead of every user's request (100+ ms, measured), and a sweep at full speed took
+  a fifth of the machine from the users for its duration;
+- each page of records is settled as soon as its checks are done (`_settle`), and only
+  what changed is written: a change of status at once, record by record, and announced
+  as every write is; the records that passed their check and were already online only
+  get their `last_heartbeat` stamped, all together when the sweep ends, one statement per
+  HEARTBEAT_BATCH (records.stamp_heartbeats), which tells no listener.
 
-Sweeps start at a fixed rate, one interval apart whatever each took, and a healthy
-record's `last_heartbeat` is the start of the last sweep that saw it healthy. So what
-users see ("最近心跳") is at most one interval plus one sweep old while the heartbeat runs
-(`max_heartbeat_age`).
+The process's garbage collection is set for it while the heartbeat runs (`run`): what
+start-up made is frozen out of full collections, and the young generations are
+collected less often, so that a sweep's objects die young instead of reaching the
+oldest generation and setting off a full collection (30–70 ms at a thousand instances,
+3–5 a minute with the defaults; none with these settings, measured).
+
+Sweeps start at a fixed rate, one interval apart whatever each took. A healthy record's
+`last_heartbeat` is the start of the last sweep that found it healthy, so what users see
+("最近心跳") is at most one interval plus one sweep old while the heartbeat runs
+(`max_heartbeat_age`); a dead instance is written `offline` within one interval plus
+its page's checks.
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from comfyhub.services.audit import Audit
 from comfyhub.services.coordination import HeartbeatLease
 from comfyhub.services.liveness import Liveness, Probe
 from comfyhub.services.reconcile import Reconciler
-from comfyhub.services.records import Records
+from comfyhub.services.records import PAGE, Records
 from comfyhub.services.restarts import RestartRunner, restart_plan
 
 log = logging.getLogger("comfyhub.heartbeat")
@@ -52,11 +62,13 @@ log = logging.getLogger("comfyhub.heartbeat")
 # (project_id, generation, status, launcher_state, ...), not an ORM object.
 Record = ComfyUIService
 
-# Checks start in small groups this far apart, at least PROBES_PER_SECOND in all (more
-# when needed to start every check within half an interval). A group's loop work is
-# ~1 ms; a sweep of 1,000 starts its checks over about one second.
+# Checks start in small groups this far apart, PROBES_PER_SECOND in all (more when
+# needed to start every check within half an interval): a thousand instances are checked
+# over 2.5 s. A group is a few checks, well under a millisecond of the loop's time.
 PROBE_TICK_SECONDS = 0.01
-PROBES_PER_SECOND = 1000
+PROBES_PER_SECOND = 400
+# Young-generation thresholds while the heartbeat runs (Python's default: 700, 10, 10).
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 @dataclass(eq=False)
@@ -81,13 +93,18 @@ class Heartbeat:
         interval plus its place in the sweep.
         """
         # What exists now (modules, the app, its engine and pools) lives as long as the
-        # process: keep it out of full garbage collections. Without this, each full
-        # collection walks ~150,000 such objects in one go (~80 ms on 2 cores, measured), and the
-        # sweeps — whose objects outlive the young generations — set one off every few sweeps.
+        # process: keep it out of full collections, each of which walked ~150,000 such
+        # objects (~80 ms on 2 cores, measured). And collect the young generations less
+        # often: then a sweep's rows and checks, and a request's objects, are mostly gone
+        # before a collection looks at them, instead of being promoted to the oldest
+        # generation, whose growth sets off full collections.
+        thresholds = gc.get_threshold()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         try:
             await self._loop()
         finally:
+            gc.set_threshold(*thresholds)
             gc.unfreeze()  # another app in this process (tests) starts afresh
 
     async def _loop(self) -> None:
@@ -113,9 +130,9 @@ class Heartbeat:
         """The oldest `last_heartbeat`, in seconds, that a healthy online record can show
         while this process leads (the database's own time aside).
 
-        A sweep's stamp is its start; it is written once its checks are done, which all
-        start within the spread and end within one health timeout. The next sweep starts
-        one interval later, or at once when this one took longer.
+        A sweep's stamp is its start; it is written when the sweep ends, within the
+        checks' spread plus one health timeout. The next sweep starts one interval later,
+        or at once after a sweep that took longer than that.
         """
         s = self.settings
         sweep = instances / self._probe_rate(instances) + s.comfyui_health_timeout_seconds
@@ -131,61 +148,81 @@ class Heartbeat:
 
         The checks overlap (each bounded by COMFYUI_HEALTH_TIMEOUT_SECONDS), so one hung
         instance costs the sweep at most one timeout, whatever the number of instances;
-        they start a few at a time (`_probe_all`). Starts that nobody is running any more
-        (their backend died) are resolved too.
+        they start a few at a time (`_start_checks`), and each page of records is settled
+        once its checks are done. Starts that nobody is running any more (their backend
+        died) are resolved too.
         """
         records = await self.records.watched()
         await self.reconciler.resolve_abandoned_starts(await self.records.starting_ids())
-        await self.launcher.refresh([h for h in map(self.liveness.handle, records) if h is not None])
-        now = utcnow()  # the stamp: no later than any check of this sweep
-        probes = await self._probe_all(records)
+        await self.launcher.refresh(await self._handles(records))
         counts = {"online": 0, "offline": 0}
-        idle = []
+        idle: list[Record] = []
         beats: list[Record] = []
-        changes: list[tuple[Record, dict]] = []
-        for record, probe in zip(records, probes, strict=False):
-            counts["online" if probe.healthy else "offline"] += 1
-            if probe.healthy:
-                if self._idle_too_long(record, now):
-                    idle.append(record)
-                if record.status == ServiceStatus.ONLINE and not record.last_error and not record.reason:
-                    beats.append(record)  # as it was: only the heartbeat moves
-                    continue
-                values = dict(status=ServiceStatus.ONLINE, last_heartbeat=now, last_error="", reason="")
-            elif record.status == ServiceStatus.OFFLINE and (probe.exited is None or record.pid is None):
-                continue  # already offline: keep the first, most precise reason
-            else:
-                values = await self._lost(record, probe, now)
-            changes.append((record, values))
-        await self.records.stamp_heartbeats(beats, now)
-        await self.records.update_many(changes)
+        stamp = utcnow()  # no later than any check of this sweep
+        pages: asyncio.Queue = asyncio.Queue()
+        checks: list[asyncio.Future] = []
+        starting = asyncio.ensure_future(self._start_checks(records, pages, checks))
+        try:
+            for _ in range(0, len(records), PAGE):
+                page, began, page_checks = await pages.get()
+                await self._settle(page, await asyncio.gather(*page_checks), began, counts, idle, beats)
+        finally:
+            starting.cancel()  # a cancelled sweep (shutdown) leaves no check running
+            for check in checks:
+                check.cancel()  # no-op for those done
+        await self.records.stamp_heartbeats(beats, stamp)
         await asyncio.gather(*(self._cull_if_idle(r) for r in idle))
-        await self.restarts.run_due(now)
+        await self.restarts.run_due(utcnow())
         return counts
+
+    async def _handles(self, records: list[Record]) -> list:
+        """The records' process handles (for the launcher's refresh), a page at a time."""
+        handles = []
+        for i in range(0, len(records), PAGE):
+            if i:
+                await asyncio.sleep(0)  # let others run between pages
+            handles += [h for h in map(self.liveness.handle, records[i : i + PAGE]) if h is not None]
+        return handles
 
     def _probe_rate(self, instances: int) -> float:
         """Checks started per second: PROBES_PER_SECOND, or enough to start them all within
         half an interval."""
         return max(PROBES_PER_SECOND, instances / (0.5 * self.settings.comfyui_heartbeat_interval_seconds))
 
-    async def _probe_all(self, records: list[Record]) -> list[Probe]:
-        """Every record's check, started a group at a time, PROBE_TICK_SECONDS apart.
-
-        Started all at once, a thousand checks made one event-loop turn run a thousand
-        task steps (and the answers another): 100+ ms during which no user's request
-        moved (measured). A group is a few checks, about a millisecond of loop time.
-        """
+    async def _start_checks(self, records: list[Record], pages: asyncio.Queue, checks: list) -> None:
+        """Start every record's check, a group at a time, PROBE_TICK_SECONDS apart; hand
+        each page of records on with the time its checks began and their futures."""
         group = max(1, math.ceil(self._probe_rate(len(records)) * PROBE_TICK_SECONDS))
-        tasks: list[asyncio.Future] = []
-        try:
-            for i in range(0, len(records), group):
-                if i:
+        for i in range(0, len(records), PAGE):
+            page, began, first = records[i : i + PAGE], utcnow(), len(checks)
+            for j in range(0, len(page), group):
+                if i or j:
                     await asyncio.sleep(PROBE_TICK_SECONDS)
-                tasks += [asyncio.ensure_future(self.liveness.probe(r)) for r in records[i : i + group]]
-            return await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()  # cancelled sweep (shutdown): no check outlives it; no-op when done
+                checks += [asyncio.ensure_future(self.liveness.probe(r)) for r in page[j : j + group]]
+            pages.put_nowait((page, began, checks[first:]))
+
+    async def _settle(
+        self, page: list[Record], probes: list[Probe], began, counts: dict, idle: list, beats: list
+    ) -> None:
+        """Write the changes one page's checks found, one by one, at once; add the records
+        that passed and are otherwise as they were to `beats` (stamped when the sweep ends,
+        one statement per records.HEARTBEAT_BATCH: two commits for a thousand, not ten)."""
+        changes: list[tuple[Record, dict]] = []
+        for record, probe in zip(page, probes, strict=False):
+            counts["online" if probe.healthy else "offline"] += 1
+            if probe.healthy:
+                if self._idle_too_long(record, began):
+                    idle.append(record)
+                if record.status == ServiceStatus.ONLINE and not record.last_error and not record.reason:
+                    beats.append(record)  # as it was: only the heartbeat moves
+                    continue
+                values = dict(status=ServiceStatus.ONLINE, last_heartbeat=began, last_error="", reason="")
+            elif record.status == ServiceStatus.OFFLINE and (probe.exited is None or record.pid is None):
+                continue  # already offline: keep the first, most precise reason
+            else:
+                values = await self._lost(record, probe, began)
+            changes.append((record, values))
+        await self.records.update_many(changes)
 
     async def _lost(self, record: Record, probe: Probe, now) -> dict:
         """The values that mark a record offline (and plan its restart when it died)."""

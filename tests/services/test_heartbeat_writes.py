@@ -7,6 +7,7 @@ than one stamp statement holds runs in a moment, on both databases.
 
 from __future__ import annotations
 
+import gc
 import math
 from datetime import timedelta
 
@@ -16,6 +17,7 @@ from sqlalchemy import event, select, update
 from comfyhub.db import create_engine, session_factory
 from comfyhub.models import ComfyUIService, Project, ServiceStatus, User, utcnow
 from comfyhub.reasons import Reason, words
+from comfyhub.services.heartbeat import GC_THRESHOLDS
 from comfyhub.services.liveness import Probe
 from comfyhub.services.manager import ServiceManager
 from comfyhub.services.records import HEARTBEAT_BATCH
@@ -218,3 +220,13 @@ async def test_the_heartbeat_users_see_is_never_older_than_promised(make_hub):
     await hub.manager.startup()
     await wait_for(several_sweeps_seen, timeout=30, what="six sweeps seen through the records")
     assert too_old == []
+
+
+async def test_the_heartbeat_sets_the_garbage_collector_while_it_runs_and_puts_it_back(make_hub):
+    hub = await make_hub(1, comfyui_heartbeat_interval_seconds=0.2)
+    before = gc.get_threshold()
+    await hub.manager.startup()
+    await wait_for(lambda: hub.manager.heartbeat.leading, what="the heartbeat to lead")
+    assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+    await hub.manager.shutdown()
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
