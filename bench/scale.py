@@ -518,7 +518,15 @@ def tail_causes(rows: list, stats: dict) -> dict:
         return any(a <= t0 + lat and t0 <= b for a, b in spans)
 
     in_sweep = [x for x in ok if overlaps(x[1], x[0], sweeps)]
+    where = [0, 0, 0, 0, 0]  # tail calls sent before a sweep / in its 1st..4th quarter
+    for lat, t0 in tail:
+        for a, b in sweeps:
+            if a <= t0 + lat and t0 <= b:
+                where[1 + min(3, max(0, int((t0 - a) / (b - a) * 4)))] += 1 if t0 >= a else 0
+                where[0] += 1 if t0 < a else 0
+                break
     return {
+        "tail_by_quarter_of_sweep": where,
         "tail_n": len(tail),
         "tail_in_sweep": sum(1 for lat, t0 in tail if overlaps(t0, lat, sweeps)),
         "tail_over_stamp": sum(1 for lat, t0 in tail if overlaps(t0, lat, stamps)),

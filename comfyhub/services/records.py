@@ -15,6 +15,7 @@ one write lock, and a thousand listener calls emptying the proxy's route cache.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -74,11 +75,13 @@ class Records:
     async def _load(db: AsyncSession, project_id: int) -> Row | None:
         return (await db.execute(select(Row).where(Row.project_id == project_id))).scalar_one_or_none()
 
-    async def watched(self) -> list:
+    async def watched(self, pause: float = 0.0) -> list:
         """The SWEPT columns of the records the heartbeat checks (online or offline), as
-        plain rows, by project, PAGE rows per query."""
+        plain rows, by project, PAGE rows per query, `pause` seconds between queries."""
         rows: list = []
         while True:
+            if rows:
+                await asyncio.sleep(pause)
             after = [Row.project_id > rows[-1].project_id] if rows else []
             async with self.sessions() as db:
                 stmt = select(*SWEPT).where(Row.status.in_(WATCHED), *after).order_by(Row.project_id).limit(PAGE)
