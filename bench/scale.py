@@ -10,7 +10,7 @@ stand-ins (tests/fake_comfyui/lean.py, ~9 MB each) and the heartbeat every 5 s. 
 1. create N projects and open them all (`open_comfy`, 16 requests in flight; the hub's
    start cap COMFYUI_MAX_CONCURRENT_STARTS as configured): wall time;
 2. offer 100 `open_comfy` calls per second (open loop, spread over all projects) in
-   slices of one interval, the heartbeat running and paused in turn (8 of each, so that
+   slices of one interval, the heartbeat running and paused in turn (16 of each, so that
    the machine's other load hits both alike): p50 and p99 of each; the same with proxied
    small GETs (`/comfy/{id}/queue`);
 3. inside the hub, all along: each sweep's start and end, and every event-loop stall (a
@@ -69,7 +69,7 @@ INTERVAL_S = 5.0
 HEALTH_TIMEOUT_S = 2.5
 RATE = 100  # calls per second offered
 SLICE_S = 5.0  # one heartbeat interval: each "on" slice holds one sweep
-PAIRS = 8  # slices of each kind, alternating, so that other load on the machine hits both alike
+PAIRS = 16  # slices of each kind, alternating, so that other load on the machine hits both alike
 AA = False  # --aa: the heartbeat paused in both kinds of slice, to see how the ratio varies by itself
 # Opens in flight at once. On PostgreSQL every start, queued ones too, holds a pooled
 # connection for its advisory lock: 32 at once emptied the pool (30) and the hub answered
