@@ -22,6 +22,8 @@ from comfyhub.services.manager import ServiceManager
 
 log = logging.getLogger("comfyhub")
 WEB_DIR = Path(__file__).parent / "web"
+# Young-generation thresholds while the hub runs (Python's default: 700, 10, 10).
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 class _RevalidatedStaticFiles(StaticFiles):
@@ -65,9 +67,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.jobs.start()
         # What exists now (modules, the app, its pools) lives as long as the process: keep it
         # out of the collector's full passes, which otherwise walk it all and stall every
-        # request for 50-90 ms (measured by bench/outputs.py) from time to time.
+        # request for 50-90 ms (measured by bench/outputs.py and bench/scale.py) from time
+        # to time. And collect the young generation less often: then a sweep's rows and a
+        # request's objects are mostly gone before a collection looks at them, instead of
+        # being promoted to the oldest generation, whose growth sets off full passes.
         gc.collect()
         gc.freeze()
+        thresholds = gc.get_threshold()
+        gc.set_threshold(*GC_THRESHOLDS)
         try:
             yield
         finally:
@@ -75,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.manager.shutdown()
             app.state.upstream_pool.close()
             await engine.dispose()
+            gc.set_threshold(*thresholds)
             gc.unfreeze()  # another app in this process (tests) starts afresh
 
     app = _Hub(

@@ -39,7 +39,10 @@ class HealthChecker:
         if not port:
             return None
         try:
-            return await asyncio.wait_for(self._get(host, port, path), timeout or self.timeout)
+            # A timeout scope, not wait_for: wait_for wraps the call in a task of its own,
+            # one more task per check on the heartbeat's hot path.
+            async with asyncio.timeout(timeout or self.timeout):
+                return await self._get(host, port, path)
         except (TimeoutError, UpstreamError, OSError, ValueError):
             return None
 

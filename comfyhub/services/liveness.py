@@ -14,7 +14,7 @@ from comfyhub.reasons import Reason, words
 from comfyhub.services.health import HealthChecker
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one object each, a thousand per sweep
 class Probe:
     """One heartbeat check of one record."""
 
