@@ -247,6 +247,7 @@ class Workspace:
             # one user opens many instances, and none may be culled mid-measurement
             "COMFYUI_MAX_INSTANCES_PER_USER": "0",
             "COMFYUI_IDLE_TIMEOUT_SECONDS": "0",
+            "COMFYUI_WARM_POOL_SIZE": "0",  # a benchmark that measures the pool sets its own
         }
         env.update(extra)
         return env

@@ -117,6 +117,16 @@ class Settings(BaseSettings):
     comfyui_max_concurrent_starts: int = Field(
         2, ge=1, description="starts running at once per backend process; the others wait and show 排队中"
     )
+    # One warm instance by default: the first open of a project on a fresh `comfyhub
+    # serve` answers in about a second instead of a whole ComfyUI start (10–20 s), for
+    # the price of one idle ComfyUI (~0.5 GB of RAM, or of VRAM on a GPU). More only
+    # pays where many people open projects at once; 0 turns the pool off.
+    comfyui_warm_pool_size: int = Field(
+        1,
+        ge=0,
+        description="ComfyUIs kept started and healthy for no one, each taken by the next project opened "
+        "(~0.5 GB of RAM or VRAM each); users' starts and COMFYUI_MAX_INSTANCES come first (0 = no pool)",
+    )
     comfyui_auto_restart: bool = Field(
         False, description="restart instances that died (not those stopped by a user or the culler)"
     )

@@ -139,6 +139,11 @@ class ComfyUIService(Base):
     (pid, creation time, command line) checked before any signal is sent. `reason` is
     the code of the last stop, failure or loss (comfyhub.reasons.Reason); `stopped_reason` and
     `last_error` hold the words shown to people.
+
+    A row without a project (`project_id` and `user_id` NULL) is a warm instance of the
+    pool (services/pool.py): started, healthy and belonging to no one until an open
+    claims it. It lives in this table so that the live-port index below covers it too:
+    a port belongs to at most one live instance, warm or not, whatever process wrote it.
     """
 
     __tablename__ = "comfyui_services"
@@ -154,8 +159,11 @@ class ComfyUIService(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
-    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), unique=True)
+    # NULL for a warm instance of the pool (no one's yet).
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True, nullable=True)
+    project_id: Mapped[int | None] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), unique=True, nullable=True
+    )
     port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     status: Mapped[str] = mapped_column(String(16), default=ServiceStatus.STOPPED)
     status_detail: Mapped[str] = mapped_column(String(255), default="")

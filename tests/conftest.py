@@ -186,6 +186,8 @@ def make_settings(db_url: str, tmp_path: Path, **overrides) -> Settings:
         # no per-user limit and no culling, as the tests expect unless they set their own
         comfyui_max_instances_per_user=0,
         comfyui_idle_timeout_seconds=0,
+        # no warm pool unless a test asks for one: its starts would slow every test down
+        comfyui_warm_pool_size=0,
     )
     values.update(launcher.settings_overrides())
     values.update(overrides)

@@ -314,7 +314,7 @@ class OutputSync:
                     ComfyUIService.generation,
                     ComfyUIService.status,
                     ComfyUIService.last_activity,
-                )
+                ).where(ComfyUIService.project_id.is_not(None))  # a warm instance has no outputs
             )
             return [
                 Instance(p, u, h or "127.0.0.1", port, g or 0, s == "online", s, a) for p, u, h, port, g, s, a in rows

@@ -34,6 +34,7 @@ class Target:
     status: str | None  # None: never started
     host: str
     port: int | None
+    generation: int | None = None  # the record's: a response confirms this run's health
 
 
 class ProxyAccess:
@@ -82,12 +83,18 @@ class ProxyAccess:
         async with self.sessions() as db:
             row = (
                 await db.execute(
-                    select(Project.owner_user_id, ComfyUIService.status, ComfyUIService.host, ComfyUIService.port)
+                    select(
+                        Project.owner_user_id,
+                        ComfyUIService.status,
+                        ComfyUIService.host,
+                        ComfyUIService.port,
+                        ComfyUIService.generation,
+                    )
                     .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
                     .where(Project.id == project_id, Project.deleted_at.is_(None))
                 )
             ).first()
-        target = Target(project_id, row[0], row[1], row[2] or "127.0.0.1", row[3]) if row else None
+        target = Target(project_id, row[0], row[1], row[2] or "127.0.0.1", row[3], row[4]) if row else None
         if len(self._targets) > _MAX_ENTRIES:
             self._targets.clear()
         self._targets[project_id] = (now + TARGET_TTL, target)

@@ -76,6 +76,10 @@ class ComfyProxy:
     def touch(self, project_id: int) -> None:
         self.hub.state.manager.touch(project_id)
 
+    def confirm(self, target: Target) -> None:
+        """The instance answered: an open within the next second need not check it again."""
+        self.hub.state.manager.liveness.confirm(target.project_id, target.generation)
+
     @property
     def metrics(self):
         return self.hub.state.metrics
@@ -170,6 +174,7 @@ class ComfyProxy:
             conn.close()
             self.access.forget_target(target.project_id)
             return await refusals.refuse_http(send, refusals.unreachable(), headers)
+        self.confirm(target)
         relay_to = None
         if pump is None and not conn.complete:
             length = conn.body_length

@@ -2,14 +2,22 @@
 
 The launcher answers the first (`poll` checks pid, creation time and command line:
 invariant 2); one GET /system_stats answers the second (services/health.py).
+
+The second answer is remembered for FRESH_SECONDS, in this process's memory: when the
+heartbeat, a start, an open or a proxied response confirmed an online instance less than
+a second ago, an open reuses it without asking again (`answers`). The confirmation is
+kept per project with the record's generation, so any start, stop or claim (each bumps
+the generation) invalidates it; the launcher's cheap check (is the process alive) still
+runs every time.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from comfyhub.launchers import Exit, Handle, Launcher
-from comfyhub.models import ComfyUIService
+from comfyhub.models import ComfyUIService, ServiceStatus
 from comfyhub.reasons import Reason, words
 from comfyhub.services.health import HealthChecker
 
@@ -24,10 +32,39 @@ class Probe:
     why: str = ""  # the same, in words
 
 
+# How long a confirmed answer stands in for a new check of an online instance.
+FRESH_SECONDS = 1.0
+# Confirmations kept at most; past it they are dropped all at once (a drop costs one check each).
+_MAX_CONFIRMED = 10_000
+
+
 class Liveness:
     def __init__(self, launcher: Launcher, health: HealthChecker):
         self.launcher = launcher
         self.health = health
+        self._confirmed: dict[int, tuple[int, float]] = {}  # project → (generation, monotonic time)
+        self.checks = 0  # health checks made by `answers` (the reuse path's cost, for tests)
+
+    def confirm(self, project_id: int | None, generation: int | None) -> None:
+        """The project's instance, at this generation, was just seen healthy and ours."""
+        if project_id is None or generation is None:
+            return  # a warm instance: no open reuses it
+        if len(self._confirmed) >= _MAX_CONFIRMED:
+            self._confirmed.clear()
+        self._confirmed[project_id] = (generation, time.monotonic())
+
+    def forget(self, project_id: int) -> None:
+        self._confirmed.pop(project_id, None)
+
+    def fresh(self, record: ComfyUIService) -> bool:
+        """An online record whose instance was confirmed less than FRESH_SECONDS ago."""
+        seen = self._confirmed.get(record.project_id)
+        return (
+            seen is not None
+            and record.status == ServiceStatus.ONLINE
+            and seen[0] == record.generation
+            and time.monotonic() - seen[1] < FRESH_SECONDS
+        )
 
     def handle(self, record: ComfyUIService) -> Handle | None:
         """The record's process as the launcher knows it; None without a usable state."""
@@ -45,11 +82,18 @@ class Liveness:
         return handle is not None and self.launcher.poll(handle) is None
 
     async def answers(self, record: ComfyUIService) -> bool:
-        """Our process is alive and answers /system_stats with our own argv."""
+        """Our process is alive and answers /system_stats with our own argv — or, online,
+        answered within the last FRESH_SECONDS (then only the process is checked)."""
         handle = self.handle(record)
         if not self.alive(handle):
             return False
-        return await self.health.is_ours(handle.host, handle.port, record.base_dir)
+        if self.fresh(record):
+            return True
+        self.checks += 1
+        if await self.health.is_ours(handle.host, handle.port, record.base_dir):
+            self.confirm(record.project_id, record.generation)
+            return True
+        return False
 
     async def queue(self, record: ComfyUIService) -> dict | None:
         """ComfyUI's /queue (`queue_running`, `queue_pending`) of an instance; None when it
@@ -65,5 +109,6 @@ class Liveness:
         if exited is not None:
             return Probe(False, exited, Reason.CRASHED, words(Reason.CRASHED, exit=exited.reason))
         if await self.health.is_ours(handle.host, handle.port, record.base_dir):
+            self.confirm(record.project_id, record.generation)
             return Probe(True)
         return Probe(False, None, Reason.UNRESPONSIVE, words(Reason.UNRESPONSIVE))

@@ -173,6 +173,13 @@ class ServiceManager:
     ) -> ComfyUIService:
         """Return the project's online instance, starting it if needed.
 
+        The contract is "healthy within the last second", not "healthy now": an online
+        instance whose health was confirmed less than liveness.FRESH_SECONDS ago (by the
+        heartbeat, its start, an open or a proxied response, in this process) is reused
+        with only the launcher's cheap check that its process is alive; otherwise it is
+        checked again (one GET /system_stats). A project without a live instance takes a
+        warm one from the pool when there is one (services/pool.py), or starts one.
+
         `record`: the project's record when the caller loaded it along with the project
         (None: it has none), so the reuse path costs no second query.
         Raises ServiceError 403 for anyone but the owner (before anything starts), 404 for

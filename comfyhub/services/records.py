@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.models import ComfyUIService, ServiceStatus, utcnow
@@ -57,6 +57,9 @@ SWEPT = (
 )
 # Records per heartbeat stamp statement (two bound parameters each).
 HEARTBEAT_BATCH = 500
+# A project's record; a row without a project is a warm instance of the pool (pool.py).
+OWNED = Row.project_id.is_not(None)
+WARM = Row.project_id.is_(None)
 
 
 class Records:
@@ -84,27 +87,27 @@ class Records:
                 await asyncio.sleep(pause)
             after = [Row.project_id > rows[-1].project_id] if rows else []
             async with self.sessions() as db:
-                stmt = select(*SWEPT).where(Row.status.in_(WATCHED), *after).order_by(Row.project_id).limit(PAGE)
+                stmt = select(*SWEPT).where(OWNED, Row.status.in_(WATCHED), *after).order_by(Row.project_id).limit(PAGE)
                 page = (await db.execute(stmt)).all()
             rows += page
             if len(page) < PAGE:
                 return rows
 
     async def starting_ids(self) -> list[int]:
-        return await self._values(Row.project_id, Row.status == S.STARTING)
+        return await self._values(Row.project_id, OWNED, Row.status == S.STARTING)
 
     async def active_ids(self) -> list[int]:
         """Projects whose instance may have a process: live or offline."""
-        return await self._values(Row.project_id, Row.status.in_((*LIVE, S.OFFLINE)))
+        return await self._values(Row.project_id, OWNED, Row.status.in_((*LIVE, S.OFFLINE)))
 
     async def live_owners(self, except_project: int) -> list[int]:
-        """The owner of every other live instance (for the instance limits)."""
-        return await self._values(Row.user_id, Row.status.in_(LIVE), Row.project_id != except_project)
+        """The owner of every other live instance of a project (for the instance limits)."""
+        return await self._values(Row.user_id, OWNED, Row.status.in_(LIVE), Row.project_id != except_project)
 
-    async def live_ports(self, except_project: int) -> set[int]:
-        return set(
-            await self._values(Row.port, Row.status.in_(LIVE), Row.port.is_not(None), Row.project_id != except_project)
-        )
+    async def live_ports(self, except_project: int | None) -> set[int]:
+        """The ports of live instances, warm ones included, but the project's own."""
+        others = or_(WARM, Row.project_id != except_project) if except_project is not None else True
+        return set(await self._values(Row.port, Row.status.in_(LIVE), Row.port.is_not(None), others))
 
     async def live_gpus(self) -> list[str]:
         return await self._values(Row.gpu, Row.status.in_(LIVE), Row.gpu != "")
@@ -115,8 +118,9 @@ class Records:
         )
 
     async def count_by_status(self) -> dict[str, int]:
+        """Projects' records by status (warm instances: `warm_count`)."""
         async with self.sessions() as db:
-            rows = (await db.execute(select(Row.status, func.count()).group_by(Row.status))).all()
+            rows = (await db.execute(select(Row.status, func.count()).where(OWNED).group_by(Row.status))).all()
         return {status: n for status, n in rows}
 
     async def _rows(self, *where) -> list[Row]:

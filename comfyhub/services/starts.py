@@ -372,9 +372,12 @@ class Starts:
 
     async def _write_online(self, project_id: int, generation: int) -> bool:
         now = utcnow()
-        return await self.records.update(
+        written = await self.records.update(
             project_id, generation, status=ServiceStatus.ONLINE, status_detail="", last_heartbeat=now, last_activity=now
         )
+        if written:
+            self.liveness.confirm(project_id, generation)  # it answered just now
+        return written
 
     async def _fail(
         self, project_id: int, generation: int, reason: Reason, log_path: Path | None = None, said: str = "", **params

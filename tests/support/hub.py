@@ -34,6 +34,7 @@ def fake_comfyui_env(work: Path, ports: int) -> dict[str, str]:
         # no per-user limit and no culling, unless a test sets its own
         "COMFYUI_MAX_INSTANCES_PER_USER": "0",
         "COMFYUI_IDLE_TIMEOUT_SECONDS": "0",
+        "COMFYUI_WARM_POOL_SIZE": "0",  # no warm pool unless a test asks for one
     }
 
 
@@ -61,6 +62,7 @@ class LiveHub(LiveServer):
             # no per-user limit and no culling, unless a test sets its own
             "COMFYUI_MAX_INSTANCES_PER_USER": "0",
             "COMFYUI_IDLE_TIMEOUT_SECONDS": "0",
+            "COMFYUI_WARM_POOL_SIZE": "0",  # no warm pool unless a test asks for one
         }
         base.update(launcher.hub_env())
         base.update({k.upper(): str(v) for k, v in env.items()})
