@@ -38,11 +38,16 @@ class Admission:
         async with self._lock, self.locks.hold(ADMISSION_LOCK):
             yield
 
-    async def check_limits(self, user_id: int, project_id: int) -> None:
-        """Raise ServiceError 429 when one more live instance would pass a limit."""
+    async def check_limits(self, user_id: int, project_id: int) -> bool:
+        """Raise ServiceError 429 when one more live instance would pass a limit.
+
+        Warm instances (the pool) count towards COMFYUI_MAX_INSTANCES but never stand in
+        a user's way: True when the limit is reached only with them, so that the start
+        takes one or stops one (pool.py) instead of answering 429.
+        """
         s = self.settings
         if not (s.comfyui_max_instances or s.comfyui_max_instances_per_user):
-            return
+            return False
         owners = await self.records.live_owners(except_project=project_id)
         if s.comfyui_max_instances and len(owners) >= s.comfyui_max_instances:
             raise ServiceError(429, f"实例总数已达上限（COMFYUI_MAX_INSTANCES={s.comfyui_max_instances}），请稍后再试")
@@ -53,6 +58,9 @@ class Admission:
                 f"您的实例数已达上限（COMFYUI_MAX_INSTANCES_PER_USER={s.comfyui_max_instances_per_user}），"
                 "请先停止其他项目的 ComfyUI",
             )
+        if not s.comfyui_max_instances:
+            return False
+        return len(owners) + await self.records.warm_count() >= s.comfyui_max_instances
 
     def start_detail(self) -> str:
         """What a record just claimed says: queued when every start slot is taken."""
@@ -76,6 +84,14 @@ class Admission:
             return True, True
         acquire.cancel()
         return False, True
+
+    async def try_slot(self) -> bool:
+        """A start slot if one is free now, without waiting (a refill of the warm pool:
+        it never queues ahead of a user's start)."""
+        if self._slots.locked():
+            return False
+        await self._slots.acquire()  # free: returns at once
+        return True
 
     def release_slot(self) -> None:
         self._slots.release()

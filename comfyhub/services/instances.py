@@ -37,6 +37,13 @@ def prepare_instance_dir(settings: Settings, user_id: int, project_id: int) -> P
     base = instance_dir(settings, user_id, project_id)
     for sub in ("input", "output", "user", "temp"):
         (base / sub).mkdir(parents=True, exist_ok=True)
+    link_shared(settings, base)
+    return base
+
+
+def link_shared(settings: Settings, base: Path) -> None:
+    """Link the shared custom_nodes/ and models/ into an instance folder (a project's, or
+    a warm instance's in the pool); restore broken links; leave a real folder alone."""
     for name, shared in shared_dirs(settings).items():
         target = base / name
         if shared is not None and shared.is_dir():
@@ -51,7 +58,6 @@ def prepare_instance_dir(settings: Settings, user_id: int, project_id: int) -> P
             if target.is_symlink() and not target.exists():
                 target.unlink()
             target.mkdir(exist_ok=True)  # ComfyUI exits at once without custom_nodes/
-    return base
 
 
 def mark_start(path: Path, port: int, argv: list[str]) -> None:

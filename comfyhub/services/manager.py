@@ -10,6 +10,7 @@ writes its record. The work is done by small owners, each in its own module:
 | admission.py  | instance limits (429) and this process's start slots (排队中)   |
 | starts.py     | single flight, claim, port, spawn, readiness, failure           |
 | heartbeat.py  | the lease loop, the sweep (online/offline), idle culling        |
+| pool.py       | warm instances: refills, claims, binding, eviction              |
 | reconcile.py  | abandoned starts and processes missing from their records       |
 | restarts.py   | the automatic-restart plan (pure) and its runner                |
 | audit.py      | the events table                                                |
@@ -63,6 +64,7 @@ from comfyhub.services.gpus import GpuPicker
 from comfyhub.services.health import HealthChecker
 from comfyhub.services.heartbeat import Heartbeat
 from comfyhub.services.liveness import Liveness
+from comfyhub.services.pool import Pool
 from comfyhub.services.reconcile import Reconciler
 from comfyhub.services.records import WATCHED, Records
 from comfyhub.services.restarts import RestartRunner
@@ -97,6 +99,7 @@ class ServiceManager:
         self._closing = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
         self._sync_task: asyncio.Task | None = None
+        self._pool_task: asyncio.Task | None = None
         self.outputs = OutputSync(settings, sessions)
         self._touched: dict[int, float] = {}
         locks = ProjectLocks(sessions.kw["bind"])
@@ -114,7 +117,20 @@ class ServiceManager:
             GpuPicker(settings.comfyui_gpus),
             self._closing,
         )
-        reconciler = Reconciler(settings, self.records, self.launcher, self.liveness, locks, self.starts)
+        self.pool = Pool(
+            settings,
+            self.records,
+            self.launcher,
+            self.liveness,
+            admission,
+            self.metrics,
+            self.starts._pick_gpu,
+            self.starts._port_lock,  # one lock for every port chosen in this process
+            self._closing,
+            bind=None,
+        )
+        self.starts.pool = self.pool
+        reconciler = Reconciler(settings, self.records, self.launcher, self.liveness, locks, self.starts, self.pool)
         restarts = RestartRunner(settings, self.records, self.starts, self.metrics, self.background.spawn)
         interval = settings.comfyui_heartbeat_interval_seconds
         # The holder renews every sweep; a dead holder's lease lapses after a few missed sweeps.
@@ -146,19 +162,23 @@ class ServiceManager:
         self._sync_task = asyncio.create_task(
             self.outputs.run(lambda: self.heartbeat.leading), name="comfyhub-output-sync"
         )
+        # So does the warm pool: one process refills it, so several never over-fill it.
+        self._pool_task = asyncio.create_task(self.pool.run(lambda: self.heartbeat.leading), name="comfyhub-pool")
 
     async def shutdown(self) -> None:
         """Stop background work. Instances keep running unless configured otherwise."""
         self._closing.set()  # starts still waiting for resources give up now
-        for task in (self._loop_task, self._sync_task):
+        for task in (self._loop_task, self._sync_task, self._pool_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._loop_task = self._sync_task = None
+        self._loop_task = self._sync_task = self._pool_task = None
         await self.starts.cancel_all()
+        await self.pool.cancel()
         await self.background.wait()
         if self.settings.comfyui_stop_instances_on_exit:
             await self.stop_all(Reason.BACKEND_EXIT)
+            await self.pool.stop_all()
         if self.heartbeat.leading:
             with contextlib.suppress(Exception):
                 await self.heartbeat.lease.release()  # let another worker take over at once

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError
 
@@ -27,6 +28,9 @@ from comfyhub.services.coordination import ProjectLocks
 from comfyhub.services.liveness import Liveness
 from comfyhub.services.records import Records
 from comfyhub.services.starts import Starts, comfy_url
+
+if TYPE_CHECKING:
+    from comfyhub.services.pool import Pool
 
 log = logging.getLogger("comfyhub.reconcile")
 
@@ -52,6 +56,7 @@ class Reconciler:
     liveness: Liveness
     locks: ProjectLocks
     starts: Starts
+    pool: Pool | None = None
 
     async def resolve_abandoned_starts(self, project_ids: list[int]) -> None:
         await asyncio.gather(*(self._resolve_abandoned_start(pid) for pid in project_ids))
@@ -94,6 +99,8 @@ class Reconciler:
     async def adopt_orphans(self) -> None:
         """Processes started for an instance folder that their record does not name."""
         found = await asyncio.to_thread(self.launcher.discover, self.settings.comfyui_instance_base_dir)
+        if self.pool is not None:
+            await self.pool.adopt_orphans(found)  # those in pool folders
         for handle in found:
             project_id = project_of(handle, self.settings.comfyui_instance_base_dir)
             if project_id is None or project_id in self.starts.flights:

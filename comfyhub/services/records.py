@@ -19,7 +19,7 @@ import asyncio
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, tuple_, update
+from sqlalchemy import delete, func, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.models import ComfyUIService, ServiceStatus, utcnow
@@ -108,6 +108,14 @@ class Records:
         """The ports of live instances, warm ones included, but the project's own."""
         others = or_(WARM, Row.project_id != except_project) if except_project is not None else True
         return set(await self._values(Row.port, Row.status.in_(LIVE), Row.port.is_not(None), others))
+
+    async def live_with_ports(self, ports: set[int]) -> list[Row]:
+        """Live records, warm ones included, on any of these ports."""
+        return await self._rows(Row.status.in_(LIVE), Row.port.in_(ports)) if ports else []
+
+    async def starting_ports(self) -> set[int]:
+        """Ports of starts that may not have recorded their process yet."""
+        return set(await self._values(Row.port, Row.status == S.STARTING, Row.port.is_not(None), Row.pid.is_(None)))
 
     async def live_gpus(self) -> list[str]:
         return await self._values(Row.gpu, Row.status.in_(LIVE), Row.gpu != "")
@@ -237,6 +245,84 @@ class Records:
             await db.commit()
         self._notify([project_id])
         return record, old
+
+    # --- warm instances (services/pool.py): rows without a project --------------------------
+
+    async def warm(self) -> list[Row]:
+        """Every warm instance, starting or online, oldest first."""
+        return await self._rows(WARM, Row.status.in_(LIVE))
+
+    async def warm_count(self) -> int:
+        async with self.sessions() as db:
+            return (await db.execute(select(func.count()).where(WARM, Row.status.in_(LIVE)))).scalar_one()
+
+    async def add_warm(self, launcher: str) -> int:
+        """A new warm instance, `starting`, with no port yet; its id."""
+        async with self.sessions() as db:
+            row = Row(user_id=None, project_id=None, generation=1, launcher=launcher, status=S.STARTING)
+            row.started_at = row.last_activity = utcnow()
+            db.add(row)
+            await db.commit()
+            return row.id
+
+    async def update_warm(self, warm_id: int, **values) -> bool:
+        """Update a warm instance that is still warm (not taken, not dropped); False otherwise."""
+        stmt = update(Row).where(Row.id == warm_id, WARM).values(updated_at=utcnow(), **values)
+        async with self.sessions() as db:
+            hit = (await db.execute(_plain(stmt))).rowcount == 1
+            await db.commit()
+        return hit
+
+    async def drop_warm(self, warm_id: int, status: str | None = None) -> dict | None:
+        """Delete a warm instance (at `status`, if given) and return its launcher state —
+        or None when another process took or dropped it first: whoever deletes the row
+        owns its process (stops it, or binds it)."""
+        async with self.sessions() as db:
+            state = await self._delete_warm(db, warm_id, status)
+            await db.commit()
+        return state
+
+    async def take_warm(self, warm_id: int, project_id: int, generation: int, bound: dict) -> Row | None:
+        """Hand a warm online instance to a project, atomically: its row is deleted and the
+        project's record (still at `generation`) takes its process and port, in one
+        transaction. None when the instance was taken or dropped meanwhile, or the
+        project's start was overtaken (then the instance stays warm)."""
+        async with self.sessions() as db:
+            warm = (await db.execute(select(Row).where(Row.id == warm_id, WARM, Row.status == S.ONLINE))).scalar()
+            if warm is None:
+                return None
+            values = dict(
+                port=warm.port,
+                pid=warm.pid,
+                launcher_state={**(warm.launcher_state or {}), **bound},
+                host=warm.host,
+                base_dir=warm.base_dir,
+                log_path=warm.log_path,
+                gpu=warm.gpu,
+                status_detail="启动中",
+                updated_at=utcnow(),
+            )
+            if await self._delete_warm(db, warm_id, S.ONLINE) is None:
+                await db.rollback()
+                return None
+            stmt = update(Row).where(Row.project_id == project_id, Row.generation == generation).values(**values)
+            if (await db.execute(_plain(stmt))).rowcount != 1:
+                await db.rollback()
+                return None
+            await db.commit()
+        self._notify([project_id])
+        return await self.get(project_id)
+
+    @staticmethod
+    async def _delete_warm(db: AsyncSession, warm_id: int, status: str | None) -> dict | None:
+        where = [Row.id == warm_id, WARM] + ([Row.status == status] if status else [])
+        found = (await db.execute(select(Row.launcher_state).where(*where))).first()
+        if found is None:
+            return None
+        # Conditional: of two processes deleting the same row, one deletes it.
+        if (await db.execute(_plain(delete(Row).where(*where)))).rowcount != 1:
+            return None
+        return found[0] or {}
 
     async def _execute(self, statements: Iterable[tuple[int, object]]) -> list[bool]:
         """Run update statements in one transaction; tell listeners about those that hit a row."""

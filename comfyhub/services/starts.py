@@ -21,6 +21,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -28,7 +29,7 @@ from comfyhub.config import Settings
 from comfyhub.launchers import Exit, Handle, Launcher, LaunchError, LaunchSpec, PortInUse
 from comfyhub.launchers.base import comfyui_argv
 from comfyhub.metrics import Metrics
-from comfyhub.models import ServiceStatus, utcnow
+from comfyhub.models import ComfyUIService, ServiceStatus, utcnow
 from comfyhub.net.ports import port_is_free
 from comfyhub.reasons import NOT_READY, NOT_SPAWNED, Reason, words
 from comfyhub.services import instances
@@ -72,6 +73,9 @@ def lost_bind_race(log_tail: str) -> bool:
     return any(marker in lowered for marker in LOST_BIND_MARKERS)
 
 
+_DONE: Any = object()  # _warm_start: the start is over
+
+
 class _StopRequested(Exception):
     """A stop arrived while the launcher was still starting the process."""
 
@@ -106,6 +110,8 @@ class Starts:
     closing: asyncio.Event  # set at backend shutdown: starts waiting for resources give up
     flights: dict[int, Flight] = field(default_factory=dict, init=False)
     _port_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    # The warm pool (pool.py), set by the manager: a start takes a warm instance first.
+    pool: Any = field(default=None, init=False)
 
     # --- flights ---------------------------------------------------------------------------
 
@@ -152,12 +158,24 @@ class Starts:
                 # Another worker started it while this one waited for the lock.
                 await self.records.update_seen(record, WATCHED, status=ServiceStatus.ONLINE, last_error="", reason="")
                 return
-            # Limits and the claim together, so that concurrent starts cannot both pass a limit.
+            # Limits and the claim together, so that concurrent starts cannot both pass a
+            # limit; a warm instance is taken in the same turn (it adds no instance), or,
+            # when only warm ones fill COMFYUI_MAX_INSTANCES, one is evicted for this start.
+            taken = evicted = None
             async with self.admission.exclusive():
-                await self.admission.check_limits(user_id, project_id)
+                crowded = await self.admission.check_limits(user_id, project_id)
                 generation, old_state = await self.records.claim(
                     user_id, project_id, self.launcher.name, manual, self.admission.start_detail()
                 )
+                if self.pool is not None:
+                    taken = await self.pool.take(project_id, generation)
+                    if taken is None and crowded:
+                        evicted = await self.pool.evict()
+            if evicted is not None:
+                await self.pool.stop(evicted)
+            old_state = await self._warm_start(taken, old_state, actor)
+            if old_state is _DONE:
+                return
             flight = self.flights[project_id]
             got, waited = await self.admission.take_slot(flight.stop_requested)
             if not got:
@@ -170,6 +188,28 @@ class Starts:
             finally:
                 self.admission.release_slot()
             await self.audit.record("start", project_id, user_id, actor, result.outcome, result.detail)
+
+    async def _warm_start(self, taken: ComfyUIService | None, old_state: dict | None, actor: str):
+        """Bind a taken warm instance to its project and record it online: _DONE; or, when
+        there was none or it could not be bound (then it is stopped), the launcher state
+        the cold start has to stop first."""
+        if taken is None:
+            return old_state
+        old = self.liveness.handle_of(old_state)
+        if old is not None:
+            await self.launcher.stop(old, self.settings.comfyui_stop_grace_seconds)
+        project_id, generation = taken.project_id, taken.generation
+        if await self.pool.bind_taken(taken):
+            if await self._write_online(project_id, generation):
+                log.info("project %s: took warm instance on port %s (pid %s)", project_id, taken.port, taken.pid)
+                await self.audit.record(
+                    "start", project_id, taken.user_id, actor, "online", f"预热实例，端口 {taken.port}，pid {taken.pid}"
+                )
+            else:
+                await self.pool.stop(self.liveness.handle(taken))
+            return _DONE
+        log.warning("project %s: the warm instance could not be bound; starting one", project_id)
+        return None  # bind_taken stopped it
 
     async def _start(self, user_id: int, project_id: int, generation: int, old: Handle | None) -> _Outcome:
         """Run one claimed start to its end."""

@@ -1,0 +1,168 @@
+"""The warm pool: ComfyUIs started for no one, refilled by the lease holder, taken by
+opens, never in a user's way; with real fake-ComfyUI processes."""
+
+import os
+import signal
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+
+import pytest
+
+from comfyhub.models import ServiceStatus
+from comfyhub.services.pool import pool_dir, pool_root
+from tests.conftest import FAKE_COMFYUI
+from tests.support.app import running_app
+from tests.support.comfy import instance_processes, new_project, pid_alive
+from tests.support.net import wait_for
+
+pytestmark = pytest.mark.local_only  # pool folders and pids are looked at on this machine
+
+
+@asynccontextmanager
+async def hub(db_url, tmp_path, pool=2, **overrides):
+    async with running_app(db_url, tmp_path, users=("alice", "bob"), comfyui_warm_pool_size=pool, **overrides) as c:
+        c.alice, c.bob = c.headers_of["alice"], c.headers_of["bob"]
+        yield c
+
+
+async def open_comfy(c, headers, pid):
+    return await c.post(f"/api/projects/{pid}/open_comfy", headers=headers)
+
+
+async def warm_online(c) -> list:
+    return [r for r in await c.manager.records.warm() if r.status == ServiceStatus.ONLINE]
+
+
+async def pool_full(c, n: int, timeout: float = 30) -> list:
+    async def full():
+        rows = await warm_online(c)
+        return rows if len(rows) == n and len(await c.manager.records.warm()) == n else None
+
+    return await wait_for(full, timeout=timeout, what=f"{n} warm instance(s)")
+
+
+def pool_processes(settings) -> list:
+    return [p for p in instance_processes_under(pool_root(settings))]
+
+
+def instance_processes_under(root) -> list:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            cmd = proc.info["cmdline"] or []
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(a.startswith(str(root) + "/") for a in cmd):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return found
+
+
+async def test_the_pool_fills_to_its_size_each_warm_on_its_own_port_and_folder(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=2) as c:
+        rows = await pool_full(c, 2)
+        low, high = c.settings.port_range
+        ports = {r.port for r in rows}
+        assert len(ports) == 2 and all(low <= p <= high for p in ports)
+        for row in rows:
+            assert row.project_id is None and row.user_id is None
+            assert row.base_dir == str(pool_dir(c.settings, row.port))
+            assert (pool_dir(c.settings, row.port) / "custom_nodes").resolve() == c.settings.comfyui_custom_nodes_dir
+            assert pid_alive(row.pid) and len(instance_processes(row.base_dir)) == 1
+            assert os.path.basename(row.log_path).startswith(f"comfy_pool_{row.port}_")
+        assert len({r.log_path for r in rows}) == 2
+        assert len(pool_processes(c.settings)) == 2  # never over-filled
+        # Warm instances belong to no one: no project lists them, the counts leave them out.
+        assert await c.manager.count_by_status() == {}
+
+
+async def test_without_a_pool_size_nothing_is_started(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=0) as c:
+        await c.manager.pool.tend()
+        assert await c.manager.records.warm() == [] and pool_processes(c.settings) == []
+
+
+async def test_a_killed_warm_instance_is_replaced(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=1) as c:
+        (first,) = await pool_full(c, 1)
+        os.kill(first.pid, signal.SIGKILL)
+
+        async def replaced():
+            rows = await warm_online(c)
+            return rows if len(rows) == 1 and rows[0].pid != first.pid else None
+
+        (second,) = await wait_for(replaced, timeout=30, what="a new warm instance")
+        assert pid_alive(second.pid) and second.pid != first.pid
+        assert len(pool_processes(c.settings)) == 1
+
+
+async def test_max_instances_reached_by_warm_ones_a_user_still_opens(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=2, comfyui_max_instances=2) as c:
+        await pool_full(c, 2)
+        pid = await new_project(c, c.alice, "A-1")
+        r = await open_comfy(c, c.alice, pid)
+        assert r.status_code == 200 and r.json()["data"]["status"] == "online", r.text
+        # Users first: the pool shrinks to what the limit leaves, and stays there.
+        await c.manager.pool.tend()
+        assert len(await c.manager.records.warm()) <= 1
+        pid2 = await new_project(c, c.bob, "B-1")
+        r2 = await open_comfy(c, c.bob, pid2)
+        assert r2.status_code == 200 and r2.json()["data"]["status"] == "online", r2.text
+        await c.manager.pool.tend()
+        assert await c.manager.records.warm() == []  # two users' instances: no room for warm ones
+        pid3 = await new_project(c, c.bob, "B-2")
+        assert (await open_comfy(c, c.bob, pid3)).status_code == 429  # users alone fill it
+
+
+async def test_a_refill_waits_for_a_free_start_slot(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=1, comfyui_max_concurrent_starts=1) as c:
+        await pool_full(c, 1)
+        manager = c.manager
+        # Every slot busy (a user's start): the refill does not queue behind or ahead of it.
+        await manager.starts.admission.take_slot(manager._closing)
+        try:
+            (row,) = await warm_online(c)
+            os.kill(row.pid, signal.SIGKILL)
+            await wait_for(lambda: not pid_alive(row.pid), what="the warm instance to die")
+            await wait_for(lambda: _warm_none(c), timeout=10, what="the dead one dropped")
+            await manager.pool.tend()
+            assert await manager.records.warm() == []
+        finally:
+            manager.starts.admission.release_slot()
+        await pool_full(c, 1)
+
+
+async def _warm_none(c):
+    return await c.manager.records.warm() == []
+
+
+async def test_a_backend_restart_adopts_warm_instances_no_duplicate_no_orphan(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=1) as c:
+        (before,) = await pool_full(c, 1)
+        settings = c.settings
+    assert pid_alive(before.pid)  # instances outlive the backend
+    # A process in a pool folder that no record names (its backend died before recording it).
+    orphan_dir = pool_dir(settings, settings.port_range[1])
+    (orphan_dir / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    orphan = subprocess.Popen(
+        [sys.executable, "main.py", "--listen", "127.0.0.1", "--port", str(settings.port_range[1])]
+        + ["--base-directory", str(orphan_dir)],
+        cwd=FAKE_COMFYUI,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # as comfyhub starts them: a stop signals the group
+    )
+    try:
+        async with running_app(
+            db_url, tmp_path, users=(), comfyui_warm_pool_size=1, comfyui_port_range=settings.comfyui_port_range
+        ) as c:
+            (after,) = await pool_full(c, 1)
+            assert after.id == before.id and after.pid == before.pid  # adopted, not restarted
+            await wait_for(lambda: orphan.poll() is not None, timeout=20, what="the orphan stopped")
+            assert [p.pid for p in pool_processes(c.settings)] == [before.pid]
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+        orphan.wait()
