@@ -97,6 +97,22 @@ Execution, one prompt at a time in ``number`` order:
   a prompt without one sends them to nobody, except execution_interrupted, which then
   goes to every socket. ``status`` {queue_remaining} goes to every socket on changes.
 
+comfyhub's extension, loaded as ComfyUI loads it:
+
+* ``--extra-model-paths-config FILE`` (repeatable) adds the folders each config names
+  (ComfyUI's format; the fake reads the JSON form comfyhub writes) to folder_paths;
+  a missing config is logged and skipped (the real one stops with a traceback);
+* the packages in every ``custom_nodes`` folder *other than* ``DIR/custom_nodes`` are
+  imported by file, after the aiohttp app exists and before it serves: with
+  ``COMFYHUB_SECRET_FILE`` set, comfyhub/comfyui_extension (copied into the instance
+  folder by comfyhub) then refuses every request without ``X-Comfyhub-Secret`` (403),
+  adds ``X-Comfyhub-Instance`` / ``X-Comfyhub-Binding`` and serves
+  ``/comfyhub/identity`` and ``/comfyhub/bind`` -- the real extension's code, not a copy.
+  The shared custom nodes are never imported by the fake;
+* ``folder_paths.py`` and ``server.py`` beside this file stand in for ComfyUI's modules
+  of those names; saving, ``/view`` and ``/upload/image`` use the folders folder_paths
+  names at the time, so a bound instance writes and reads in the project's folders.
+
 Fake-only additions, for testing a proxy:
 
 * ``POST /echo`` streams the request body back (chunked, never buffered whole);
