@@ -14,13 +14,14 @@ add under a millisecond), so answers are cached briefly:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.auth import user_for_token
 from comfyhub.models import ComfyUIService, Project
+from comfyhub.net.endpoint import Endpoint, secret_of
 
 AUTH_TTL = 5.0
 TARGET_TTL = 1.0
@@ -34,7 +35,12 @@ class Target:
     status: str | None  # None: never started
     host: str
     port: int | None
+    secret: str = field(default="", repr=False)  # the instance secret (net/endpoint.py)
     generation: int | None = None  # the record's: a response confirms this run's health
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, self.secret)
 
 
 class ProxyAccess:
@@ -88,13 +94,18 @@ class ProxyAccess:
                         ComfyUIService.status,
                         ComfyUIService.host,
                         ComfyUIService.port,
+                        ComfyUIService.launcher_state,
                         ComfyUIService.generation,
                     )
                     .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
                     .where(Project.id == project_id, Project.deleted_at.is_(None))
                 )
             ).first()
-        target = Target(project_id, row[0], row[1], row[2] or "127.0.0.1", row[3], row[4]) if row else None
+        target = (
+            Target(project_id, row[0], row[1], row[2] or "127.0.0.1", row[3], secret_of(row[4]), row[5])
+            if row
+            else None
+        )
         if len(self._targets) > _MAX_ENTRIES:
             self._targets.clear()
         self._targets[project_id] = (now + TARGET_TTL, target)

@@ -127,7 +127,6 @@ class ServiceManager:
             self.starts._pick_gpu,
             self.starts._port_lock,  # one lock for every port chosen in this process
             self._closing,
-            bind=None,
         )
         self.starts.pool = self.pool
         reconciler = Reconciler(settings, self.records, self.launcher, self.liveness, locks, self.starts, self.pool)

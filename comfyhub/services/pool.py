@@ -48,9 +48,11 @@ from comfyhub.launchers import Handle, Launcher, LaunchError, LaunchSpec, PortIn
 from comfyhub.launchers.base import argv_value, comfyui_argv
 from comfyhub.metrics import Metrics
 from comfyhub.models import ComfyUIService, ServiceStatus, utcnow
+from comfyhub.net.endpoint import new_secret
 from comfyhub.net.ports import port_is_free
 from comfyhub.services import instances
 from comfyhub.services.admission import Admission
+from comfyhub.services.binding import bind
 from comfyhub.services.liveness import Liveness
 from comfyhub.services.records import Records
 from comfyhub.services.starts import LOG_TAIL_LINES, lost_bind_race
@@ -62,9 +64,6 @@ TICK_SECONDS = 1.0  # the leader looks at the pool this often (one small query)
 MAX_BACKOFF_SECONDS = 60.0
 READY_POLL_SECONDS = 0.02
 MAX_BIND_ATTEMPTS = 5
-
-# bind(handle, user_id, project_id, dirs) -> whether the instance is now the project's.
-Binder = Callable[[Handle, int, int, dict[str, str]], Awaitable[bool]]
 
 
 def pool_root(settings: Settings) -> Path:
@@ -100,19 +99,6 @@ def prepare_pool_dir(settings: Settings, port: int) -> Path:
     return base
 
 
-def project_dirs(settings: Settings, user_id: int, project_id: int) -> dict[str, str]:
-    """Where a bound instance writes: the project's folder, as for a cold start."""
-    base = instances.prepare_instance_dir(settings, user_id, project_id)
-    return {name: str(base / name) for name in ("output", "input", "temp", "user")}
-
-
-def bound_to(record: ComfyUIService) -> int | None:
-    """The project a claimed warm instance was bound to (kept in its launcher state)."""
-    state = record.launcher_state or {}
-    value = state.get("bound") if isinstance(state, dict) else None
-    return int(value) if isinstance(value, int) else None
-
-
 @dataclass(eq=False)
 class Pool:
     settings: Settings
@@ -124,7 +110,6 @@ class Pool:
     pick_gpu: Callable[[], Awaitable[str | None]]
     port_lock: asyncio.Lock
     closing: asyncio.Event
-    bind: Binder | None = None  # None: instances cannot be bound (every open starts cold)
     _refill: asyncio.Task | None = field(default=None, init=False)
     _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _failures: int = field(default=0, init=False)
@@ -175,7 +160,7 @@ class Pool:
         if self.liveness.alive(handle):
             if now - self._checked_at.get(row.id, 0.0) < self.settings.comfyui_heartbeat_interval_seconds:
                 return
-            if await self.liveness.health.is_ours(handle.host, handle.port, row.base_dir):
+            if await self.liveness.health.is_ours(handle.endpoint(), row.base_dir):
                 self._checked_at[row.id] = now
                 return
             why = "不再响应"
@@ -188,7 +173,7 @@ class Pool:
     async def _resolve_abandoned(self, row: ComfyUIService) -> None:
         """A warm start no process runs any more (its backend died): adopt or stop it."""
         handle = self.liveness.handle(row)
-        if self.liveness.alive(handle) and await self.liveness.health.is_ours(handle.host, handle.port, row.base_dir):
+        if self.liveness.alive(handle) and await self.liveness.health.is_ours(handle.endpoint(), row.base_dir):
             if await self.records.update_warm(row.id, status=ServiceStatus.ONLINE, last_heartbeat=utcnow()):
                 log.info("warm instance %s: adopted after its start outlived its backend", row.id)
             return
@@ -330,6 +315,7 @@ class Pool:
             port=port,
             base_dir=base_dir,
             name=f"pool-w{port}",
+            secret=new_secret(),  # as for any start: kept in the row, proved by every answer
         )
         # As for a project: once spawned, the pid reaches the row even if this is cancelled.
         work = asyncio.ensure_future(self._spawn_and_record(spec, warm_id, gpu or ""))
@@ -366,7 +352,7 @@ class Pool:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            if await self.liveness.health.is_ours(handle.host, handle.port, base_dir, timeout=min(1.0, left)):
+            if await self.liveness.health.is_ours(handle.endpoint(), base_dir, timeout=min(1.0, left)):
                 return True
             await asyncio.sleep(READY_POLL_SECONDS)
         return False
@@ -379,7 +365,7 @@ class Pool:
     async def take(self, project_id: int, generation: int) -> ComfyUIService | None:
         """Give a warm online instance to the project's claimed record (atomic); None if
         there is none to take. Call under the admission lock, right after the claim."""
-        if not self.size or self.bind is None:
+        if not self.size:
             return None
         for row in await self.records.warm():
             if row.status != ServiceStatus.ONLINE or not self.liveness.alive(self.liveness.handle(row)):
@@ -395,13 +381,14 @@ class Pool:
     async def bind_taken(self, record: ComfyUIService) -> bool:
         """Bind a taken instance to its project: True when it is now the project's."""
         handle = self.liveness.handle(record)
-        if handle is None or self.bind is None:
+        if handle is None:
             return False
         try:
-            dirs = await asyncio.to_thread(project_dirs, self.settings, record.user_id, record.project_id)
-            bound = await self.bind(handle, record.user_id, record.project_id, dirs)
-        except Exception:  # noqa: BLE001 — any failure: stop it, start cold
-            log.warning("project %s: binding warm instance failed", record.project_id, exc_info=True)
+            dirs = await asyncio.to_thread(instances.project_dirs, self.settings, record.user_id, record.project_id)
+            await bind(handle.endpoint(), record.project_id, record.user_id, dirs)
+            bound = True
+        except Exception as exc:  # noqa: BLE001 — any failure (BindError, a full disk...): stop it, start cold
+            log.warning("project %s: binding a warm instance failed: %s", record.project_id, exc)
             bound = False
         if bound:
             await asyncio.to_thread(

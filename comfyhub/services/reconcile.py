@@ -21,11 +21,12 @@ from sqlalchemy.exc import IntegrityError
 from comfyhub.config import Settings
 from comfyhub.launchers import Handle, Launcher
 from comfyhub.launchers.base import argv_value
+from comfyhub.launchers.process import read_secret
 from comfyhub.models import ServiceStatus, utcnow
 from comfyhub.reasons import Reason, words
 from comfyhub.services import instances
 from comfyhub.services.coordination import ProjectLocks
-from comfyhub.services.liveness import Liveness
+from comfyhub.services.liveness import Liveness, expected_binding
 from comfyhub.services.records import Records
 from comfyhub.services.starts import Starts, comfy_url
 
@@ -72,7 +73,8 @@ class Reconciler:
                 return
             handle = self.liveness.handle(record)
             alive = self.liveness.alive(handle)
-            if alive and await self.liveness.health.is_ours(handle.host, handle.port, record.base_dir):
+            binding = expected_binding(record)  # a taken warm instance must be bound by now
+            if alive and await self.liveness.health.is_ours(handle.endpoint(), record.base_dir, binding=binding):
                 log.info("project %s: adopted an instance whose start outlived its backend", project_id)
                 now = utcnow()
                 await self.records.update(
@@ -116,10 +118,13 @@ class Reconciler:
             return  # not an orphan
         grace = self.settings.comfyui_stop_grace_seconds
         base_dir = argv_value(handle.cmdline, "--base-directory")
+        # Its record was never written, so the secret is only in the file the launcher
+        # delivered it in; an instance that has one must prove it (health.identity_is_ours).
+        handle.secret = await asyncio.to_thread(read_secret, base_dir) if base_dir else ""
         if (
             record is None
             or self.liveness.alive(recorded)
-            or not await self.liveness.health.is_ours(handle.host, handle.port, base_dir)
+            or not await self.liveness.health.is_ours(handle.endpoint(), base_dir)
         ):
             # A duplicate, an instance of a deleted project, or one that does not answer: stop it.
             log.warning("project %s: stopping unrecorded instance pid %s", project_id, handle.pid)
