@@ -1,6 +1,7 @@
 """The warm pool: ComfyUIs started for no one, refilled by the lease holder, taken by
 opens, never in a user's way; with real fake-ComfyUI processes."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -10,10 +11,12 @@ from contextlib import asynccontextmanager
 import pytest
 
 from comfyhub.models import ServiceStatus
+from comfyhub.services.binding import bind
+from comfyhub.services.instances import instance_dir
 from comfyhub.services.pool import pool_dir, pool_root
-from tests.conftest import FAKE_COMFYUI
+from tests.conftest import FAKE_COMFYUI, ORIGIN
 from tests.support.app import running_app
-from tests.support.comfy import instance_processes, new_project, pid_alive
+from tests.support.comfy import instance_processes, new_project, pid_alive, service, user_id
 from tests.support.net import wait_for
 
 pytestmark = pytest.mark.local_only  # pool folders and pids are looked at on this machine
@@ -166,3 +169,121 @@ async def test_a_backend_restart_adopts_warm_instances_no_duplicate_no_orphan(db
         if orphan.poll() is None:
             orphan.kill()
         orphan.wait()
+
+
+# --- claims: a warm instance bound to a project -----------------------------------------
+
+
+async def queue_image(c, headers, pid) -> None:
+    """One prompt through the proxy; the fake saves one PNG into its output folder."""
+    prompt = {"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "client_id": "t"}
+    r = await c.post(f"/comfy/{pid}/prompt", json=prompt, headers={**headers, "Origin": ORIGIN})
+    assert r.status_code == 200, r.text
+
+
+def pngs(folder) -> list:
+    return sorted(p.name for p in folder.rglob("*.png")) if folder.exists() else []
+
+
+async def test_an_open_takes_the_warm_instance_and_outputs_land_in_the_project_folder(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=1) as c:
+        (warm,) = await pool_full(c, 1)
+        pid = await new_project(c, c.alice, "A-1")
+        r = await open_comfy(c, c.alice, pid)
+        assert r.status_code == 200 and r.json()["data"]["status"] == "online", r.text
+        assert r.json()["data"]["port"] == warm.port
+        svc = await service(c, c.alice, pid)
+        assert svc["pid"] == warm.pid  # the warm process itself: no start
+        await queue_image(c, c.alice, pid)
+        project = instance_dir(c.settings, await user_id(c, c.alice), pid)
+        await wait_for(lambda: pngs(project / "output"), what="the image in the project's folder")
+        assert pngs(pool_dir(c.settings, warm.port) / "output") == []
+        # The heartbeat proves it ours and bound to this project; it stays online.
+        await c.manager.heartbeat_once()
+        assert (await service(c, c.alice, pid))["status"] == "online"
+        # The project's log view shows the instance's log, with the binding in it.
+        log = (await c.get(f"/api/projects/{pid}/comfy_log", headers=c.alice)).json()["data"]
+        assert "bound to user" in str(log)
+        # A stop pulls its history into the project's records, files from the project's folder.
+        await c.post(f"/api/projects/{pid}/stop_comfy", headers=c.alice)
+        assert not pid_alive(warm.pid)
+
+        async def recorded():
+            items = (await c.get(f"/api/projects/{pid}/outputs", headers=c.alice)).json()["data"]
+            return items["items"] if isinstance(items, dict) else items
+
+        assert await wait_for(recorded, what="the output recorded")
+        # And the pool has refilled meanwhile, with another process.
+        (again,) = await pool_full(c, 1)
+        assert again.pid != warm.pid
+
+
+async def test_one_warm_instance_two_opens_at_once_one_takes_it_the_other_starts_cold(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=1) as c:
+        (warm,) = await pool_full(c, 1)
+        a = await new_project(c, c.alice, "A-1")
+        b = await new_project(c, c.bob, "B-1")
+        replies = await asyncio.gather(open_comfy(c, c.alice, a), open_comfy(c, c.bob, b))
+        assert [r.json()["data"]["status"] for r in replies] == ["online", "online"]
+        services = [await service(c, c.alice, a), await service(c, c.bob, b)]
+        assert sorted(s["pid"] == warm.pid for s in services) == [False, True]  # bound once, to one
+        assert services[0]["port"] != services[1]["port"]
+        for headers, pid in ((c.alice, a), (c.bob, b)):
+            await queue_image(c, headers, pid)
+            folder = instance_dir(c.settings, await user_id(c, headers), pid) / "output"
+            await wait_for(lambda f=folder: len(pngs(f)) == 1, what="each project's image in its own folder")
+
+
+async def test_a_warm_instance_that_cannot_be_bound_is_stopped_and_the_open_starts_cold(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=1) as c:
+        (warm,) = await pool_full(c, 1)
+        # Someone else bound it first (the extension binds once): the claim's bind gets 409.
+        other = instance_dir(c.settings, 999, 999)
+        dirs = {k: str(other / k) for k in ("output", "input", "temp", "user")}
+        for d in dirs.values():
+            os.makedirs(d, exist_ok=True)
+        await bind(c.manager.liveness.handle(warm).endpoint(), 999, 999, dirs)
+        pid = await new_project(c, c.alice, "A-1")
+        r = await open_comfy(c, c.alice, pid)
+        assert r.json()["data"]["status"] == "online", r.text
+        svc = await service(c, c.alice, pid)
+        assert svc["pid"] != warm.pid and not pid_alive(warm.pid)
+        record = await c.manager.get(pid)
+        assert record.base_dir == str(instance_dir(c.settings, await user_id(c, c.alice), pid))  # cold
+
+
+async def test_a_backend_restart_keeps_a_bound_instance_bound_and_online(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=1) as c:
+        (warm,) = await pool_full(c, 1)
+        pid = await new_project(c, c.alice, "A-1")
+        assert (await open_comfy(c, c.alice, pid)).json()["data"]["port"] == warm.port
+        (refill,) = await pool_full(c, 1)
+        settings = c.settings
+    async with running_app(
+        db_url, tmp_path, users=(), comfyui_warm_pool_size=1, comfyui_port_range=settings.comfyui_port_range
+    ) as c:
+        (still,) = await pool_full(c, 1)
+        assert still.pid == refill.pid
+        await c.manager.heartbeat_once()
+        record = await c.manager.get(pid)
+        assert record.status == "online" and record.pid == warm.pid  # adopted, proven bound to it
+        assert sorted(p.pid for p in pool_processes(c.settings)) == sorted([warm.pid, refill.pid])
+
+
+async def test_a_bound_instance_that_crashes_comes_back_from_the_pool(db_url, tmp_path):
+    async with hub(db_url, tmp_path, pool=1, comfyui_auto_restart=True, comfyui_restart_backoff_seconds=0.1) as c:
+        (warm,) = await pool_full(c, 1)
+        pid = await new_project(c, c.alice, "A-1")
+        await open_comfy(c, c.alice, pid)
+        (refill,) = await pool_full(c, 1)
+        os.kill(warm.pid, signal.SIGKILL)
+        await wait_for(lambda: not pid_alive(warm.pid), what="the bound instance to die")
+        await c.manager.heartbeat_once()  # offline, restart planned
+
+        async def restarted():
+            await c.manager.heartbeat_once()
+            s = await service(c, c.alice, pid)
+            return s if s["status"] == "online" else None
+
+        svc = await wait_for(restarted, timeout=30, what="the automatic restart")
+        assert svc["pid"] == refill.pid  # took the next warm instance
