@@ -50,8 +50,18 @@ async def test_a_dead_process_is_never_reused_even_within_the_second(client, ali
     pid = await new_project(client, alice)
     await open_comfy(client, alice, pid)
     first = await service(client, alice, pid)
+    record = await manager.get(pid)
+    handle = manager.liveness.handle(record)
     os.kill(first["pid"], signal.SIGKILL)
     await wait_for(lambda: not pid_alive(first["pid"]), what="instance to die")
+
+    async def launcher_knows():  # at once locally; a Ray actor reports it a moment later
+        await manager.launcher.refresh([handle])
+        return manager.launcher.poll(handle) is not None
+
+    await wait_for(launcher_knows, what="the launcher to see the death")
+    manager.liveness.confirm(pid, record.generation)  # as if a check had just passed
+    assert manager.liveness.fresh(record)
     r = await open_comfy(client, alice, pid)  # the process check still runs: a new start
     assert r.json()["data"]["status"] == "online"
     second = await service(client, alice, pid)

@@ -19,8 +19,6 @@ from tests.support.app import running_app
 from tests.support.comfy import instance_processes, new_project, pid_alive, service, user_id
 from tests.support.net import wait_for
 
-pytestmark = pytest.mark.local_only  # pool folders and pids are looked at on this machine
-
 
 @asynccontextmanager
 async def hub(db_url, tmp_path, pool=2, **overrides):
@@ -119,6 +117,7 @@ async def test_max_instances_reached_by_warm_ones_a_user_still_opens(db_url, tmp
         assert (await open_comfy(c, c.bob, pid3)).status_code == 429  # users alone fill it
 
 
+@pytest.mark.local_only  # start slots cap this machine's starts only
 async def test_a_refill_waits_for_a_free_start_slot(db_url, tmp_path):
     async with hub(db_url, tmp_path, pool=1, comfyui_max_concurrent_starts=1) as c:
         await pool_full(c, 1)
@@ -141,6 +140,7 @@ async def _warm_none(c):
     return await c.manager.records.warm() == []
 
 
+@pytest.mark.local_only  # the orphan is a local process group
 async def test_a_backend_restart_adopts_warm_instances_no_duplicate_no_orphan(db_url, tmp_path):
     async with hub(db_url, tmp_path, pool=1) as c:
         (before,) = await pool_full(c, 1)
@@ -234,6 +234,7 @@ async def test_one_warm_instance_two_opens_at_once_one_takes_it_the_other_starts
             await wait_for(lambda f=folder: len(pngs(f)) == 1, what="each project's image in its own folder")
 
 
+@pytest.mark.local_only  # asserts the local instance folder
 async def test_a_warm_instance_that_cannot_be_bound_is_stopped_and_the_open_starts_cold(db_url, tmp_path):
     async with hub(db_url, tmp_path, pool=1) as c:
         (warm,) = await pool_full(c, 1)
