@@ -47,6 +47,29 @@ async def list_services(_admin: AdminUser, db: DbSession):
     )
 
 
+@router.get("/pool", summary="预热实例池（管理员）：已启动、尚未分配给任何项目的 ComfyUI")
+async def list_pool(_admin: AdminUser, manager: Manager):
+    rows = await manager.records.warm()
+    return envelope(
+        {
+            "size": manager.pool.size,
+            "instances": [
+                {
+                    "id": r.id,
+                    "status": r.status,
+                    "port": r.port,
+                    "pid": r.pid,
+                    "host": r.host,
+                    "gpu": r.gpu,
+                    "started_at": r.started_at.isoformat() if r.started_at else None,
+                    "last_heartbeat": r.last_heartbeat.isoformat() if r.last_heartbeat else None,
+                }
+                for r in rows
+            ],
+        }
+    )
+
+
 @router.post("/services/{project_id}/stop", summary="停止某个实例（管理员）")
 async def stop_service(project_id: ProjectId, admin: AdminUser, db: DbSession, manager: Manager):
     await db.commit()  # the admin check's transaction: release it while the process stops

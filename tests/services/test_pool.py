@@ -79,6 +79,17 @@ async def test_the_pool_fills_to_its_size_each_warm_on_its_own_port_and_folder(d
         assert await c.manager.count_by_status() == {}
 
 
+async def test_admins_see_the_pool_users_do_not(db_url, tmp_path):
+    async with running_app(db_url, tmp_path, users=("alice",), admins=("root",), comfyui_warm_pool_size=1) as c:
+        (warm,) = await pool_full(c, 1)
+        r = await c.get("/api/admin/pool", headers=c.headers_of["root"])
+        assert r.status_code == 200
+        data = r.json()["data"]
+        assert data["size"] == 1 and [(i["port"], i["status"]) for i in data["instances"]] == [(warm.port, "online")]
+        assert (await c.get("/api/admin/pool", headers=c.headers_of["alice"])).status_code == 403
+        assert (await c.get("/api/admin/services", headers=c.headers_of["root"])).json()["data"] == []
+
+
 async def test_without_a_pool_size_nothing_is_started(db_url, tmp_path):
     async with hub(db_url, tmp_path, pool=0) as c:
         await c.manager.pool.tend()
