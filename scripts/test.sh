@@ -38,7 +38,8 @@ if [ "${COMFYHUB_TEST_RAY_PASS:-1}" != 0 ]; then
   ray_log="$(mktemp -t comfyhub-ray-pass.XXXXXX)"
   (trap - INT; exec .venv/bin/python -m pytest --launcher ray "$@" \
     tests/services/test_manager.py tests/services/test_restart.py \
-    tests/services/test_multiworker.py tests/services/test_database_outage.py) >"$ray_log" 2>&1 &
+    tests/services/test_multiworker.py tests/services/test_database_outage.py \
+    tests/services/test_pool.py) >"$ray_log" 2>&1 &
   ray_pid=$!
 fi
 .venv/bin/python -m pytest "${xdist[@]}" "$@"
