@@ -266,6 +266,11 @@ def render(r: dict) -> str:
     return "\n".join(lines)
 
 
+def write_section(result: dict) -> None:
+    """The section from a result (also what bench/run_all.py calls)."""
+    write_doc_section(SECTION, render(result), BEGIN, END, after=AFTER_SECTION)
+
+
 def main() -> int:
     clean_environment()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -287,7 +292,7 @@ def main() -> int:
     print(f"  reuse /system_stats:    {fmt(r['reuse']['system_stats'])}  ratio {r['reuse']['ratio']:.2f}x")
     print(f"  targets: {verdict(r['met'])}")
     if not args.no_write:
-        write_doc_section(SECTION, render(r), BEGIN, END, after=AFTER_SECTION)
+        write_section(r)
     return finish(r, args.json)
 
 
