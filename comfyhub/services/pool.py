@@ -63,6 +63,7 @@ POOL_DIR = "pool"
 TICK_SECONDS = 1.0  # the leader looks at the pool this often (one small query)
 MAX_BACKOFF_SECONDS = 60.0
 READY_POLL_SECONDS = 0.02
+GONE_CHECK_SECONDS = 0.5  # while loading, whether the row is still there (evicted?)
 MAX_BIND_ATTEMPTS = 5
 
 
@@ -173,12 +174,14 @@ class Pool:
     async def _resolve_abandoned(self, row: ComfyUIService) -> None:
         """A warm start no process runs any more (its backend died): adopt or stop it."""
         handle = self.liveness.handle(row)
-        if self.liveness.alive(handle) and await self.liveness.health.is_ours(handle.endpoint(), row.base_dir):
+        alive = self.liveness.alive(handle)
+        if alive and await self.liveness.health.is_ours(handle.endpoint(), row.base_dir):
             if await self.records.update_warm(row.id, status=ServiceStatus.ONLINE, last_heartbeat=utcnow()):
                 log.info("warm instance %s: adopted after its start outlived its backend", row.id)
             return
-        if row.pid is None and (utcnow() - (row.started_at or utcnow())).total_seconds() < self._start_timeout():
-            return  # maybe still spawning in another worker that just lost the lease
+        age = (utcnow() - (row.started_at or utcnow())).total_seconds()
+        if (alive or row.pid is None) and age < self._start_timeout():
+            return  # still loading (or still spawning in a worker that just lost the lease): wait
         await self._drop(row.id, handle, status=ServiceStatus.STARTING)
 
     async def _drop(self, warm_id: int, handle: Handle | None, status: str | None = None) -> None:
@@ -204,12 +207,14 @@ class Pool:
                 warm_id = await self.records.add_warm(self.launcher.name)
             self._mine.add(warm_id)
             try:
-                ready = await self._start(warm_id)
+                outcome = await self._start(warm_id)
             finally:
                 self._mine.discard(warm_id)
         finally:
             self.admission.release_slot()
-        if ready:
+        if outcome == "gone":
+            return  # evicted for a user meanwhile: not a failure
+        if outcome == "ready":
             self._failures, self._retry_at = 0, 0.0
             self.refills += 1
             self.wake()  # maybe still short
@@ -230,8 +235,9 @@ class Pool:
             return users + warm < limit
         return True
 
-    async def _start(self, warm_id: int) -> bool:
-        """Start one warm instance to online; False (and nothing left running) on failure."""
+    async def _start(self, warm_id: int) -> str:
+        """Start one warm instance: "ready" (online), "gone" (its row was dropped meanwhile,
+        to make room for a user) or "failed"; nothing is left running but a ready one."""
         deadline = time.monotonic() + self._start_timeout()
         handle: Handle | None = None
         log_path: Path | None = None
@@ -248,16 +254,18 @@ class Pool:
                 except PortInUse:
                     continue
                 if handle is None:
-                    return False  # taken away meanwhile (evicted): the spawn stopped it
-                ready = await self._wait_ready(handle, deadline)
-                if ready:
+                    return "gone"  # evicted while spawning: the spawn stopped it
+                ready = await self._wait_ready(handle, warm_id, deadline)
+                if ready == "ready":
                     now = utcnow()
                     if await self.records.update_warm(warm_id, status=ServiceStatus.ONLINE, last_heartbeat=now):
                         self._checked_at[warm_id] = time.monotonic()
                         log.info("warm instance %s: ready on port %s (pid %s)", warm_id, port, handle.pid)
-                        return True
+                        return "ready"
+                    ready = "gone"
+                if ready == "gone":
                     await self.launcher.stop(handle, self.settings.comfyui_stop_grace_seconds)
-                    return False
+                    return "gone"
                 await self.launcher.stop(handle, 2.0)
                 handle = None
                 last_words = await asyncio.to_thread(instances.tail, log_path, LOG_TAIL_LINES)
@@ -272,7 +280,7 @@ class Pool:
             if handle is not None:
                 await self.launcher.stop(handle, 2.0)
         await self._drop(warm_id, None)
-        return False
+        return "failed"
 
     async def _reserve_port(self, warm_id: int, tried: set[int]) -> int | None:
         async with self.port_lock:
@@ -344,18 +352,24 @@ class Pool:
             return None
         return handle
 
-    async def _wait_ready(self, handle: Handle, deadline: float) -> bool:
+    async def _wait_ready(self, handle: Handle, warm_id: int, deadline: float) -> str:
+        """ "ready", "failed" (exited, timed out, shutdown) or "gone" (its row was dropped)."""
         base_dir = argv_value(handle.cmdline, "--base-directory") or ""
+        looked = time.monotonic()
         while not self.closing.is_set():
             if self.launcher.poll(handle) is not None:
-                return False
+                return "failed"
             left = deadline - time.monotonic()
             if left <= 0:
-                return False
+                return "failed"
             if await self.liveness.health.is_ours(handle.endpoint(), base_dir, timeout=min(1.0, left)):
-                return True
+                return "ready"
+            if time.monotonic() - looked >= GONE_CHECK_SECONDS:
+                looked = time.monotonic()
+                if not await self.records.warm_exists(warm_id):
+                    return "gone"  # a user's start dropped it to make room: stop loading now
             await asyncio.sleep(READY_POLL_SECONDS)
-        return False
+        return "failed"
 
     def _start_timeout(self) -> float:
         return self.settings.comfyui_startup_timeout_seconds

@@ -256,6 +256,9 @@ class Records:
         async with self.sessions() as db:
             return (await db.execute(select(func.count()).where(WARM, Row.status.in_(LIVE)))).scalar_one()
 
+    async def warm_exists(self, warm_id: int) -> bool:
+        return bool(await self._values(Row.id, Row.id == warm_id, WARM))
+
     async def add_warm(self, launcher: str) -> int:
         """A new warm instance, `starting`, with no port yet; its id."""
         async with self.sessions() as db:

@@ -16,7 +16,7 @@ from comfyhub.services.instances import instance_dir
 from comfyhub.services.pool import pool_dir, pool_root
 from tests.conftest import FAKE_COMFYUI, ORIGIN
 from tests.support.app import running_app
-from tests.support.comfy import instance_processes, new_project, pid_alive, service, user_id
+from tests.support.comfy import instance_processes, new_project, pid_alive, service, set_knobs, user_id
 from tests.support.net import wait_for
 
 
@@ -126,6 +126,24 @@ async def test_max_instances_reached_by_warm_ones_a_user_still_opens(db_url, tmp
         assert await c.manager.records.warm() == []  # two users' instances: no room for warm ones
         pid3 = await new_project(c, c.bob, "B-2")
         assert (await open_comfy(c, c.bob, pid3)).status_code == 429  # users alone fill it
+
+
+async def test_a_warm_instance_still_loading_makes_room_for_a_user_at_the_limit(db_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_COMFYUI_START_DELAY", "60")  # warm ones load for a minute
+    async with hub(db_url, tmp_path, pool=1, comfyui_max_instances=1, comfyui_startup_timeout_seconds=90) as c:
+
+        async def loading():
+            rows = await c.manager.records.warm()
+            return rows[0] if rows and rows[0].pid else None
+
+        warm = await wait_for(loading, timeout=20, what="a warm instance loading")
+        pid = await new_project(c, c.alice, "A-1")
+        set_knobs(c.settings, await user_id(c, c.alice), pid, start_delay=0)
+        r = await open_comfy(c, c.alice, pid)
+        assert r.status_code == 200 and r.json()["data"]["status"] == "online", r.text
+        await wait_for(lambda: not pid_alive(warm.pid), what="the loading warm instance stopped")
+        await c.manager.pool.tend()
+        assert await c.manager.records.warm() == []  # the limit is the user's now
 
 
 @pytest.mark.local_only  # start slots cap this machine's starts only
