@@ -202,13 +202,18 @@ export function renderAdmin(main, { me, meta }) {
   // A newer refresh (e.g. after 停止) wins over older answers: isCurrent().
   async function loadAll(isCurrent) {
     try {
-      const [services, users] = await Promise.all([get("/api/admin/services"), get("/api/admin/users")]);
+      const [services, users, pool] = await Promise.all([
+        get("/api/admin/services"), get("/api/admin/users"), get("/api/admin/pool").catch(() => null)]);
       if (!isCurrent()) return;
       for (const s of services) projectNames.set(s.project_id, s.project_name);
       syncKeyed(servicesBody, services, (s) => s.project_id, createServiceRow, serviceRows);
       show(servicesEmpty, services.length === 0);
       const live = services.filter((s) => RUNNING.has(s.status)).length;
-      setText(servicesCount, `共 ${services.length} 个 · 运行中 ${live} 个`);
+      // Warm instances (the pool) belong to no project: a count here, not rows.
+      const warmList = pool && Array.isArray(pool.instances) ? pool.instances : [];
+      const ready = warmList.filter((i) => i.status === "online").length;
+      const warm = pool && pool.size ? ` · 预热 ${ready}/${pool.size}` : "";
+      setText(servicesCount, `共 ${services.length} 个 · 运行中 ${live} 个${warm}`);
       syncKeyed(usersBody, users, (u) => u.id, createUserRow, userRows);
       setText(usersCount, `共 ${users.length} 人`);
       show(servicesError, false);
