@@ -8,16 +8,20 @@ import subprocess
 import sys
 from contextlib import asynccontextmanager
 
+import httpx
 import pytest
+from sqlalchemy import func, select
 
-from comfyhub.models import ServiceStatus
+from comfyhub.db import create_engine, session_factory
+from comfyhub.models import ComfyUIService, ServiceStatus
 from comfyhub.services.binding import bind
 from comfyhub.services.instances import instance_dir
 from comfyhub.services.pool import pool_dir, pool_root
 from tests.conftest import FAKE_COMFYUI, ORIGIN
 from tests.support.app import running_app
 from tests.support.comfy import instance_processes, new_project, pid_alive, service, set_knobs, user_id
-from tests.support.net import wait_for
+from tests.support.hub import PASSWORD, LiveHub, create_project
+from tests.support.net import wait_for, wait_for_sync
 
 
 @asynccontextmanager
@@ -317,3 +321,69 @@ async def test_a_bound_instance_that_crashes_comes_back_from_the_pool(db_url, tm
 
         svc = await wait_for(restarted, timeout=30, what="the automatic restart")
         assert svc["pid"] == refill.pid  # took the next warm instance
+
+
+# --- several workers -----------------------------------------------------------------------
+
+
+@pytest.mark.local_only  # counts processes in this machine's pool folders
+def test_two_workers_never_over_fill_and_opens_in_both_take_each_warm_once(pg_url, tmp_path):
+    hub = LiveHub(
+        tmp_path / "hub",
+        db_url=pg_url,
+        workers=2,
+        ports=20,
+        comfyui_warm_pool_size=2,
+        comfyui_heartbeat_interval_seconds=1,
+    )
+    hub.start()
+    try:
+        hub.add_user("alice")
+        root = hub.settings.comfyui_instance_base_dir / "pool"
+        seen = []
+        bound = 0  # processes in pool folders that projects took
+
+        def full():
+            seen.append(len(instance_processes_under(root)) - bound)
+            return seen[-1] == 2 and _warm_rows(pg_url) == 2
+
+        wait_for_sync(full, timeout=60, what="a full pool")
+        with hub.client("alice") as c:
+            projects = [create_project(c, f"MW-{i}") for i in range(4)]
+            token = c.post("/api/auth/login", json={"username": "alice", "password": PASSWORD}).json()["data"]["token"]
+
+        async def storm():
+            headers = {"Authorization": f"Bearer {token}"}
+            async with httpx.AsyncClient(base_url=hub.url, headers=headers, timeout=120, trust_env=False) as ac:
+                return await asyncio.gather(*(ac.post(f"/api/projects/{p}/open_comfy") for p in projects))
+
+        replies = asyncio.run(storm())
+        assert [r.json()["data"]["status"] for r in replies] == ["online"] * 4
+        ports = [r.json()["data"]["port"] for r in replies]
+        assert len(set(ports)) == 4  # two took the two warm ones, two started: each its own
+        bound = sum(1 for p in ports if (root / f"w{p}").exists())
+        assert bound == 2
+        wait_for_sync(full, timeout=60, what="the pool refilled")
+        for _ in range(50):  # a few heartbeats of both workers: never a third warm instance
+            full()
+        assert max(seen) <= 2
+    finally:
+        hub.stop()
+
+
+def _warm_rows(db_url: str) -> int:
+    async def count():
+        engine = create_engine(db_url)
+        try:
+            async with session_factory(engine)() as db:
+                return (
+                    await db.execute(
+                        select(func.count()).where(
+                            ComfyUIService.project_id.is_(None), ComfyUIService.status.in_(("starting", "online"))
+                        )
+                    )
+                ).scalar_one()
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(count())
