@@ -71,9 +71,8 @@ RATE = 100  # calls per second offered
 SLICE_S = 5.0  # one heartbeat interval: each "on" slice holds one sweep
 PAIRS = 16  # slices of each kind, alternating, so that other load on the machine hits both alike
 AA = False  # --aa: the heartbeat paused in both kinds of slice, to see how the ratio varies by itself
-# Opens in flight at once. On PostgreSQL every start, queued ones too, holds a pooled
-# connection for its advisory lock: 32 at once emptied the pool (30) and the hub answered
-# 503 to everyone for 30 s. The hub's start cap (2) sets the pace anyway.
+# Opens in flight at once: a browser tab's worth of users clicking; the hub's start cap
+# (2) sets the pace anyway.
 OPEN_IN_FLIGHT = 16
 KILL_FRACTION = 0.10
 STALL_RECORD_MS = 2.0  # stalls shorter than this are counted, not stored
