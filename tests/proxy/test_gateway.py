@@ -220,7 +220,8 @@ def test_50mb_download_streams_with_right_bytes_and_flat_memory(hub):
         before = _rss(server_pid)
         peak = before
         digest = hashlib.sha256()
-        with c.stream("GET", f"{hub.comfy}/comfy/{hub.project}/view", params={"filename": "big.bin", "type": "output"}) as r:
+        view = f"{hub.comfy}/comfy/{hub.project}/view"
+        with c.stream("GET", view, params={"filename": "big.bin", "type": "output"}) as r:
             assert r.status_code == 200
             assert int(r.headers["content-length"]) == len(body)
             for chunk in r.iter_raw(1 * MB):
