@@ -130,7 +130,10 @@ def cmd_serve(args) -> int:
         print("comfyhub: COMFYHUB_INSTANCE_PORT must differ from --port", file=sys.stderr)
         return 2
     try:
-        sockets = [_listen(args.host, args.port, "comfyhub"), _listen(args.host, instance_port, "instance origin")]
+        sockets = [
+            bind_listener(args.host, args.port, "comfyhub"),
+            bind_listener(args.host, instance_port, "instance origin"),
+        ]
     except OSError as exc:
         print(f"comfyhub: {exc}", file=sys.stderr)
         return 2
@@ -166,7 +169,7 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _listen(host: str, port: int, what: str) -> socket.socket:
+def bind_listener(host: str, port: int, what: str) -> socket.socket:
     """A bound TCP socket, as uvicorn's own (SO_REUSEADDR, inheritable by the workers)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
