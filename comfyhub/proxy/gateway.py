@@ -1,11 +1,14 @@
-"""/comfy/{project_id}/… : each instance reachable by its owner only (invariant 6).
+"""/comfy/{project_id}/… : each instance reachable by its owner only (invariant 6), on the
+instance origin only (invariant 10).
 
 A pure ASGI middleware in front of the FastAPI routes: requests under /comfy/ never go
-through routing or dependency injection, which keeps the added latency small. For each
-request: authenticate (session cookie, or bearer), check ownership, then forward to the
+through routing or dependency injection, which keeps the added latency small. On
+comfyhub's own origin `__call__` only hands the browser over to the instance origin
+(entry.py). On the instance origin `instance` serves: authenticate (the instance cookie,
+or a bearer token; never the session cookie), check ownership, then forward to the
 instance with the prefix stripped, the browser's Host kept (ComfyUI refuses a loopback
 Host with a foreign Origin), hop-by-hop headers dropped and X-Forwarded-* set.
-comfyhub's own credentials (its session cookie, Authorization) are never passed on.
+comfyhub's own credentials (its cookies, Authorization) are never passed on.
 Large downloads (Content-Length ≥ 1 MiB, bodyless request) leave the event loop after
 the response head: a thread moves the body socket to socket (relay.py).
 A request that is not passed on is refused with a page for a browser and the API's JSON
@@ -36,7 +39,6 @@ from comfyhub.security import (
     cookie_value,
     origin_required,
     same_origin,
-    session_token,
 )
 
 log = logging.getLogger("comfyhub.proxy")
@@ -77,10 +79,6 @@ class ComfyProxy:
     @property
     def pool(self) -> UpstreamPool:
         return self.hub.state.upstream_pool
-
-    @property
-    def trusted_origins(self) -> set[str]:
-        return self.hub.state.settings.trusted_origins
 
     def touch(self, project_id: int) -> None:
         self.hub.state.manager.touch(project_id)
@@ -388,12 +386,6 @@ def _header_map(scope) -> dict[bytes, bytes]:
         name = name.lower()
         headers[name] = headers[name] + b"; " + value if name == b"cookie" and name in headers else value
     return headers
-
-
-def _session_token(headers: dict[bytes, bytes]) -> tuple[str | None, bool]:
-    return session_token(
-        headers.get(b"authorization", b"").decode("latin-1"), headers.get(b"cookie", b"").decode("latin-1")
-    )
 
 
 def _upstream_path(scope, project_id: int) -> bytes:

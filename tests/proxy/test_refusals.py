@@ -41,7 +41,7 @@ async def _not_the_app(scope, receive, send):
 
 @pytest.fixture
 async def proxy():
-    settings = SimpleNamespace(trusted_origins=set(), comfyhub_instance_origin="", instance_port=8001)
+    settings = SimpleNamespace(comfyhub_instance_origin="", instance_port=8001)
     hub = SimpleNamespace(state=SimpleNamespace(proxy_access=Access(), settings=settings))
     transport = httpx.ASGITransport(app=ComfyProxy(_not_the_app, hub).instance)  # the instance origin
     async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as client:
