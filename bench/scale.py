@@ -236,7 +236,14 @@ def hub_main(port: int) -> int:
             "lists_held_by": held_by.most_common(6),
         }
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    # Both listeners, as `comfyhub serve` binds them: the proxied GETs go to the instance origin.
+    from comfyhub.cli import bind_listener
+
+    sockets = [
+        bind_listener("127.0.0.1", port, "hub"),
+        bind_listener("127.0.0.1", settings.instance_port, "instance origin"),
+    ]
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=sockets)
     return 0
 
 
@@ -337,11 +344,12 @@ class Hub:
         self.token = ""
 
     async def request(self, method: str, path: str, body: dict | None = None, timeout: float = 120):
-        conn = await self.pool.acquire(self.host, self.port)
+        port = self.port + 1 if path.startswith("/comfy/") else self.port  # ComfyUI: the instance origin
+        conn = await self.pool.acquire(self.host, port)
         ok = False
         try:
             data = json.dumps(body).encode() if body is not None else b""
-            head = f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-length: {len(data)}\r\n"
+            head = f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{port}\r\ncontent-length: {len(data)}\r\n"
             if body is not None:
                 head += "content-type: application/json\r\n"
             if self.token:
@@ -635,11 +643,12 @@ def run(n: int, db: str, seed: int) -> dict:
             else:
                 url = f"sqlite+aiosqlite:///{ws.root / 'comfyhub.db'}"
             low, high = free_port_range(n + 50)
-            hub_port = free_port_range(1, start=high + 1)[0]
+            hub_port = free_port_range(2, start=high + 1)[0]  # and the next one: the instance origin
             env = {
                 **os.environ,
                 **ws.server_env((low, high)),
                 "COMFYHUB_DATABASE_URL": url,
+                "COMFYHUB_INSTANCE_PORT": str(hub_port + 1),
                 "COMFYUI_REPO_PATH": str(repo),
                 "COMFYUI_PYTHON": str(python),
                 "COMFYUI_HEARTBEAT_INTERVAL_SECONDS": str(INTERVAL_S),
