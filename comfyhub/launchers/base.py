@@ -67,6 +67,7 @@ class Handle:
     gpu: str = ""  # set by launchers that assign GPUs themselves
     secret: str = field(default="", repr=False)  # the instance secret; "" for older records
 
+    @property
     def endpoint(self) -> Endpoint:
         return Endpoint(self.host, self.port, self.secret)
 

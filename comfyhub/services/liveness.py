@@ -50,7 +50,7 @@ class Liveness:
         handle = self.handle(record)
         if not self.alive(handle):
             return False
-        return await self.health.is_ours(handle.endpoint(), record.base_dir)
+        return await self.health.is_ours(handle.endpoint, record.base_dir)
 
     async def queue(self, record: ComfyUIService) -> dict | None:
         """ComfyUI's /queue (`queue_running`, `queue_pending`) of an instance; None when it
@@ -66,6 +66,6 @@ class Liveness:
         exited = self.launcher.poll(handle)
         if exited is not None:
             return Probe(False, exited, Reason.CRASHED, words(Reason.CRASHED, exit=exited.reason))
-        if await self.health.is_ours(handle.endpoint(), record.base_dir):
+        if await self.health.is_ours(handle.endpoint, record.base_dir):
             return Probe(True)
         return Probe(False, None, Reason.UNRESPONSIVE, words(Reason.UNRESPONSIVE))

@@ -68,7 +68,7 @@ class Reconciler:
                 return
             handle = self.liveness.handle(record)
             alive = self.liveness.alive(handle)
-            if alive and await self.liveness.health.is_ours(handle.endpoint(), record.base_dir):
+            if alive and await self.liveness.health.is_ours(handle.endpoint, record.base_dir):
                 log.info("project %s: adopted an instance whose start outlived its backend", project_id)
                 now = utcnow()
                 await self.records.update(
@@ -116,7 +116,7 @@ class Reconciler:
         if (
             record is None
             or self.liveness.alive(recorded)
-            or not await self.liveness.health.is_ours(handle.endpoint(), base_dir)
+            or not await self.liveness.health.is_ours(handle.endpoint, base_dir)
         ):
             # A duplicate, an instance of a deleted project, or one that does not answer: stop it.
             log.warning("project %s: stopping unrecorded instance pid %s", project_id, handle.pid)

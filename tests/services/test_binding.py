@@ -46,7 +46,7 @@ async def warm(tmp_path):
     )
     launcher = LocalLauncher()
     handle = await launcher.start(spec)
-    target = handle.endpoint()
+    target = handle.endpoint
     health = HealthChecker(timeout=2.0)
     try:
         await wait_for(lambda: health.is_ours(target, str(base)), what="warm instance ready")
