@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from comfyhub.launchers import Exit, Handle, Launcher
 from comfyhub.models import ComfyUIService
-from comfyhub.net.endpoint import Endpoint, secret_of
+from comfyhub.net.endpoint import Endpoint, binding_of, secret_of
 from comfyhub.reasons import Reason, words
 from comfyhub.services.health import HealthChecker
 
@@ -55,7 +55,8 @@ class Liveness:
     async def queue(self, record: ComfyUIService) -> dict | None:
         """ComfyUI's /queue (`queue_running`, `queue_pending`) of an instance; None when it
         does not answer or answers something else."""
-        target = Endpoint(record.host or "127.0.0.1", record.port, secret_of(record.launcher_state))
+        state = record.launcher_state
+        target = Endpoint(record.host or "127.0.0.1", record.port, secret_of(state), binding_of(state))
         queue = await self.health.get_json(target, "/queue")
         return queue if isinstance(queue, dict) else None
 
