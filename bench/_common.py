@@ -29,7 +29,24 @@ if str(ROOT) not in sys.path:
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
+from comfyhub.launchers.base import argv_value  # noqa: E402
+from comfyhub.launchers.process import read_secret  # noqa: E402
 from comfyhub.net.ports import port_is_free  # noqa: E402
+
+
+def instance_headers(port: int) -> dict[str, str]:
+    """The secret header that lets a benchmark talk to an instance comfyhub started, directly
+    (as comfyhub does): read from the file its process was given. {} when it has none."""
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "main.py" in cmdline and argv_value(cmdline, "--port") == str(port):
+            secret = read_secret(argv_value(cmdline, "--base-directory") or "/nonexistent")
+            return {"X-Comfyhub-Secret": secret} if secret else {}
+    return {}
+
 
 FAKE_COMFYUI = ROOT / "tests" / "fake_comfyui"
 PYTHON = Path(sys.executable)  # run the benchmarks with the project's venv python

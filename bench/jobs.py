@@ -45,6 +45,7 @@ from _common import (
     clean_environment,
     create_project,
     free_port_range,
+    instance_headers,
     live_server,
     machine,
     summary,
@@ -233,7 +234,9 @@ def measure_run(api: httpx.Client, server, ws: Workspace, items: int, job_second
     assert wait_done(api, project, warm, timeout=120)["counts"]["done"] == 40
     rss_before = settle_rss(serve)
 
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, trust_env=False) as comfy:
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=5, trust_env=False, headers=instance_headers(port)
+    ) as comfy:
 
         def depth() -> tuple[int, int]:
             q = comfy.get("/queue").json()

@@ -61,6 +61,7 @@ from _common import (
     Workspace,
     clean_environment,
     free_port_range,
+    instance_headers,
     machine,
     summary,
     verdict,
@@ -351,12 +352,12 @@ def bench_download(
     query = "/view?filename=big.bin&type=output"
     clients = {
         "proxied": (RawHTTP(hub_port, f"127.0.0.1:{hub_port}", {"Cookie": cookie}), f"/comfy/{project}{query}"),
-        "direct": (RawHTTP(comfy_port, f"127.0.0.1:{comfy_port}"), query),
+        "direct": (RawHTTP(comfy_port, f"127.0.0.1:{comfy_port}", instance_headers(comfy_port)), query),
     }
     if relay_port:
-        clients["relay"] = (RawHTTP(relay_port, f"127.0.0.1:{comfy_port}"), query)
+        clients["relay"] = (RawHTTP(relay_port, f"127.0.0.1:{comfy_port}", instance_headers(comfy_port)), query)
     if blocking_port:
-        clients["blocking"] = (RawHTTP(blocking_port, f"127.0.0.1:{comfy_port}"), query)
+        clients["blocking"] = (RawHTTP(blocking_port, f"127.0.0.1:{comfy_port}", instance_headers(comfy_port)), query)
     # One untimed round each that also checks the bytes.
     digests = {}
     for name, (client, path) in clients.items():
@@ -419,10 +420,16 @@ def bench_get(hub_port, comfy_port, relay_port, project, cookie, n, hub_proc) ->
             RawHTTP(hub_port, f"127.0.0.1:{hub_port}", {"Cookie": cookie}),
             f"/comfy/{project}/api/system_stats",
         ),
-        "direct": (RawHTTP(comfy_port, f"127.0.0.1:{comfy_port}"), "/api/system_stats"),
+        "direct": (
+            RawHTTP(comfy_port, f"127.0.0.1:{comfy_port}", instance_headers(comfy_port)),
+            "/api/system_stats",
+        ),
     }
     if relay_port:
-        clients["relay"] = (RawHTTP(relay_port, f"127.0.0.1:{comfy_port}"), "/api/system_stats")
+        clients["relay"] = (
+            RawHTTP(relay_port, f"127.0.0.1:{comfy_port}", instance_headers(comfy_port)),
+            "/api/system_stats",
+        )
     for _ in range(50):  # warm-up: connections, caches
         for client, path in clients.values():
             assert client.get(path)[0] == 200
@@ -462,10 +469,14 @@ def bench_ws(hub_port, comfy_port, relay_port, project, cookie, origin, n) -> di
             f"127.0.0.1:{hub_port}",
             {"Cookie": cookie, "Origin": origin},
         ),
-        "direct": RawWS(comfy_port, "/ws?clientId=bench-direct", f"127.0.0.1:{comfy_port}"),
+        "direct": RawWS(
+            comfy_port, "/ws?clientId=bench-direct", f"127.0.0.1:{comfy_port}", instance_headers(comfy_port)
+        ),
     }
     if relay_port:
-        clients["relay"] = RawWS(relay_port, "/ws?clientId=bench-relay", f"127.0.0.1:{comfy_port}")
+        clients["relay"] = RawWS(
+            relay_port, "/ws?clientId=bench-relay", f"127.0.0.1:{comfy_port}", instance_headers(comfy_port)
+        )
     for ws in clients.values():
         assert json.loads(ws.recv_text())["type"] == "status"  # the instance greets every client
     for i in range(50):
@@ -640,7 +651,7 @@ def bench_burst(hub, hub_port, comfy_port, project, cookie, origin, conns, msgs)
     hub_proc = psutil.Process(hub.proc.pid)
     la = load()
     # Baseline: the same burst straight to the instance.
-    direct = asyncio.run(_ws_burst(f"ws://127.0.0.1:{comfy_port}/ws", {}, conns, msgs, []))
+    direct = asyncio.run(_ws_burst(f"ws://127.0.0.1:{comfy_port}/ws", instance_headers(comfy_port), conns, msgs, []))
     before = hub_proc.memory_info().rss
     sampler = RssSampler(hub.proc.pid)
     sampler.start()

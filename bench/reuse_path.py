@@ -26,6 +26,7 @@ from _common import (
     finish,
     fmt,
     free_port_range,
+    instance_headers,
     live_server,
     machine,
     parse_args,
@@ -48,7 +49,9 @@ def run(n: int) -> dict:
             assert r.status_code == 200, r.text
             port = r.json()["data"]["port"]
             pid_before = api.get(f"/api/projects/{project}").json()["data"]["service"]["pid"]
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False) as comfy:
+            with httpx.Client(
+                base_url=f"http://127.0.0.1:{port}", timeout=10, trust_env=False, headers=instance_headers(port)
+            ) as comfy:
                 open_url = f"/api/projects/{project}/open_comfy"
                 # Floors, for the breakdown (informative, not part of the target):
                 floors = {

@@ -44,6 +44,11 @@ CLI that must work without the web app. Where the other modules go, and why:
 - `net/` (the HTTP/1.1 client and the port helpers) is used by both the proxy and the
   services, so it is a foundation.
 
+- `comfyui_extension` runs inside ComfyUI's Python, where comfyhub is not installed
+  (comfyhub copies the file into each instance folder). It is standalone: it imports no
+  part of comfyhub and no part of comfyhub imports it, and beyond the standard library it
+  may use only aiohttp and ComfyUI's own `server` and `folder_paths`.
+
 - `messages` (the Chinese refusals both front doors answer with: 未登录…, 无操作权限…)
   is shared by the siblings `api` and `proxy`, so it lies below both, with no imports.
 
@@ -83,8 +88,11 @@ LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import 
     ({"launchers"}, False),
     ({"migrations"}, False),
     ({"models", "db", "config", "metrics", "net", "reasons", "messages", ""}, False),  # "": comfyhub/__init__.py
+    ({"comfyui_extension"}, True),  # standalone: runs inside ComfyUI
 ]
-FOUNDATIONS = LAYERS[-1][0]
+STANDALONE = {"comfyui_extension"}
+STANDALONE_MAY_USE = {"aiohttp", "server", "folder_paths"}
+FOUNDATIONS = LAYERS[-2][0]
 FOUNDATIONS_MAY_IMPORT = {"config", "models", "reasons", ""}
 NEVER_IMPORTED = {"migrations"}
 NOT_PYTHON = {"web"}
@@ -192,6 +200,8 @@ def violation(edge: Import) -> str | None:
         return None
     if target in NEVER_IMPORTED:
         return f"{target} is run by Alembic from its path and must not be imported"
+    if source in STANDALONE or target in STANDALONE:
+        return f"{source if source in STANDALONE else target} runs inside ComfyUI: it is standalone"
     below, above = layer_of(source), layer_of(target)
     if above < below:
         return f"{source} may not import {target}, a higher layer"
@@ -221,6 +231,21 @@ def test_layers_point_down_only():
     found = violations(package_imports())
     if found:
         pytest.fail("imports against the layers:\n" + "\n".join(found), pytrace=False)
+
+
+def test_the_comfyui_extension_uses_only_the_standard_library_aiohttp_and_comfyui():
+    allowed = set(sys.stdlib_module_names) | STANDALONE_MAY_USE | {"__future__"}
+    for unit in STANDALONE:
+        for path in (PACKAGE / unit).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    assert node.level == 0, f"{path}:{node.lineno}: a relative import"
+                    names = [node.module or ""]
+                for name in names:
+                    assert name.split(".")[0] in allowed, f"{path}:{node.lineno}: imports {name}"
 
 
 # --- the checker itself: it must be able to fail --------------------------------------------

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 
 from websockets.asyncio.client import connect
 
+from comfyhub.net.endpoint import Endpoint
+
 log = logging.getLogger("comfyhub.jobs")
 
 RETRY_SECONDS = 5.0
@@ -47,12 +49,12 @@ class QueueListeners:
 
     def __init__(self, wake: asyncio.Event):
         self.wake = wake
-        self._tasks: dict[int, tuple[tuple[str, int, int], asyncio.Task]] = {}
+        self._tasks: dict[int, tuple[tuple[Endpoint, int], asyncio.Task]] = {}
         self._tried: dict[int, float] = {}
 
-    def follow(self, project_id: int, host: str, port: int, run: int) -> None:
+    def follow(self, project_id: int, target: Endpoint, run: int) -> None:
         """Listen to this run of the project's instance (once; again after a lost socket)."""
-        key = (host, port, run)
+        key = (target, run)
         current = self._tasks.get(project_id)
         if current is not None and current[0] == key and not current[1].done():
             return
@@ -62,7 +64,7 @@ class QueueListeners:
         if current is not None:
             current[1].cancel()
         self._tried[project_id] = now
-        task = asyncio.create_task(self._listen(project_id, host, port), name=f"comfyhub-job-listen-{project_id}")
+        task = asyncio.create_task(self._listen(project_id, target), name=f"comfyhub-job-listen-{project_id}")
         self._tasks[project_id] = (key, task)
 
     def keep_only(self, project_ids: Iterable[int]) -> None:
@@ -79,12 +81,17 @@ class QueueListeners:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _listen(self, project_id: int, host: str, port: int) -> None:
-        authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        url = f"ws://{authority}/ws?clientId=comfyhub-jobs-{project_id}"
+    async def _listen(self, project_id: int, target: Endpoint) -> None:
+        url = f"ws://{target.authority}/ws?clientId=comfyhub-jobs-{project_id}"
         last: int | None = None
         try:
-            async with connect(url, open_timeout=CONNECT_TIMEOUT, compression=None, proxy=None) as socket:
+            async with connect(
+                url,
+                open_timeout=CONNECT_TIMEOUT,
+                compression=None,
+                proxy=None,
+                additional_headers=target.headers(),
+            ) as socket:
                 async for message in socket:
                     remaining = queue_remaining(message)
                     if remaining is None:

@@ -150,7 +150,7 @@ class JobRunner:
             return
         self.manager.touch(project_id)  # a job in progress is activity: never culled
         instance = Instance.of(record)
-        self.listeners.follow(project_id, instance.host, instance.port, instance.run)
+        self.listeners.follow(project_id, instance.endpoint, instance.run)
         flying = await self._follow(project_id, instance)
         for job in jobs:
             if flying >= self.depth:
@@ -298,7 +298,7 @@ class JobRunner:
         return await self.store.outcomes(project_id, [i.prompt_id for i in items])
 
     async def _queued_ids(self, instance: Instance) -> set[str]:
-        queue = await self.client.get_json(instance.host, instance.port, "/queue")
+        queue = await self.client.get_json(instance.endpoint, "/queue")
         ids = set()
         for key in ("queue_running", "queue_pending"):
             for entry in queue.get(key) or [] if isinstance(queue, dict) else []:
@@ -341,7 +341,7 @@ class JobRunner:
             },
         }
         try:
-            status, answer = await self.client.post_json(instance.host, instance.port, "/prompt", body)
+            status, answer = await self.client.post_json(instance.endpoint, "/prompt", body)
         except InstanceUnreachable:
             return  # unknown whether it arrived: LOST_AFTER later the queue and history tell
         if status != 200:

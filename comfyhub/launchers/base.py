@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from comfyhub.net.endpoint import Endpoint, binding_of, secret_of
 from comfyhub.reasons import Reason
 
 
@@ -47,6 +48,10 @@ class LaunchSpec:
     port: int
     base_dir: Path
     name: str = ""  # stable per project (u{user}-p{project}): names the instance where it runs
+    # The instance secret (comfyhub/net/endpoint.py). Never in argv or env: the launcher
+    # writes it to a 0600 file where the process runs and names the file in
+    # COMFYHUB_SECRET_FILE (process.deliver_secret).
+    secret: str = field(default="", repr=False)
 
 
 @dataclass
@@ -60,6 +65,12 @@ class Handle:
     port: int
     extra: dict = field(default_factory=dict)
     gpu: str = ""  # set by launchers that assign GPUs themselves
+    secret: str = field(default="", repr=False)  # the instance secret; "" for older records
+    binding: int | None = None  # the project it was bound to after its start (a warm pool's)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, self.secret, self.binding)
 
     def state(self) -> dict:
         return asdict(self)
@@ -74,6 +85,8 @@ class Handle:
             port=int(state["port"]),
             extra=dict(state.get("extra") or {}),
             gpu=str(state.get("gpu") or ""),
+            secret=secret_of(state),
+            binding=binding_of(state),
         )
 
     def same_process(self, other: Handle) -> bool:
@@ -153,10 +166,17 @@ class Launcher(Protocol):
         ...
 
 
+# In the instance folder: the ComfyUI path config that adds comfyhub's extension
+# (services/instances.py writes it, with the extension beside it, before every start).
+EXTENSION_CONFIG = ".comfyhub/extra_model_paths.yaml"
+
+
 def comfyui_argv(python: Path, listen: str, port: int, base_dir: Path, extra_args: list[str]) -> list[str]:
     """ComfyUI's command line for one instance, with its own database inside the instance dir.
 
     ComfyUI's own SQLite database otherwise lands in the install's shared user/ folder.
+    The path config loads comfyhub's extension from the instance folder, beside (not into)
+    the shared custom nodes.
     """
     return [
         str(python),
@@ -170,6 +190,8 @@ def comfyui_argv(python: Path, listen: str, port: int, base_dir: Path, extra_arg
         str(base_dir),
         "--database-url",
         f"sqlite:///{base_dir / 'user' / 'comfyui.db'}",
+        "--extra-model-paths-config",
+        str(base_dir / EXTENSION_CONFIG),
         *extra_args,
     ]
 

@@ -30,9 +30,8 @@ class LocalLauncher:
         self._children: dict[int, subprocess.Popen] = {}
 
     async def start(self, spec: LaunchSpec, on_wait=None) -> Handle:
-        env = process.child_environment(spec.env)
         # Fork+exec takes milliseconds but is a system call chain: keep it off the loop.
-        spawning = asyncio.ensure_future(asyncio.to_thread(process.spawn, spec.argv, spec.cwd, env, spec.log_path))
+        spawning = asyncio.ensure_future(asyncio.to_thread(self._spawn, spec))
         try:
             proc = await asyncio.shield(spawning)
         except asyncio.CancelledError:
@@ -48,7 +47,13 @@ class LocalLauncher:
             cmdline=list(spec.argv),
             host=self.connect_host,
             port=spec.port,
+            secret=spec.secret,
         )
+
+    @staticmethod
+    def _spawn(spec: LaunchSpec):
+        delivery = process.deliver_secret(spec.base_dir, spec.secret)
+        return process.spawn(spec.argv, spec.cwd, process.child_environment({**spec.env, **delivery}), spec.log_path)
 
     def poll(self, handle: Handle) -> Exit | None:
         child = self._children.get(handle.pid)

@@ -33,6 +33,41 @@ def child_environment(overrides: dict[str, str]) -> dict[str, str]:
     return env
 
 
+SECRET_FILE = ".comfyhub/secret"  # in the instance folder
+SECRET_FILE_ENV = "COMFYHUB_SECRET_FILE"  # read by comfyhub/comfyui_extension at import
+
+
+def deliver_secret(base_dir: Path | str, secret: str) -> dict[str, str]:
+    """Write the instance secret where the process runs; the environment that names it.
+
+    A file readable by this account only (0600, in a 0700 folder) whose *path* goes in the
+    environment: the secret itself never appears in `ps`, /proc/<pid>/cmdline or the log.
+    Written anew (never appended) by every start. No secret: nothing (the extension then
+    does nothing).
+    """
+    if not secret:
+        return {}
+    path = Path(base_dir) / SECRET_FILE
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # an older file keeps its mode on O_CREAT: make sure
+        os.write(fd, secret.encode())
+    finally:
+        os.close(fd)
+    return {SECRET_FILE_ENV: str(path)}
+
+
+def read_secret(base_dir: Path | str) -> str:
+    """The secret last delivered into an instance folder ("" if none): lets reconcile
+    prove an unrecorded process (its backend died before writing the record) is ours."""
+    try:
+        return (Path(base_dir) / SECRET_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def stop_steps(grace: float) -> tuple[tuple[int, float], ...]:
     """SIGINT lets ComfyUI finish cleanly; SIGTERM and SIGKILL follow if it does not."""
     return (signal.SIGINT, grace), (signal.SIGTERM, grace / 2), (signal.SIGKILL, grace / 2)

@@ -135,7 +135,14 @@ class RayLauncher:
         name = actor_name(spec.name)
         actor = await asyncio.to_thread(self._create_actor, name)
         ref = actor.start.remote(
-            spec.argv, str(spec.cwd), spec.env, str(spec.log_path), spec.port, str(spec.base_dir), spec.name
+            spec.argv,
+            str(spec.cwd),
+            spec.env,
+            str(spec.log_path),
+            spec.port,
+            str(spec.base_dir),
+            spec.name,
+            spec.secret,
         )
         started = asyncio.wrap_future(ref.future())
         try:
@@ -163,6 +170,7 @@ class RayLauncher:
                 raise PortInUse(f"端口 {spec.port} 在节点 {info['host']} 上已被占用")
             raise LaunchError(info["error"], Reason(info.get("reason", Reason.LAUNCH_FAILED)))
         handle = Handle.from_state(info)
+        handle.secret = spec.secret
         handle.extra["actor"] = name
         handle.extra["actor_id"] = actor._actor_id.hex()
         self._track(handle, actor)

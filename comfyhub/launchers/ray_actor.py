@@ -30,7 +30,15 @@ class ComfyUIActor:
         self._info: dict | None = None
 
     def start(
-        self, argv: list[str], cwd: str, env: dict[str, str], log_path: str, port: int, base_dir: str, instance: str
+        self,
+        argv: list[str],
+        cwd: str,
+        env: dict[str, str],
+        log_path: str,
+        port: int,
+        base_dir: str,
+        instance: str,
+        secret: str = "",
     ) -> dict:
         import ray
 
@@ -46,9 +54,14 @@ class ComfyUIActor:
         # On a node ComfyUI must be reachable from the comfyhub host, not only from itself.
         argv = with_argv_value(argv, "--listen", host)
         try:
+            # The secret came as a call argument (never on a command line); it goes into
+            # a 0600 file on this node, as with the local launcher.
+            delivery = process.deliver_secret(base_dir, secret)
             self._proc = process.spawn(
-                argv, Path(cwd), process.child_environment(env), Path(log_path), die_with_parent=True
+                argv, Path(cwd), process.child_environment({**env, **delivery}), Path(log_path), die_with_parent=True
             )
+        except OSError as exc:
+            return {"reason": Reason.INSTANCE_DIR, "error": f"节点 {host} 上无法写入实例目录：{exc.strerror}"}
         except LaunchError as exc:
             return {"reason": exc.reason, "error": f"{exc}（节点 {host}）"}
         self._info = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from comfyhub.net.endpoint import Endpoint
 from comfyhub.net.http1 import UpstreamError, UpstreamPool
 
 MAX_BODY = 64 << 20
@@ -23,10 +24,10 @@ class ComfyClient:
         self.timeout = timeout
         self._pool = UpstreamPool(connect_timeout=timeout)
 
-    async def get_json(self, host: str, port: int, path: str):
+    async def get_json(self, target: Endpoint, path: str):
         """The decoded JSON of a 200 answer. Raises InstanceUnreachable."""
         try:
-            status, body = await asyncio.wait_for(self._get(host, port, path), self.timeout)
+            status, body = await asyncio.wait_for(self._request(target, "GET", path, None), self.timeout)
         except (TimeoutError, UpstreamError, OSError) as exc:
             raise InstanceUnreachable(str(exc) or type(exc).__name__) from None
         if status != 200:
@@ -36,11 +37,11 @@ class ComfyClient:
         except ValueError:
             raise InstanceUnreachable("not JSON") from None
 
-    async def post_json(self, host: str, port: int, path: str, body) -> tuple[int, object]:
+    async def post_json(self, target: Endpoint, path: str, body) -> tuple[int, object]:
         """POST a JSON body; returns (status, decoded answer or None). Raises InstanceUnreachable."""
         data = json.dumps(body).encode()
         try:
-            status, answer = await asyncio.wait_for(self._request(host, port, "POST", path, data), self.timeout)
+            status, answer = await asyncio.wait_for(self._request(target, "POST", path, data), self.timeout)
         except (TimeoutError, UpstreamError, OSError) as exc:
             raise InstanceUnreachable(str(exc) or type(exc).__name__) from None
         try:
@@ -48,15 +49,12 @@ class ComfyClient:
         except ValueError:
             return status, None
 
-    async def _get(self, host: str, port: int, path: str) -> tuple[int, bytes]:
-        return await self._request(host, port, "GET", path, None)
-
-    async def _request(self, host: str, port: int, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-        conn = await self._pool.acquire(host, port)
+    async def _request(self, target: Endpoint, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        conn = await self._pool.acquire(target.host, target.port)
         ok = False
         try:
-            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            head = f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\naccept: application/json\r\n"
+            head = f"{method} {path} HTTP/1.1\r\nhost: {target.authority}\r\naccept: application/json\r\n"
+            head += target.header_lines()
             if body is not None:
                 head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
             await conn.write(head.encode() + b"\r\n" + (body or b""))

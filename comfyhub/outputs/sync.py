@@ -30,7 +30,7 @@ import random
 import stat
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.config import Settings
 from comfyhub.models import ComfyUIService
+from comfyhub.net.endpoint import Endpoint, secret_of
 from comfyhub.outputs import files
 from comfyhub.outputs.client import ComfyClient, InstanceUnreachable
 from comfyhub.outputs.graph import params_of
@@ -74,6 +75,11 @@ class Instance:
     online: bool
     status: str = ""
     last_activity: datetime | None = None
+    secret: str = field(default="", repr=False)  # the instance secret (net/endpoint.py)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, self.secret)
 
     @classmethod
     def of(cls, record: ComfyUIService) -> Instance:
@@ -86,6 +92,7 @@ class Instance:
             record.status == "online",
             record.status,
             record.last_activity,
+            secret_of(record.launcher_state),
         )
 
 
@@ -156,7 +163,7 @@ class OutputSync:
                 return stored
 
     async def _history(self, instance: Instance, query: str) -> dict:
-        answer = await self.client.get_json(instance.host, instance.port, f"/history?{query}")
+        answer = await self.client.get_json(instance.endpoint, f"/history?{query}")
         return answer if isinstance(answer, dict) else {}
 
     async def _store(self, instance: Instance, finished: list[Finished]) -> int:
@@ -327,8 +334,10 @@ class OutputSync:
                     ComfyUIService.generation,
                     ComfyUIService.status,
                     ComfyUIService.last_activity,
+                    ComfyUIService.launcher_state,
                 )
             )
             return [
-                Instance(p, u, h or "127.0.0.1", port, g or 0, s == "online", s, a) for p, u, h, port, g, s, a in rows
+                Instance(p, u, h or "127.0.0.1", port, g or 0, s == "online", s, a, secret_of(state))
+                for p, u, h, port, g, s, a, state in rows
             ]

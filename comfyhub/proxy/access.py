@@ -14,7 +14,7 @@ add under a millisecond), so answers are cached briefly:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from comfyhub import handoff
 from comfyhub.auth import user_for_token
 from comfyhub.models import ComfyUIService, Project
+from comfyhub.net.endpoint import Endpoint, secret_of
 
 AUTH_TTL = 5.0
 TARGET_TTL = 1.0
@@ -35,6 +36,11 @@ class Target:
     status: str | None  # None: never started
     host: str
     port: int | None
+    secret: str = field(default="", repr=False)  # the instance secret (net/endpoint.py)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.host, self.port, self.secret)
 
 
 class ProxyAccess:
@@ -114,12 +120,18 @@ class ProxyAccess:
         async with self.sessions() as db:
             row = (
                 await db.execute(
-                    select(Project.owner_user_id, ComfyUIService.status, ComfyUIService.host, ComfyUIService.port)
+                    select(
+                        Project.owner_user_id,
+                        ComfyUIService.status,
+                        ComfyUIService.host,
+                        ComfyUIService.port,
+                        ComfyUIService.launcher_state,
+                    )
                     .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
                     .where(Project.id == project_id, Project.deleted_at.is_(None))
                 )
             ).first()
-        target = Target(project_id, row[0], row[1], row[2] or "127.0.0.1", row[3]) if row else None
+        target = Target(project_id, row[0], row[1], row[2] or "127.0.0.1", row[3], secret_of(row[4])) if row else None
         if len(self._targets) > _MAX_ENTRIES:
             self._targets.clear()
         self._targets[project_id] = (now + TARGET_TTL, target)

@@ -26,6 +26,8 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from comfyhub.models import ServiceStatus
+from comfyhub.net.endpoint import PREFIX as COMFYHUB_HEADERS
+from comfyhub.net.endpoint import SECRET_HEADER
 from comfyhub.net.http1 import UpstreamConnection, UpstreamError, UpstreamPool
 from comfyhub.proxy import entry, refusals
 from comfyhub.proxy.access import ProxyAccess, Target
@@ -197,7 +199,7 @@ class ComfyProxy:
         if target.status != ServiceStatus.ONLINE or not target.port:
             return await refusals.refuse_http(send, refusals.not_running(target.status), headers)
         self.touch(target.project_id)
-        request_head, body_framing = _request_head(scope, path, headers)
+        request_head, body_framing = _request_head(scope, path, headers, target.secret)
         has_body = body_framing or headers.get(b"content-length", b"0").strip() not in (b"0", b"")
         try:
             conn = await self.pool.acquire(target.host, target.port)
@@ -315,6 +317,7 @@ class ComfyProxy:
             )
         host = headers.get(b"host", b"localhost").decode("latin-1")
         extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in _forwarded(scope, headers)]
+        extra += target.endpoint.headers()
         subprotocols = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").decode().split(",") if p.strip()]
         try:
             # The browser's Host goes in the URI (kept as the Host header); the socket
@@ -420,14 +423,22 @@ def _without_session_cookie(raw: bytes) -> bytes | None:
     return b";".join(kept).strip() or None
 
 
-def _request_head(scope, path: bytes, headers: dict[bytes, bytes] | None = None) -> tuple[bytes, bool]:
-    """The request line and headers for the instance, and whether the body goes chunked."""
+def _request_head(
+    scope, path: bytes, headers: dict[bytes, bytes] | None = None, secret: str = ""
+) -> tuple[bytes, bool]:
+    """The request line and headers for the instance, and whether the body goes chunked.
+
+    Any X-Comfyhub-* header the browser sent is dropped: only comfyhub speaks for itself
+    to an instance, with the instance secret."""
     if headers is None:
         headers = _header_map(scope)
     lines = [b"%s %s HTTP/1.1" % (scope["method"].encode(), path), b"host: " + headers.get(b"host", b"localhost")]
     for name, value in scope["headers"]:
-        if name.lower() not in _NOT_FORWARDED:
+        lower = name.lower()
+        if lower not in _NOT_FORWARDED and not lower.startswith(COMFYHUB_HEADERS):
             lines.append(name + b": " + value)
+    if secret:
+        lines.append(SECRET_HEADER.encode() + b": " + secret.encode())
     cookie = headers.get(b"cookie")
     if cookie and (rest := _without_session_cookie(cookie)):
         lines.append(b"cookie: " + rest)
@@ -444,7 +455,12 @@ def _request_head(scope, path: bytes, headers: dict[bytes, bytes] | None = None)
 
 def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     # Framing is redone by the server in front (content-length kept when known).
-    return [(k.lower(), v) for k, v in headers if k.lower() not in _HOP_BY_HOP]
+    # The instance's identity headers are for comfyhub, not for the browser.
+    return [
+        (k.lower(), v)
+        for k, v in headers
+        if k.lower() not in _HOP_BY_HOP and not k.lower().startswith(COMFYHUB_HEADERS)
+    ]
 
 
 def _passable(code: int) -> int:

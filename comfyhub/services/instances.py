@@ -5,11 +5,20 @@ Nothing here deletes what a user made (input/, output/, user/): invariant 7.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import comfyhub
 from comfyhub.config import Settings
+from comfyhub.launchers.base import EXTENSION_CONFIG
+
+# comfyhub's ComfyUI extension: copied into each instance folder, so it loads wherever
+# the folder is mounted (a Ray node may have comfyhub installed at another path).
+EXTENSION_SOURCE = Path(comfyhub.__file__).parent / "comfyui_extension" / "__init__.py"
+EXTENSION_NAME = "comfyhub_extension"
+BOUND_DIRS = ("output", "input", "temp", "user")
 
 
 def instance_dir(settings: Settings, user_id: int, project_id: int) -> Path:
@@ -51,7 +60,50 @@ def prepare_instance_dir(settings: Settings, user_id: int, project_id: int) -> P
             if target.is_symlink() and not target.exists():
                 target.unlink()
             target.mkdir(exist_ok=True)  # ComfyUI exits at once without custom_nodes/
+    install_extension(base)
     return base
+
+
+def install_extension(base: Path) -> Path:
+    """Put comfyhub's extension and the ComfyUI path config naming it in `base`/.comfyhub/.
+
+    ComfyUI loads custom nodes from every `custom_nodes` path it knows; the config adds
+    one (`.comfyhub/custom_nodes`), so the shared custom nodes folder is never written to
+    and the instance's `custom_nodes` link stays as it is. Rewritten only when it changed
+    (an upgrade of comfyhub updates every instance at its next start).
+    """
+    home = base / Path(EXTENSION_CONFIG).parent
+    home.mkdir(mode=0o700, exist_ok=True)
+    nodes = home / "custom_nodes"
+    package = nodes / EXTENSION_NAME
+    package.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(package / "__init__.py", EXTENSION_SOURCE.read_bytes())
+    # JSON is YAML: no quoting rules to get wrong for an odd path.
+    config = json.dumps({"comfyhub": {"custom_nodes": str(nodes)}}, indent=1) + "\n"
+    _write_if_changed(base / EXTENSION_CONFIG, config.encode())
+    return base / EXTENSION_CONFIG
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)  # never a half-written file for a ComfyUI starting meanwhile
+
+
+def project_dirs(settings: Settings, user_id: int, project_id: int) -> dict[str, str]:
+    """The folders a project's instance uses (output, input, temp, user), created if missing:
+    what a pre-started instance is bound to (services/binding.py)."""
+    base = instance_dir(settings, user_id, project_id)
+    dirs = {}
+    for kind in BOUND_DIRS:
+        (base / kind).mkdir(parents=True, exist_ok=True)
+        dirs[kind] = str((base / kind).resolve())
+    return dirs
 
 
 def mark_start(path: Path, port: int, argv: list[str]) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from comfyhub.launchers import Exit, Handle, Launcher
 from comfyhub.models import ComfyUIService
+from comfyhub.net.endpoint import Endpoint, binding_of, secret_of
 from comfyhub.reasons import Reason, words
 from comfyhub.services.health import HealthChecker
 
@@ -49,12 +50,14 @@ class Liveness:
         handle = self.handle(record)
         if not self.alive(handle):
             return False
-        return await self.health.is_ours(handle.host, handle.port, record.base_dir)
+        return await self.health.is_ours(handle.endpoint, record.base_dir)
 
     async def queue(self, record: ComfyUIService) -> dict | None:
         """ComfyUI's /queue (`queue_running`, `queue_pending`) of an instance; None when it
         does not answer or answers something else."""
-        queue = await self.health.get_json(record.host or "127.0.0.1", record.port, "/queue")
+        state = record.launcher_state
+        target = Endpoint(record.host or "127.0.0.1", record.port, secret_of(state), binding_of(state))
+        queue = await self.health.get_json(target, "/queue")
         return queue if isinstance(queue, dict) else None
 
     async def probe(self, record: ComfyUIService) -> Probe:
@@ -64,6 +67,6 @@ class Liveness:
         exited = self.launcher.poll(handle)
         if exited is not None:
             return Probe(False, exited, Reason.CRASHED, words(Reason.CRASHED, exit=exited.reason))
-        if await self.health.is_ours(handle.host, handle.port, record.base_dir):
+        if await self.health.is_ours(handle.endpoint, record.base_dir):
             return Probe(True)
         return Probe(False, None, Reason.UNRESPONSIVE, words(Reason.UNRESPONSIVE))

@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from comfyhub.config import Settings
 from comfyhub.launchers import Handle, Launcher
 from comfyhub.launchers.base import argv_value
+from comfyhub.launchers.process import read_secret
 from comfyhub.models import ServiceStatus, utcnow
 from comfyhub.reasons import Reason, words
 from comfyhub.services import instances
@@ -67,7 +68,7 @@ class Reconciler:
                 return
             handle = self.liveness.handle(record)
             alive = self.liveness.alive(handle)
-            if alive and await self.liveness.health.is_ours(handle.host, handle.port, record.base_dir):
+            if alive and await self.liveness.health.is_ours(handle.endpoint, record.base_dir):
                 log.info("project %s: adopted an instance whose start outlived its backend", project_id)
                 now = utcnow()
                 await self.records.update(
@@ -109,10 +110,13 @@ class Reconciler:
             return  # not an orphan
         grace = self.settings.comfyui_stop_grace_seconds
         base_dir = argv_value(handle.cmdline, "--base-directory")
+        # Its record was never written, so the secret is only in the file the launcher
+        # delivered it in; an instance that has one must prove it (health.identity_is_ours).
+        handle.secret = await asyncio.to_thread(read_secret, base_dir) if base_dir else ""
         if (
             record is None
             or self.liveness.alive(recorded)
-            or not await self.liveness.health.is_ours(handle.host, handle.port, base_dir)
+            or not await self.liveness.health.is_ours(handle.endpoint, base_dir)
         ):
             # A duplicate, an instance of a deleted project, or one that does not answer: stop it.
             log.warning("project %s: stopping unrecorded instance pid %s", project_id, handle.pid)

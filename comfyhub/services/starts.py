@@ -29,6 +29,7 @@ from comfyhub.launchers import Exit, Handle, Launcher, LaunchError, LaunchSpec, 
 from comfyhub.launchers.base import comfyui_argv
 from comfyhub.metrics import Metrics
 from comfyhub.models import ServiceStatus, utcnow
+from comfyhub.net.endpoint import new_secret
 from comfyhub.net.ports import port_is_free
 from comfyhub.reasons import NOT_READY, NOT_SPAWNED, Reason, words
 from comfyhub.services import instances
@@ -273,6 +274,7 @@ class Starts:
             port=port,
             base_dir=base_dir,
             name=instance_name(user_id, project_id),
+            secret=new_secret(),  # per start: kept in launcher_state, proved by the instance's answers
         )
         # Spawning and recording belong together: once spawned, the pid must reach the
         # record even if this task is cancelled, or the process would be an orphan.
@@ -366,7 +368,7 @@ class Starts:
             left = deadline - time.monotonic()
             if left <= 0:
                 return "timeout"
-            if await health.is_ours(handle.host, handle.port, base_dir, timeout=min(check_timeout, left)):
+            if await health.is_ours(handle.endpoint, base_dir, timeout=min(check_timeout, left)):
                 return "ready"
             await asyncio.sleep(min(READY_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests.support import launcher
-from tests.support.comfy import set_knobs
+from tests.support.comfy import as_comfyhub, set_knobs
 
 
 async def _create(client, headers, code="P-1", name="项目一", note=""):
@@ -148,7 +148,10 @@ async def test_queue_tells_what_a_stop_would_interrupt_and_others_may_not_stop(c
     port = opened.json()["data"]["port"]
     for _ in range(2):  # one runs for 30 s, one waits
         job = httpx.post(
-            f"http://{launcher.instance_host()}:{port}/prompt", json={"prompt": {}, "client_id": "x"}, trust_env=False
+            f"http://{launcher.instance_host()}:{port}/prompt",
+            json={"prompt": {}, "client_id": "x"},
+            trust_env=False,
+            headers=as_comfyhub(port),
         )
         assert job.status_code == 200
     queue = await client.get(f"/api/projects/{pid}/queue", headers=alice)

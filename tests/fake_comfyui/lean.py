@@ -27,6 +27,12 @@ does not exist; creates ``DIR/{models,input,output,user,temp}`` and touches the
 ``address already in use``; SIGINT logs "Stopped server" and exits 0 at once (unless
 SIGINT was ignored when it started); SIGTERM has its default action.
 
+comfyhub's extension (comfyhub/comfyui_extension) is not loaded and the secret header is
+not checked, but the identity is told as the extension tells it: with
+``COMFYHUB_SECRET_FILE`` set, every answer carries ``X-Comfyhub-Instance: sha256(secret)``
+and an empty ``X-Comfyhub-Binding`` (two header lines computed once at start), so the
+heartbeat counts the instance as ours.
+
 Not kept: the behaviour knobs (``FAKE_COMFYUI_*`` are ignored), prompts, uploads,
 ``/view``, WebSockets, the Origin check, wiping ``DIR/temp``. Tests that need those use
 main.py.
@@ -206,10 +212,32 @@ def answer(method, target, stats):
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 431: "Too Large", 501: "?"}
 
 
+IDENTITY = ""  # the extension's identity header lines, set in main()
+
+
+def identity_lines():
+    """What comfyhub's extension adds to every answer; "" without a secret."""
+    path = os.environ.get("COMFYHUB_SECRET_FILE")
+    if not path:
+        return ""
+    try:
+        import _sha2 as sha  # C modules, unlike hashlib (3.12+)
+    except ImportError:
+        import _sha256 as sha  # Python 3.11
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        secret = os.read(fd, 4096).strip()
+    finally:
+        os.close(fd)
+    return f"X-Comfyhub-Instance: {sha.sha256(secret).hexdigest()}\r\nX-Comfyhub-Binding: \r\n"
+
+
 def response(status, kind, body, close, head_only=False):
     head = (
         f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n"
-        f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n" + ("Connection: close\r\n" if close else "") + "\r\n"
+        f"Content-Type: {kind}\r\nContent-Length: {len(body)}\r\n{IDENTITY}"
+        + ("Connection: close\r\n" if close else "")
+        + "\r\n"
     ).encode("latin-1")
     return head if head_only else head + body
 
@@ -390,6 +418,7 @@ def prepare_folders(base, database_url):
 
 
 def main():
+    global IDENTITY
     args = parse_args(sys.argv[1:])
     here = os.path.dirname(os.path.abspath(__file__))
     base = os.path.abspath(args["base_directory"]) if args["base_directory"] else here
@@ -406,6 +435,7 @@ def main():
     log(f"ComfyUI version: {VERSION}")
     log(f"[fake_comfyui] lean; pid {os.getpid()} base directory {base}")
     stats = system_stats_body()
+    IDENTITY = identity_lines()
     socks = bind_sockets(args["listen"], args["port"])
     first = args["listen"].split(",")[0].strip() or "127.0.0.1"
     log("Starting server\n")

@@ -99,6 +99,22 @@ Execution, one prompt at a time in ``number`` order:
   a prompt without one sends them to nobody, except execution_interrupted, which then
   goes to every socket. ``status`` {queue_remaining} goes to every socket on changes.
 
+comfyhub's extension, loaded as ComfyUI loads it:
+
+* ``--extra-model-paths-config FILE`` (repeatable) adds the folders each config names
+  (ComfyUI's format; the fake reads the JSON form comfyhub writes) to folder_paths;
+  a missing config is logged and skipped (the real one stops with a traceback);
+* the packages in every ``custom_nodes`` folder *other than* ``DIR/custom_nodes`` are
+  imported by file, after the aiohttp app exists and before it serves: with
+  ``COMFYHUB_SECRET_FILE`` set, comfyhub/comfyui_extension (copied into the instance
+  folder by comfyhub) then refuses every request without ``X-Comfyhub-Secret`` (403),
+  adds ``X-Comfyhub-Instance`` / ``X-Comfyhub-Binding`` and serves
+  ``/comfyhub/identity`` and ``/comfyhub/bind`` -- the real extension's code, not a copy.
+  The shared custom nodes are never imported by the fake;
+* ``folder_paths.py`` and ``server.py`` beside this file stand in for ComfyUI's modules
+  of those names; saving, ``/view`` and ``/upload/image`` use the folders folder_paths
+  names at the time, so a bound instance writes and reads in the project's folders.
+
 Fake-only additions, for testing a proxy:
 
 * ``POST /echo`` streams the request body back (chunked, never buffered whole);
@@ -260,8 +276,63 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--base-directory", type=str, default=None)
     parser.add_argument("--database-url", type=str, default=None)
     parser.add_argument("--disable-metadata", action="store_true")
+    parser.add_argument("--extra-model-paths-config", type=str, default=None, nargs="+", action="append")
     args, _unknown = parser.parse_known_args(argv)
     return args
+
+
+def load_extra_path_config(path: str) -> None:
+    """ComfyUI's utils/extra_config.load_extra_path_config for the configs comfyhub writes
+    (JSON, which is YAML): each section's keys add folders; relative paths are taken from
+    the config's folder. A missing or unreadable config is logged and skipped (the real
+    one would stop with a traceback)."""
+    import folder_paths
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as exc:
+        log(f"[fake_comfyui] cannot read extra paths config {path}: {exc}")
+        return
+    here = os.path.dirname(os.path.abspath(path))
+    for section in config.values():
+        for name, value in (section or {}).items():
+            for line in str(value).split("\n"):
+                if line:
+                    full = line if os.path.isabs(line) else os.path.join(here, line)
+                    log(f"Adding extra search path {name} {os.path.normpath(full)}")
+                    folder_paths.add_model_folder_path(name, os.path.normpath(full))
+
+
+def load_custom_nodes(base: str) -> None:
+    """Import the packages in the custom_nodes folders *other than* DIR/custom_nodes (the
+    shared custom nodes are never run by the fake), the way ComfyUI's nodes.load_custom_node
+    does: by file, as a module named after its path. comfyhub's extension arrives this way."""
+    import importlib.util
+
+    import folder_paths
+
+    shared = os.path.join(base, "custom_nodes")
+    for folder in folder_paths.get_folder_paths("custom_nodes"):
+        if folder == shared or not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            init = os.path.join(path, "__init__.py")
+            if not os.path.isfile(init):
+                continue
+            started = time.perf_counter()
+            module_name = path.replace(".", "_x_")
+            try:
+                spec = importlib.util.spec_from_file_location(module_name, init)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+                failed = ""
+            except Exception as exc:  # as ComfyUI: a broken node package does not stop the start
+                log(f"Cannot import {path} module for custom nodes: {exc}")
+                failed = " (IMPORT FAILED)"
+            log(f"{time.perf_counter() - started:6.1f} seconds{failed}: {path}")
 
 
 def fake_traceback(lines: list[str], last: str) -> None:
@@ -324,6 +395,11 @@ def main() -> None:
 
     prepare_folders(base, args.database_url)
     _temp_dir_to_remove = os.path.join(base, "temp")
+    import folder_paths
+
+    folder_paths.init(base)
+    for config in [path for group in args.extra_model_paths_config or [] for path in group]:
+        load_extra_path_config(config)
 
     log("Checkpoint files will always be loaded safely.")
     log(f"Python version: {sys.version}")
@@ -583,9 +659,13 @@ def build_app(base: str, knobs: dict, disable_metadata: bool = False):
     import uuid
 
     import execution
+    import folder_paths
+    import server
     from aiohttp import BodyPartReader, WSMsgType, web
 
-    dirs = {name: os.path.join(base, name) for name in ("input", "output", "temp")}
+    # The folders as folder_paths says now: an instance bound to a project (comfyhub's
+    # extension calls folder_paths.set_*_directory) saves, views and uploads there.
+    dirs = FolderView(folder_paths)
     sockets: dict[str, web.WebSocketResponse] = {}
     state = {
         "pending": [],  # [number, prompt_id, prompt, extra_data, outputs_to_execute]
@@ -1011,7 +1091,29 @@ def build_app(base: str, knobs: dict, disable_metadata: bool = False):
         app_["worker"] = asyncio.get_running_loop().create_task(worker())
 
     app.on_startup.append(start_worker)
+    # As in ComfyUI: the server object exists (its app not yet frozen) when custom nodes load.
+    server.PromptServer(app)
+    load_custom_nodes(base)
     return app
+
+
+class FolderView:
+    """{"input" | "output" | "temp": folder}, read from folder_paths at every use."""
+
+    def __init__(self, folder_paths):
+        self._fp = folder_paths
+
+    def get(self, kind: str, default=None):
+        return self._fp.get_directory_by_type(kind) or default
+
+    def __getitem__(self, kind: str) -> str:
+        folder = self.get(kind)
+        if folder is None:
+            raise KeyError(kind)
+        return folder
+
+    def __contains__(self, kind: str) -> bool:
+        return self.get(kind) is not None
 
 
 if __name__ == "__main__":

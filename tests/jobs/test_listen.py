@@ -8,6 +8,7 @@ from websockets.asyncio.server import serve
 
 from comfyhub.jobs import listen, runner
 from comfyhub.jobs.listen import QueueListeners, queue_remaining
+from comfyhub.net.endpoint import Endpoint
 from tests.jobs.test_runner import QUIET, submit, table
 from tests.support.app import running_app
 from tests.support.comfy import new_project, set_knobs, user_id
@@ -52,7 +53,7 @@ async def test_a_shrinking_queue_wakes_the_runner_a_growing_one_does_not(monkeyp
 
             def reconnected():
                 # follow() opens a new socket only once the first listener has read all and ended
-                listeners.follow(7, "127.0.0.1", port, run=1)
+                listeners.follow(7, Endpoint("127.0.0.1", port), run=1)
                 return len(paths) == 2
 
             await wait_for(reconnected, timeout=10, interval=0.05, what="a new socket after the first closed")

@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from comfyhub.models import Job
 from tests.support import launcher
 from tests.support.app import running_app
-from tests.support.comfy import new_project, pid_alive, service, set_knobs, user_id
+from tests.support.comfy import as_comfyhub, new_project, pid_alive, service, set_knobs, user_id
 from tests.support.hub import LiveHub, create_project, service_of
 from tests.support.net import wait_for, wait_for_sync
 
@@ -87,7 +87,9 @@ async def test_a_50_item_job_ends_with_50_done_each_output_linked_to_its_paramet
             svc = await service(c, c.alice, pid)
             if svc and svc["status"] == "online":
                 port = svc["port"]
-                q = httpx.get(f"http://{launcher.instance_host()}:{port}/queue", trust_env=False).json()
+                q = httpx.get(
+                    f"http://{launcher.instance_host()}:{port}/queue", trust_env=False, headers=as_comfyhub(port)
+                ).json()
                 deepest = max(deepest, len(q["queue_running"]) + len(q["queue_pending"]))
             return (await job(c, pid, jid))["state"] == "done"
 

@@ -14,7 +14,7 @@ from comfyhub.outputs.sync import Instance
 from tests.outputs.graphs import txt2img
 from tests.support import launcher
 from tests.support.app import running_app
-from tests.support.comfy import new_project, pid_alive, service, set_knobs, user_id
+from tests.support.comfy import as_comfyhub, new_project, pid_alive, service, set_knobs, user_id
 from tests.support.net import wait_for
 
 # The periodic loop stays out of the way unless a test asks for it: what is recorded
@@ -40,14 +40,19 @@ async def started(c, code="P-1", **knobs):
 
 def queue(port: int, graph: dict) -> str:
     r = httpx.post(
-        f"http://{launcher.instance_host()}:{port}/prompt", json={"prompt": graph, "client_id": "t"}, trust_env=False
+        f"http://{launcher.instance_host()}:{port}/prompt",
+        json={"prompt": graph, "client_id": "t"},
+        trust_env=False,
+        headers=as_comfyhub(port),
     )
     assert r.status_code == 200, r.text
     return r.json()["prompt_id"]
 
 
 def history(port: int) -> dict:
-    return httpx.get(f"http://{launcher.instance_host()}:{port}/history", trust_env=False).json()
+    return httpx.get(
+        f"http://{launcher.instance_host()}:{port}/history", trust_env=False, headers=as_comfyhub(port)
+    ).json()
 
 
 def save_graph(text: str, seed: int = 1) -> dict:
@@ -170,7 +175,12 @@ async def test_a_history_cleared_or_trimmed_in_comfyui_loses_nothing_already_rec
         await wait_for(lambda: first in history(port), what="done")
         sync, instance = c.manager.outputs, Instance.of(await c.manager.get(pid))
         assert await sync.pull(instance) == 1
-        httpx.post(f"http://{launcher.instance_host()}:{port}/history", json={"clear": True}, trust_env=False)
+        httpx.post(
+            f"http://{launcher.instance_host()}:{port}/history",
+            json={"clear": True},
+            trust_env=False,
+            headers=as_comfyhub(port),
+        )
         second = queue(port, save_graph("after the clear"))
         await wait_for(lambda: second in history(port), what="done")
         assert await sync.pull(instance) == 1

@@ -185,10 +185,14 @@ async def test_foreign_listener_on_first_ports_is_skipped(client, alice, setting
 
 
 @pytest.mark.local_only  # a squatter on this host's loopback; Ray instances listen on the node's address
-async def test_port_squatter_answering_system_stats_is_not_ours(client, alice, settings, tmp_path):
-    """Our child loses the bind race to a ComfyUI-like squatter: retried on another port."""
+@pytest.mark.parametrize("impostor", ["foreign argv", "our argv, no identity", "our argv, wrong identity"])
+async def test_port_squatter_answering_system_stats_is_not_ours(client, alice, settings, tmp_path, impostor):
+    """Our child loses the bind race to a ComfyUI-like squatter: retried on another port.
+
+    Even one that copied our argv is not believed: it cannot answer with the SHA-256 of
+    the secret this start made (X-Comfyhub-Instance)."""
     pid = await new_project(client, alice)
-    set_knobs(settings, await user_id(client, alice), pid, start_delay=2.5)
+    base = set_knobs(settings, await user_id(client, alice), pid, start_delay=2.5)
     opening = asyncio.create_task(open_comfy(client, alice, pid))
 
     async def port_recorded():
@@ -198,16 +202,18 @@ async def test_port_squatter_answering_system_stats_is_not_ours(client, alice, s
     chosen = await wait_for(port_recorded, what="port chosen")
     # The squatter binds at once (our child only binds after its 2.5 s of "loading") and
     # answers /system_stats with somebody else's argv, as a foreign ComfyUI would.
-    squatter = _SystemStatsSquatter(chosen, ["main.py", "--port", str(chosen), "--base-directory", "/elsewhere"])
+    claimed = "/elsewhere" if impostor == "foreign argv" else str(base)
+    headers = {"X-Comfyhub-Instance": "0" * 64, "X-Comfyhub-Binding": ""} if "wrong" in impostor else {}
+    squatter = _SystemStatsSquatter(chosen, ["main.py", "--port", str(chosen), "--base-directory", claimed], headers)
     try:
         r = await opening
         data = r.json()["data"]
         assert data["status"] == "online"
         assert data["port"] != chosen
         argv = system_argv(data["port"])
-        assert argv[argv.index("--base-directory") + 1] != "/elsewhere"
+        assert argv[argv.index("--base-directory") + 1] == str(base)
         assert squatter.answered > 0  # it was asked, and not believed
-        assert system_argv(chosen)[-1] == "/elsewhere"  # and it was left alone
+        assert system_argv(chosen)[-1] == claimed  # and it was left alone
     finally:
         squatter.close()
 
@@ -215,7 +221,7 @@ async def test_port_squatter_answering_system_stats_is_not_ours(client, alice, s
 class _SystemStatsSquatter:
     """A foreign HTTP server on `port` that answers /system_stats like a ComfyUI would."""
 
-    def __init__(self, port: int, argv: list[str]):
+    def __init__(self, port: int, argv: list[str], headers: dict[str, str] | None = None):
         import json
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -230,6 +236,8 @@ class _SystemStatsSquatter:
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(body)
 

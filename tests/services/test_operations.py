@@ -17,7 +17,7 @@ from comfyhub.models import ComfyUIService, utcnow
 from comfyhub.services.instances import instance_dir
 from tests.support import launcher
 from tests.support.app import running_app
-from tests.support.comfy import new_project, pid_alive, service, set_knobs, system_argv, user_id
+from tests.support.comfy import as_comfyhub, new_project, pid_alive, service, set_knobs, system_argv, user_id
 from tests.support.net import wait_for
 
 
@@ -50,7 +50,10 @@ async def test_idle_instance_is_culled_busy_one_is_not(db_url, tmp_path):
             assert (await open_comfy(c, c.alice, p)).json()["data"]["status"] == "online"
         port = (await service(c, c.alice, busy))["port"]
         job = httpx.post(
-            f"http://{launcher.instance_host()}:{port}/prompt", json={"prompt": {}, "client_id": "x"}, trust_env=False
+            f"http://{launcher.instance_host()}:{port}/prompt",
+            json={"prompt": {}, "client_id": "x"},
+            trust_env=False,
+            headers=as_comfyhub(port),
         )
         assert job.status_code == 200  # a job now runs for 30 s
         idle_pid = (await service(c, c.alice, idle))["pid"]
@@ -183,7 +186,9 @@ async def test_gpu_list_spreads_instances_and_sets_cuda_visible_devices(db_url, 
         for p in ids:
             await open_comfy(c, c.alice, p)
             svc = await service(c, c.alice, p)
-            stats = httpx.get(f"http://127.0.0.1:{svc['port']}/system_stats", trust_env=False).json()
+            stats = httpx.get(
+                f"http://127.0.0.1:{svc['port']}/system_stats", trust_env=False, headers=as_comfyhub(svc["port"])
+            ).json()
             assert [d["name"] for d in stats["devices"]] == [f"fake-cuda:{svc['gpu']}"]
             assert "--cpu" not in stats["system"]["argv"]
             gpus.append(svc["gpu"])

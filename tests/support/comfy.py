@@ -9,6 +9,8 @@ import httpx
 import psutil
 
 from comfyhub.config import Settings
+from comfyhub.launchers.base import argv_value
+from comfyhub.launchers.process import read_secret
 from comfyhub.services.instances import instance_dir
 from tests.support import launcher
 
@@ -52,11 +54,31 @@ def kill_instances(work: Path | str) -> None:
             pass
 
 
+def instance_secret(port: int) -> str:
+    """The secret of the instance listening on `port`, as comfyhub delivered it (the file
+    its process was started with); "" when none runs there or it has none."""
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if "main.py" in cmdline and argv_value(cmdline, "--port") == str(port):
+            base = argv_value(cmdline, "--base-directory")
+            return read_secret(base) if base else ""
+    return ""
+
+
+def as_comfyhub(port: int) -> dict[str, str]:
+    """The header that lets a test talk to an instance directly, as comfyhub does."""
+    secret = instance_secret(port)
+    return {"X-Comfyhub-Secret": secret} if secret else {}
+
+
 def system_argv(port: int) -> list[str] | None:
     """The argv an instance reports, asked directly (not through comfyhub)."""
     try:
         url = f"http://{launcher.instance_host()}:{port}/system_stats"
-        return httpx.get(url, timeout=2, trust_env=False).json()["system"]["argv"]
+        return httpx.get(url, timeout=2, trust_env=False, headers=as_comfyhub(port)).json()["system"]["argv"]
     except (httpx.HTTPError, ValueError, KeyError):
         return None
 
