@@ -341,7 +341,8 @@ for project_id, seconds, code, body in opened:
         inst["system_stats"] = stats
         inst["devices"] = stats.get("devices")
         inst["argv"] = stats.get("system", {}).get("argv")
-        proxied = client.get(f"/comfy/{project_id}/system_stats")
+        # Through the hand-off to the instance origin (303, code, its cookie), as a browser goes.
+        proxied = client.get(f"/comfy/{project_id}/system_stats", follow_redirects=True)
         inst["proxy_system_stats_http"] = proxied.status_code
     report["instances"].append(inst)
 

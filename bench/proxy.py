@@ -3,7 +3,7 @@ the same instance, in one run.
 
 One `comfyhub serve` (tests.support.hub.LiveHub: SQLite, uvicorn with its defaults) and
 one online fake ComfyUI (tests/fake_comfyui). Every series is measured twice with the
-same client code, once through the proxy (session cookie) and once straight to the
+same client code, once through the proxy (the instance origin, its cookie) and once straight to the
 instance's port; the two alternate request by request (or round by round) so that other
 load on the machine hits both alike. The clients are raw blocking sockets (HTTP/1.1 and
 a minimal RFC 6455 client), so that the client adds as little as possible and adds the
@@ -731,7 +731,8 @@ def run(args) -> dict:
                 assert r.status_code == 200 and r.json()["data"]["status"] == "online", r.text
                 port = r.json()["data"]["port"]
                 uid = c.get("/api/auth/me").json()["data"]["id"]
-                cookie = f"comfyhub_session={c.cookies['comfyhub_session']}"
+                hub.enter(c, project)  # ComfyUI is on the instance origin: its cookie, its port
+                cookie = f"comfyhub_instance={c.cookies['comfyhub_instance']}"
                 pid = c.get(f"/api/projects/{project}").json()["data"]["service"]["pid"]
             hub_proc, comfy_proc = psutil.Process(hub.proc.pid), psutil.Process(pid)
             size = args.size_mib * MIB
@@ -762,12 +763,17 @@ def run(args) -> dict:
                 (
                     "download",
                     lambda: bench_download(
-                        hub.port, port, relay_port, project, cookie, size, args.rounds, hub_proc, blocking_port
+                        hub.instance_port, port, relay_port, project, cookie, size, args.rounds, hub_proc, blocking_port
                     ),
                 ),
-                ("get", lambda: bench_get(hub.port, port, relay_port, project, cookie, args.n, hub_proc)),
-                ("ws", lambda: bench_ws(hub.port, port, relay_port, project, cookie, hub.url, args.ws_n)),
-                ("burst", lambda: bench_burst(hub, hub.port, port, project, cookie, hub.url, args.conns, args.msgs)),
+                ("get", lambda: bench_get(hub.instance_port, port, relay_port, project, cookie, args.n, hub_proc)),
+                ("ws", lambda: bench_ws(hub.instance_port, port, relay_port, project, cookie, hub.comfy, args.ws_n)),
+                (
+                    "burst",
+                    lambda: bench_burst(
+                        hub, hub.instance_port, port, project, cookie, hub.comfy, args.conns, args.msgs
+                    ),
+                ),
             ]
             for name, step in steps:
                 if args.only and name not in args.only:
@@ -815,7 +821,7 @@ def render(res: dict) -> str:
         f"{m['loadavg_at_start']}. One `comfyhub serve` (tests.support.hub.LiveHub: SQLite, one worker, uvicorn "
         "defaults: uvloop, httptools, websockets-sansio) and one fake ComfyUI (`tests/fake_comfyui`, aiohttp; "
         "`/view` is aiohttp's `FileResponse`, i.e. `sendfile`, like the real ComfyUI). Every series runs the same "
-        "raw-socket client code against `/comfy/{id}/…` (session cookie) and straight against the instance's "
+        "raw-socket client code against `/comfy/{id}/…` on the instance origin (its cookie) and straight against the instance's "
         "port; the series alternate request by request (downloads: round by round) in rotating order, so load "
         "from other work on the machine hits them alike."
         + (

@@ -71,9 +71,8 @@ RATE = 100  # calls per second offered
 SLICE_S = 5.0  # one heartbeat interval: each "on" slice holds one sweep
 PAIRS = 16  # slices of each kind, alternating, so that other load on the machine hits both alike
 AA = False  # --aa: the heartbeat paused in both kinds of slice, to see how the ratio varies by itself
-# Opens in flight at once. On PostgreSQL every start, queued ones too, holds a pooled
-# connection for its advisory lock: 32 at once emptied the pool (30) and the hub answered
-# 503 to everyone for 30 s. The hub's start cap (2) sets the pace anyway.
+# Opens in flight at once: a browser tab's worth of users clicking; the hub's start cap
+# (2) sets the pace anyway.
 OPEN_IN_FLIGHT = 16
 KILL_FRACTION = 0.10
 STALL_RECORD_MS = 2.0  # stalls shorter than this are counted, not stored
@@ -237,7 +236,14 @@ def hub_main(port: int) -> int:
             "lists_held_by": held_by.most_common(6),
         }
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    # Both listeners, as `comfyhub serve` binds them: the proxied GETs go to the instance origin.
+    from comfyhub.cli import bind_listener
+
+    sockets = [
+        bind_listener("127.0.0.1", port, "hub"),
+        bind_listener("127.0.0.1", settings.instance_port, "instance origin"),
+    ]
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=sockets)
     return 0
 
 
@@ -338,11 +344,12 @@ class Hub:
         self.token = ""
 
     async def request(self, method: str, path: str, body: dict | None = None, timeout: float = 120):
-        conn = await self.pool.acquire(self.host, self.port)
+        port = self.port + 1 if path.startswith("/comfy/") else self.port  # ComfyUI: the instance origin
+        conn = await self.pool.acquire(self.host, port)
         ok = False
         try:
             data = json.dumps(body).encode() if body is not None else b""
-            head = f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-length: {len(data)}\r\n"
+            head = f"{method} {path} HTTP/1.1\r\nhost: {self.host}:{port}\r\ncontent-length: {len(data)}\r\n"
             if body is not None:
                 head += "content-type: application/json\r\n"
             if self.token:
@@ -636,11 +643,12 @@ def run(n: int, db: str, seed: int) -> dict:
             else:
                 url = f"sqlite+aiosqlite:///{ws.root / 'comfyhub.db'}"
             low, high = free_port_range(n + 50)
-            hub_port = free_port_range(1, start=high + 1)[0]
+            hub_port = free_port_range(2, start=high + 1)[0]  # and the next one: the instance origin
             env = {
                 **os.environ,
                 **ws.server_env((low, high)),
                 "COMFYHUB_DATABASE_URL": url,
+                "COMFYHUB_INSTANCE_PORT": str(hub_port + 1),
                 "COMFYUI_REPO_PATH": str(repo),
                 "COMFYUI_PYTHON": str(python),
                 "COMFYUI_HEARTBEAT_INTERVAL_SECONDS": str(INTERVAL_S),

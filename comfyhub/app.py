@@ -42,10 +42,17 @@ class _Hub(FastAPI):
     uvicorn's own `send`, which the large-download relay (proxy/relay.py) needs."""
 
     proxy: ComfyProxy
+    instance_port: int
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "lifespan" and scope["path"].startswith("/comfy/"):
-            return await self.proxy(scope, receive, send)
+        if scope["type"] != "lifespan":
+            # What arrives on the instance listener is the instance origin, whatever its
+            # Host says: ComfyUI alone is served there (docs/architecture.md, "Two origins").
+            server = scope.get("server")
+            if server and server[1] == self.instance_port:
+                return await self.proxy.instance(scope, receive, send)
+            if scope["path"].startswith("/comfy/"):
+                return await self.proxy(scope, receive, send)
         return await super().__call__(scope, receive, send)
 
 
@@ -96,6 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.proxy = ComfyProxy(None, hub=app)
+    app.instance_port = settings.instance_port
+    app.state.instance_origin = app.proxy.origin
     app.include_router(api_router)
     app.include_router(health.router)
 

@@ -15,6 +15,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,19 @@ class SettingsError(Exception):
 def shown(default: str) -> dict[str, str]:
     """The default as the README states it, for a setting whose real default is computed."""
     return {"shown_default": default}
+
+
+DEFAULT_PORT = 8000  # `comfyhub serve --port`'s default
+
+
+def _check_origin_template(value: str) -> None:
+    """`scheme://host[:port]`, nothing after it; `{project}` at most once, in the host."""
+    parts = urlsplit(value.replace("{project}", "project"))
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+        raise ValueError("must look like http://127.0.0.1:8001 or https://p{project}.comfy.example.com")
+    host = value.split("//", 1)[1].split(":")[0]
+    if value.count("{project}") > 1 or ("{project}" in value and "{project}" not in host):
+        raise ValueError("{project} may appear once, in the host")
 
 
 def _parse_port_range(value: str) -> tuple[int, int]:
@@ -193,6 +207,24 @@ class Settings(BaseSettings):
         "`X-Forwarded-Proto` / `X-Forwarded-For` are believed: behind TLS the session cookie then "
         "carries `Secure`, and logins are throttled per real client address",
     )
+    comfyhub_instance_origin: str = Field(
+        "",
+        description="where browsers reach ComfyUI: an origin of its own, so scripts in ComfyUI's pages "
+        "(custom nodes) can never use comfyhub's API with the user's login. `http://HOST:PORT` (one origin "
+        "for all projects, e.g. a second port) or `{project}` in the host for one origin per project "
+        "(`https://p{project}.comfy.example.com`, wildcard DNS). Set it behind a reverse proxy "
+        "([docs/operations.md](docs/operations.md))",
+        json_schema_extra=shown("the host the browser used for comfyhub, on `COMFYHUB_INSTANCE_PORT`"),
+    )
+    comfyhub_instance_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="second port `comfyhub serve` listens on (same `--host`): what arrives there is the "
+        "instance origin (ComfyUI only), whatever its `Host`; a reverse proxy sends the instance origin "
+        "here. 0 = `--port` + 1",
+        json_schema_extra=shown("`--port` + 1"),
+    )
     comfyhub_list_refresh_seconds: float = Field(
         8, gt=0, description="how often the workbench refreshes the project list"
     )
@@ -266,6 +298,14 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         return value
 
+    @field_validator("comfyhub_instance_origin")
+    @classmethod
+    def _check_instance_origin(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value:
+            _check_origin_template(value)
+        return value
+
     @model_validator(mode="after")
     def _absolute_paths(self) -> Settings:
         # Resolve once so that a later chdir (or a child's cwd) cannot change meanings.
@@ -313,6 +353,11 @@ class Settings(BaseSettings):
     @property
     def trusted_origins(self) -> set[str]:
         return {o.strip().rstrip("/") for o in self.comfyhub_trusted_origins.split(",") if o.strip()}
+
+    @property
+    def instance_port(self) -> int:
+        """The instance origin's listening port (`comfyhub serve` sets the derived one)."""
+        return self.comfyhub_instance_port or DEFAULT_PORT + 1
 
     def secret_key(self) -> str:
         """The configured key, or the one kept in runtime/secret_key (created on first use)."""

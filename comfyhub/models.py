@@ -83,6 +83,22 @@ class AuthSession(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class EntryCode(Base):
+    """A one-time code that lets a browser into the instance origin (proxy hand-off).
+
+    The main origin makes one per redirect to ComfyUI; the instance origin trades it,
+    once, for its own cookie. Only the code's HMAC is stored. Bound to the login session
+    (so to its user) and to one project; gone with the session (logout) or the project.
+    """
+
+    __tablename__ = "entry_codes"
+
+    code_digest: Mapped[str] = mapped_column(String(128), primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("auth_sessions.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class ApiToken(Base):
     """A personal access token: a user's long-lived bearer token for scripts.
 

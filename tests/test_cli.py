@@ -7,6 +7,7 @@ import sys
 
 import httpx
 
+from tests.support.net import free_port
 from tests.support.server import LiveServer, initial_admin_password
 
 
@@ -78,6 +79,19 @@ def test_user_create_with_password_stdin(tmp_path):
 def test_serve_refuses_many_workers_on_sqlite(tmp_path):
     r = comfyhub("serve", "--workers", "2", cwd=tmp_path)
     assert r.returncode == 2 and "PostgreSQL" in r.stderr
+
+
+def test_serve_listens_on_the_instance_origin_too_and_says_so_when_it_cannot(tmp_path):
+    """`serve` binds --port and the instance port; a taken instance port is a clear error."""
+    with LiveServer(tmp_path) as server:
+        assert f"ComfyUI (the instance origin) on port {server.instance_port}" in server.output()
+        r = httpx.get(f"{server.comfy}/api/auth/me", headers=server.login("admin", initial_admin_password(tmp_path)))
+        assert r.status_code == 404  # the API is not there
+        taken = comfyhub(
+            "serve", "--port", str(free_port()), cwd=tmp_path, env={"COMFYHUB_INSTANCE_PORT": str(server.port)}
+        )
+    assert r.status_code == 404
+    assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{server.port} (instance origin)" in taken.stderr
 
 
 def test_doctor_reports_each_check(tmp_path):

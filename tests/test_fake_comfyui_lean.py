@@ -7,6 +7,7 @@ two-line main.py that imports it, `python main.py ...` with that folder as cwd.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -118,6 +119,24 @@ def test_answers_what_comfyhub_asks_on_one_kept_alive_connection(lean):
     for name in ("models", "input", "output", "user", "temp"):
         assert (fake.base / name).is_dir()
     assert (fake.base / "user" / "comfyui.db").is_file()
+
+
+def test_tells_the_identity_the_extension_would_without_checking_the_secret(lean, tmp_path, monkeypatch):
+    """Light enough for a thousand: no extension, but the heartbeat's identity check passes."""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("lean-secret")
+    monkeypatch.setenv("COMFYHUB_SECRET_FILE", str(secret_file))
+    fake = lean()
+    wait_for_sync(fake.listening, what="lean fake listening")
+    conn = http.client.HTTPConnection("127.0.0.1", fake.port, timeout=5)
+    for headers in ({}, {"X-Comfyhub-Secret": "lean-secret"}):
+        conn.request("GET", "/system_stats", headers=headers)
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200
+        assert r.getheader("X-Comfyhub-Instance") == hashlib.sha256(b"lean-secret").hexdigest()
+        assert r.getheader("X-Comfyhub-Binding") == ""
+    conn.close()
 
 
 def test_imports_no_more_than_a_bare_interpreter_and_three_c_modules():

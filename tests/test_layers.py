@@ -81,7 +81,7 @@ LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import 
     ({"cli"}, False),
     ({"app", "doctor", "comfyui_install", "remote"}, True),
     ({"api", "proxy"}, True),
-    ({"auth", "security"}, False),
+    ({"auth", "security", "handoff"}, False),
     ({"jobs"}, False),
     ({"services"}, False),
     ({"outputs"}, False),

@@ -49,10 +49,21 @@ def request_token(request: Request) -> tuple[str | None, bool]:
 def from_this_site(request: Request, settings: Settings) -> bool:
     """Whether a browser request comes from a page of this site (see `security.same_origin`)."""
     headers = request.headers
-    return same_origin(headers.get("origin"), headers.get("referer"), headers.get("host", ""), settings.trusted_origins)
+    return not from_instance_page(request) and same_origin(
+        headers.get("origin"), headers.get("referer"), headers.get("host", ""), settings.trusted_origins
+    )
+
+
+def from_instance_page(request: Request) -> bool:
+    """Whether a request comes from a page of the instance origin: ComfyUI's, whose scripts
+    (custom nodes) the API never serves, whatever the method (invariant 10)."""
+    origin = request.app.state.instance_origin
+    return origin.names(request.headers.get("origin")) or origin.names(request.headers.get("referer"))
 
 
 async def current_user(request: Request, db: DbSession, settings: SettingsDep) -> User:
+    if from_instance_page(request):
+        raise ApiError(403, CROSS_SITE)
     token, from_cookie = request_token(request)
     if token is None:
         raise ApiError(401, NOT_LOGGED_IN)

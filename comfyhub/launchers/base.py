@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from comfyhub.net.endpoint import Endpoint, secret_of
+from comfyhub.net.endpoint import Endpoint, binding_of, secret_of
 from comfyhub.reasons import Reason
 
 
@@ -66,9 +66,11 @@ class Handle:
     extra: dict = field(default_factory=dict)
     gpu: str = ""  # set by launchers that assign GPUs themselves
     secret: str = field(default="", repr=False)  # the instance secret; "" for older records
+    binding: int | None = None  # the project it was bound to after its start (a warm pool's)
 
+    @property
     def endpoint(self) -> Endpoint:
-        return Endpoint(self.host, self.port, self.secret)
+        return Endpoint(self.host, self.port, self.secret, self.binding)
 
     def state(self) -> dict:
         return asdict(self)
@@ -84,6 +86,7 @@ class Handle:
             extra=dict(state.get("extra") or {}),
             gpu=str(state.get("gpu") or ""),
             secret=secret_of(state),
+            binding=binding_of(state),
         )
 
     def same_process(self, other: Handle) -> bool:

@@ -33,6 +33,15 @@ def identity_of(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def binding_of(launcher_state: dict | None) -> int | None:
+    """The project an instance was bound to (POST /comfyhub/bind), as its record says;
+    None for a cold start (it runs in its project's folder and is not bound)."""
+    if not isinstance(launcher_state, dict):
+        return None
+    value = launcher_state.get("binding")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def secret_of(launcher_state: dict | None) -> str:
     """The instance secret kept in a record's launcher_state; "" for records without one
     (started before instances had secrets: they are still accepted by their argv)."""
@@ -47,6 +56,7 @@ class Endpoint:
     host: str
     port: int | None
     secret: str = ""
+    binding: int | None = None  # the project the instance must say it is bound to; None: unbound
 
     @property
     def authority(self) -> str:
@@ -61,4 +71,6 @@ class Endpoint:
         return [(SECRET_HEADER, self.secret)] if self.secret else []
 
     def __repr__(self) -> str:  # never the secret, in a log line or a traceback
-        return f"Endpoint({self.host!r}, {self.port!r}, secret={'yes' if self.secret else 'no'})"
+        return (
+            f"Endpoint({self.host!r}, {self.port!r}, secret={'yes' if self.secret else 'no'}, binding={self.binding})"
+        )

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import stat
 import time
 from collections.abc import Callable
@@ -52,6 +53,12 @@ PAGE = 64  # history entries per request: small answers, parsed quickly
 SCAN_BATCH = 500  # files checked against the records per query
 ACTIVE_WINDOW = timedelta(minutes=10)  # "in use": proxied traffic or new records this recently
 CONCURRENCY = 8  # pulls and scans at once
+# Pulls and scans begun by one tick, at most. Each is a task, and a thousand begun at
+# once (all idle instances falling due together) stalled every request for ~20 ms; the
+# rest wait for the next tick (64 a second with the default 2 s tick, a thousand idle
+# instances need 33). Due times also drift apart (JITTER) so they do not stay bunched.
+SPAWNS_PER_TICK = 128
+JITTER = 0.1  # each next pull is due after its interval ± 10 %
 PULL_DEADLINE = 60.0  # one pull, all pages (seconds)
 TRASH_PURGE_SECONDS = 3600.0
 
@@ -241,20 +248,25 @@ class OutputSync:
     async def tick(self) -> None:
         """Start the pulls and scans that are due (each in its own task) and return."""
         now = time.monotonic()
+        budget = SPAWNS_PER_TICK
         for instance in await self._instances():
             pid = instance.project_id
+            if budget == 0:
+                break
             if pid in self._busy:
                 continue
             if instance.online:
                 first = self._scanned.get(pid, (None,))[0] != instance.run
                 if first or now >= self._due.get(pid, 0.0):
-                    self._due[pid] = now + self._interval(instance, now)
+                    self._due[pid] = now + self._interval(instance, now) * random.uniform(1 - JITTER, 1 + JITTER)
                     self._scanned[pid] = (instance.run, instance.status)
                     self._spawn(pid, self._pull_and_scan(instance, scan=first))
+                    budget -= 1
             elif self._scanned.get(pid) != (instance.run, instance.status):
                 self._scanned[pid] = (instance.run, instance.status)
                 self._newest.pop(pid, None)
                 self._spawn(pid, self.scan(pid, instance.user_id))
+                budget -= 1
         if now - self._purged_at > TRASH_PURGE_SECONDS:
             self._purged_at = now
             self._spawn(0, self._purge())
@@ -289,6 +301,7 @@ class OutputSync:
                         log.warning("project %s: sync failed", key, exc_info=True)
 
         task = asyncio.create_task(gated(), name=f"comfyhub-output-sync-{key}")
+        task.add_done_callback(lambda _t: work.close())  # cancelled before it began: no "never awaited"
         self._busy[key] = task
         task.add_done_callback(lambda t: self._busy.pop(key) if self._busy.get(key) is t else None)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from comfyhub import handoff
 from comfyhub.auth import user_for_token
 from comfyhub.models import ComfyUIService, Project
 from comfyhub.net.endpoint import Endpoint, secret_of
@@ -50,6 +51,7 @@ class ProxyAccess:
         self._users: dict[str, tuple[float, int | None]] = {}
         self._forgets = 0  # bumped by every forget_*: an answer read across one is not cached
         self._targets: dict[int, tuple[float, Target | None]] = {}
+        self._passes: dict[str, tuple[float, handoff.InstancePass | None]] = {}
 
     async def user_id(self, token: str | None) -> int | None:
         if not token:
@@ -72,6 +74,35 @@ class ProxyAccess:
     def forget_token(self, token: str) -> None:
         self._forgets += 1
         self._users.pop(token, None)
+        # The instance cookies of that login are not known by the token: forget them all
+        # (a logout is rare; the others are simply looked up again).
+        self._passes.clear()
+
+    async def instance_pass(self, cookie: str | None) -> handoff.InstancePass | None:
+        """What an instance cookie stands for (handoff.py), cached like a token's user."""
+        if not cookie:
+            return None
+        hit = self._passes.get(cookie)
+        now = time.monotonic()
+        if hit and hit[0] > now:
+            return hit[1]
+        forgets = self._forgets
+        async with self.sessions() as db:
+            found = await handoff.instance_pass(db, self.secret_key, cookie)
+        if len(self._passes) > _MAX_ENTRIES:
+            self._passes.clear()
+        if forgets == self._forgets:
+            self._passes[cookie] = (now + AUTH_TTL, found)
+        return found
+
+    async def entry_code(self, session_token: str, project_id: int) -> str | None:
+        """A one-time code taking the login `session_token` to `project_id`'s instance origin."""
+        async with self.sessions() as db:
+            return await handoff.create_code(db, self.secret_key, session_token, project_id)
+
+    async def redeem(self, code: str, project_id: int) -> handoff.Entry | None:
+        async with self.sessions() as db:
+            return await handoff.redeem_code(db, self.secret_key, code, project_id)
 
     def forget_user(self, user_id: int) -> None:
         """Drop every cached token of `user_id`: revoking a personal access token knows
@@ -79,6 +110,7 @@ class ProxyAccess:
         simply looked up again."""
         for token in [t for t, (_, uid) in self._users.items() if uid == user_id]:
             del self._users[token]
+        self._passes.clear()
         self._forgets += 1
 
     async def target(self, project_id: int) -> Target | None:

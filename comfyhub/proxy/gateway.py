@@ -1,11 +1,14 @@
-"""/comfy/{project_id}/… : each instance reachable by its owner only (invariant 6).
+"""/comfy/{project_id}/… : each instance reachable by its owner only (invariant 6), on the
+instance origin only (invariant 10).
 
 A pure ASGI middleware in front of the FastAPI routes: requests under /comfy/ never go
-through routing or dependency injection, which keeps the added latency small. For each
-request: authenticate (session cookie, or bearer), check ownership, then forward to the
+through routing or dependency injection, which keeps the added latency small. On
+comfyhub's own origin `__call__` only hands the browser over to the instance origin
+(entry.py). On the instance origin `instance` serves: authenticate (the instance cookie,
+or a bearer token; never the session cookie), check ownership, then forward to the
 instance with the prefix stripped, the browser's Host kept (ComfyUI refuses a loopback
 Host with a foreign Origin), hop-by-hop headers dropped and X-Forwarded-* set.
-comfyhub's own credentials (its session cookie, Authorization) are never passed on.
+comfyhub's own credentials (its cookies, Authorization) are never passed on.
 Large downloads (Content-Length ≥ 1 MiB, bodyless request) leave the event loop after
 the response head: a thread moves the body socket to socket (relay.py).
 A request that is not passed on is refused with a page for a browser and the API's JSON
@@ -26,11 +29,19 @@ from comfyhub.models import ServiceStatus
 from comfyhub.net.endpoint import PREFIX as COMFYHUB_HEADERS
 from comfyhub.net.endpoint import SECRET_HEADER
 from comfyhub.net.http1 import UpstreamConnection, UpstreamError, UpstreamPool
-from comfyhub.proxy import refusals
+from comfyhub.proxy import entry, refusals
 from comfyhub.proxy.access import ProxyAccess, Target
 from comfyhub.proxy.refusals import Refusal
 from comfyhub.proxy.relay import RELAY_MIN, Relays
-from comfyhub.security import SESSION_COOKIE, origin_required, same_origin, session_token
+from comfyhub.security import (
+    INSTANCE_COOKIE,
+    SESSION_COOKIE,
+    InstanceOrigin,
+    bearer_token,
+    cookie_value,
+    origin_required,
+    same_origin,
+)
 
 log = logging.getLogger("comfyhub.proxy")
 
@@ -53,7 +64,7 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
 }
 _HEAD_TIMEOUT = 300.0  # ComfyUI answers quickly; only a wedged instance takes this long
 MAX_ID = 2**31 - 1
-_SESSION_COOKIE_EQ = SESSION_COOKIE.encode() + b"="
+_COMFYHUB_COOKIES = (SESSION_COOKIE.encode() + b"=", INSTANCE_COOKIE.encode() + b"=")
 
 
 class ComfyProxy:
@@ -70,10 +81,6 @@ class ComfyProxy:
     @property
     def pool(self) -> UpstreamPool:
         return self.hub.state.upstream_pool
-
-    @property
-    def trusted_origins(self) -> set[str]:
-        return self.hub.state.settings.trusted_origins
 
     def touch(self, project_id: int) -> None:
         self.hub.state.manager.touch(project_id)
@@ -93,19 +100,34 @@ class ComfyProxy:
             relays = self._relays = Relays(self.metrics)
         return relays
 
+    @property
+    def origin(self) -> InstanceOrigin:
+        origin = self.__dict__.get("_origin")
+        if origin is None:
+            settings = self.hub.state.settings
+            origin = self._origin = InstanceOrigin(settings.comfyhub_instance_origin, settings.instance_port)
+        return origin
+
     async def __call__(self, scope, receive, send):
+        """The main origin: /comfy/{id}/… only leads to the instance origin (entry.py)."""
         if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(PREFIX):
             return await self.app(scope, receive, send)
-        match = _PATH.match(scope["path"])
-        if match is None or int(match.group(1)) > MAX_ID:
-            return await refusals.refuse(scope, receive, send, refusals.BAD_PROJECT_ID, None, _header_map(scope))
-        project_id, rest = int(match.group(1)), match.group(2)
-        if rest is None and scope["type"] == "http":
-            # The ComfyUI front end resolves its assets relative to a trailing slash.
-            query = scope.get("query_string", b"")
-            location = f"{PREFIX}{project_id}/" + (f"?{query.decode('latin-1')}" if query else "")
-            return await refusals.respond(send, 308, [(b"location", location.encode("latin-1"))], b"")
-        headers = _header_map(scope)
+        parsed = await self._parse(scope, receive, send)
+        if parsed is not None:
+            await entry.hand_off(self, scope, receive, send, *parsed)
+
+    async def instance(self, scope, receive, send):
+        """The instance origin: ComfyUI under /comfy/{id}/…, the hand-off's entry, nothing else."""
+        if scope["type"] not in ("http", "websocket"):
+            return
+        if scope["path"].startswith(entry.ENTER):
+            return await entry.enter(self, scope, receive, send, _header_map(scope))
+        if not scope["path"].startswith(PREFIX):
+            return await refusals.refuse(scope, receive, send, refusals.NOT_HERE, None, _header_map(scope))
+        parsed = await self._parse(scope, receive, send)
+        if parsed is None:
+            return
+        project_id, headers = parsed
         target, refusal = await self._authorize(scope, project_id, headers)
         if target is None:
             return await refusals.refuse(scope, receive, send, refusal, project_id, headers)
@@ -114,13 +136,41 @@ class ComfyProxy:
             return await self._websocket(scope, receive, send, target, upstream_path)
         return await self._http(scope, receive, send, target, upstream_path, headers)
 
+    async def _parse(self, scope, receive, send) -> tuple[int, dict[bytes, bytes]] | None:
+        """The project id of a /comfy/{id}/… path and the headers; None once answered."""
+        match = _PATH.match(scope["path"])
+        if match is None or int(match.group(1)) > MAX_ID:
+            await refusals.refuse(scope, receive, send, refusals.BAD_PROJECT_ID, None, _header_map(scope))
+            return None
+        project_id, rest = int(match.group(1)), match.group(2)
+        if rest is None and scope["type"] == "http":
+            # The ComfyUI front end resolves its assets relative to a trailing slash.
+            query = scope.get("query_string", b"")
+            location = f"{PREFIX}{project_id}/" + (f"?{query.decode('latin-1')}" if query else "")
+            await refusals.respond(send, 308, [(b"location", location.encode("latin-1"))], b"")
+            return None
+        return project_id, _header_map(scope)
+
     # --- access ---------------------------------------------------------------------------
 
     async def _authorize(
         self, scope, project_id: int, headers: dict[bytes, bytes]
     ) -> tuple[Target, None] | tuple[None, Refusal]:
-        token, from_cookie = _session_token(headers)
-        user_id = await self.access.user_id(token)
+        """On the instance origin: a bearer token (scripts) or the instance cookie, never
+        comfyhub's session cookie (with one origin on another port of the same host the
+        browser sends it here too: it is no credential here)."""
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.origin.per_project and self.origin.project_of_host(host) != project_id:
+            return None, refusals.NO_SUCH_PROJECT  # p12's origin serves project 12 alone
+        bearer = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+        if bearer is not None:
+            user_id, from_cookie = await self.access.user_id(bearer), False
+        else:
+            cookie = cookie_value(headers.get(b"cookie", b"").decode("latin-1"), INSTANCE_COOKIE)
+            found = await self.access.instance_pass(cookie)
+            if found is not None and found.project_id not in (None, project_id):
+                return None, refusals.NOT_OWNER  # a cookie of another project's origin
+            user_id, from_cookie = (found.user_id if found else None), True
         if user_id is None:
             return None, refusals.NOT_LOGGED_IN
         target = await self.access.target(project_id)
@@ -129,17 +179,22 @@ class ComfyProxy:
         if target.owner_user_id != user_id:
             return None, refusals.NOT_OWNER
         websocket = scope["type"] == "websocket"  # a handshake: no method, and not "safe"
-        if origin_required(from_cookie, scope.get("method", ""), websocket) and not self._from_this_site(headers):
+        if origin_required(from_cookie, scope.get("method", ""), websocket) and not self._from_instance_page(
+            scope, project_id, headers
+        ):
             return None, refusals.CROSS_SITE
         return target, None
 
-    def _from_this_site(self, headers: dict[bytes, bytes]) -> bool:
+    def _from_instance_page(self, scope, project_id: int, headers: dict[bytes, bytes]) -> bool:
+        """Whether a request comes from a page of this project's instance origin (not from
+        comfyhub's own pages, nor COMFYHUB_TRUSTED_ORIGINS: those are the main origin's)."""
         origin, referer = headers.get(b"origin"), headers.get(b"referer")
+        host = headers.get(b"host", b"").decode("latin-1")
         return same_origin(
             origin and origin.decode("latin-1"),
             referer and referer.decode("latin-1"),
-            headers.get(b"host", b"").decode("latin-1"),
-            self.trusted_origins,
+            host,
+            {self.origin.url(project_id, scope.get("scheme", "http"), host)},
         )
 
     # --- HTTP -------------------------------------------------------------------------------
@@ -341,12 +396,6 @@ def _header_map(scope) -> dict[bytes, bytes]:
     return headers
 
 
-def _session_token(headers: dict[bytes, bytes]) -> tuple[str | None, bool]:
-    return session_token(
-        headers.get(b"authorization", b"").decode("latin-1"), headers.get(b"cookie", b"").decode("latin-1")
-    )
-
-
 def _upstream_path(scope, project_id: int) -> bytes:
     raw = scope.get("raw_path") or scope["path"].encode()
     prefix = f"{PREFIX}{project_id}".encode()
@@ -374,7 +423,8 @@ def _path_project_id(scope) -> int:
 
 
 def _without_session_cookie(raw: bytes) -> bytes | None:
-    kept = [c for c in raw.split(b";") if c.strip() and not c.strip().startswith(_SESSION_COOKIE_EQ)]
+    """The Cookie header without comfyhub's own cookies (the session and the instance one)."""
+    kept = [c for c in raw.split(b";") if c.strip() and not c.strip().startswith(_COMFYHUB_COOKIES)]
     return b";".join(kept).strip() or None
 
 

@@ -39,6 +39,22 @@ NO_SUCH_PROJECT = Refusal(404, messages.PROJECT_NOT_FOUND, "项目不存在", "�
 BAD_PROJECT_ID = Refusal(404, messages.PROJECT_NOT_FOUND, "页面不存在", "地址中的项目编号无效。")
 NOT_OWNER = Refusal(403, messages.FORBIDDEN, "无操作权限", "只有项目的所有者可以访问它的 ComfyUI。")
 CROSS_SITE = Refusal(403, messages.CROSS_SITE, "跨站请求被拒绝", "请求来源与本站不一致。")
+# The instance origin serves ComfyUI alone: comfyhub's API and pages are not there.
+NOT_HERE = Refusal(404, "页面不存在", "页面不存在", "此地址只提供 ComfyUI。请从个人工作台打开项目。")
+ENTRY_USED = Refusal(
+    403, "链接已失效", "链接已失效", "此链接已使用、已过期或不属于该项目。请回到个人工作台，再次点击“数据生成”。"
+)
+
+
+def elsewhere(url: str) -> Refusal:
+    """On the main origin, what only the instance origin serves (a WebSocket, a write, a script's token)."""
+    return Refusal(
+        404,
+        f"ComfyUI 在独立地址提供：{url}",
+        "ComfyUI 在独立地址",
+        f"ComfyUI 在独立地址提供：{url}。请从个人工作台点击“数据生成”打开。",
+        {"url": url},
+    )
 
 
 def not_running(status: str | None) -> Refusal:

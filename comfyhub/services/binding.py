@@ -4,7 +4,9 @@ A warm instance runs with a folder of its own; binding points its output, input,
 and user folders (ComfyUI's folder_paths) at a project's, once: the extension answers
 409 to a second bind and changes nothing (comfyhub/comfyui_extension). After a bind the
 instance answers with ``X-Comfyhub-Binding: <project id>``, which the health probe then
-expects (`HealthChecker.is_ours(..., binding=project_id)`).
+expects: put the project id in the record's launcher_state as ``"binding"``
+(`Handle.binding`, read back by `Handle.from_state` and `net/endpoint.binding_of`), and
+every probe built from the record (`Handle.endpoint`) asks for it.
 """
 
 from __future__ import annotations

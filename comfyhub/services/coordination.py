@@ -4,7 +4,7 @@ With several workers on PostgreSQL, "one start per project" and "one heartbeat" 
 hold across processes, not only inside one event loop:
 
 - ProjectLocks: a PostgreSQL session advisory lock per project, held for the whole
-  start. It is released by the server if the worker dies, so a crash never leaves a
+  start, on one connection per process. It is released by the server if the worker dies, so a crash never leaves a
   project locked. On SQLite there is one worker only (`serve` refuses more), and the
   manager's in-process single flight is the lock.
 - Lease: a row in `leases` that one worker renews every sweep; another takes it over
@@ -13,6 +13,8 @@ hold across processes, not only inside one event loop:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -23,18 +25,32 @@ import psutil
 from sqlalchemy import or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from comfyhub.models import Lease, utcnow
 
 # Namespace of comfyhub's advisory locks (first key of the two-key form): "cfhb".
 _LOCK_NAMESPACE = 0x63666862
+# How often a lock held by another process is tried again.
+LOCK_POLL_SECONDS = 0.05
 
 
 class ProjectLocks:
+    """Advisory locks, all held on one connection of this process's own.
+
+    One connection for every lock, not one per start: starts wait for each other and for
+    resources for long, and a pooled connection held by each of 32 queued starts once
+    emptied the pool, so the whole hub answered 503 until they ended. A lock is taken
+    with `pg_try_advisory_lock`, polled while another process holds it, because a
+    blocking call would hold up the shared connection. Session locks are reentrant, and
+    in-process callers are already single-flight per project, so sharing is safe.
+    """
+
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
         self.shared = engine.dialect.name == "postgresql"
+        self._conn: AsyncConnection | None = None
+        self._io = asyncio.Lock()  # one statement at a time on the shared connection
 
     @asynccontextmanager
     async def hold(self, project_id: int, wait: bool = True):
@@ -42,24 +58,42 @@ class ProjectLocks:
         if not self.shared:
             yield True
             return
-        conn = await self.engine.connect()
+        got = await self._call("pg_try_advisory_lock", project_id)
+        while wait and not got:
+            await asyncio.sleep(LOCK_POLL_SECONDS)
+            got = await self._call("pg_try_advisory_lock", project_id)
         try:
-            fn = "pg_advisory_lock" if wait else "pg_try_advisory_lock"
-            got = (
-                await conn.execute(text(f"SELECT {fn}(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": project_id})
-            ).scalar()
-            got = True if wait else bool(got)
-            await conn.commit()
-            try:
-                yield got
-            finally:
-                if got:
-                    await conn.execute(
-                        text("SELECT pg_advisory_unlock(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": project_id}
-                    )
-                    await conn.commit()
+            yield got
         finally:
-            await conn.close()
+            if got:
+                await self._call("pg_advisory_unlock", project_id)
+
+    async def _call(self, fn: str, key: int) -> bool:
+        async with self._io:
+            try:
+                if self._conn is None:
+                    self._conn = await self.engine.connect()
+                result = await self._conn.execute(text(f"SELECT {fn}(:ns, :id)"), {"ns": _LOCK_NAMESPACE, "id": key})
+                await self._conn.commit()
+                return bool(result.scalar())
+            except Exception:
+                # A broken connection has lost every lock it held (the server released
+                # them); the next call starts on a new one.
+                await self._drop()
+                raise
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.invalidate()
+
+    async def close(self) -> None:
+        async with self._io:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
 
 
 class HeartbeatLease:

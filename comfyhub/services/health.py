@@ -32,16 +32,14 @@ class HealthChecker:
         self.timeout = timeout
         self._pool = UpstreamPool(connect_timeout=timeout)
 
-    async def is_ours(
-        self, target: Endpoint, base_dir: str, timeout: float | None = None, binding: int | None = None
-    ) -> bool:
+    async def is_ours(self, target: Endpoint, base_dir: str, timeout: float | None = None) -> bool:
         """True when the instance answers 200 within the timeout and is ours: our argv and,
-        when `target` has a secret, its identity headers (bound to `binding`, if given)."""
+        when `target` has a secret, its identity headers (bound to `target.binding`)."""
         answer = await self._answer(target, "/system_stats", timeout)
         if answer is None:
             return False
         headers, stats = answer
-        if target.secret and not identity_is_ours(headers, target.secret, binding):
+        if target.secret and not identity_is_ours(headers, target.secret, target.binding):
             return False
         if not isinstance(stats, dict):
             return False

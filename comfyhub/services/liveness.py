@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from comfyhub.launchers import Exit, Handle, Launcher
 from comfyhub.models import ComfyUIService, ServiceStatus
-from comfyhub.net.endpoint import Endpoint, secret_of
+from comfyhub.net.endpoint import Endpoint, binding_of, secret_of
 from comfyhub.reasons import Reason, words
 from comfyhub.services.health import HealthChecker
 
@@ -37,14 +37,6 @@ class Probe:
 FRESH_SECONDS = 1.0
 # Confirmations kept at most; past it they are dropped all at once (a drop costs one check each).
 _MAX_CONFIRMED = 10_000
-
-
-def expected_binding(record: ComfyUIService) -> int | None:
-    """The project a record's instance must say it is bound to: set when the record took
-    a warm instance (pool.py), None for one started in the project's own folder."""
-    state = record.launcher_state
-    value = state.get("bound") if isinstance(state, dict) else None
-    return value if isinstance(value, int) else None
 
 
 class Liveness:
@@ -99,7 +91,7 @@ class Liveness:
         if self.fresh(record):
             return True
         self.checks += 1
-        if await self.health.is_ours(handle.endpoint(), record.base_dir, binding=expected_binding(record)):
+        if await self.health.is_ours(handle.endpoint, record.base_dir):
             self.confirm(record.project_id, record.generation)
             return True
         return False
@@ -107,7 +99,8 @@ class Liveness:
     async def queue(self, record: ComfyUIService) -> dict | None:
         """ComfyUI's /queue (`queue_running`, `queue_pending`) of an instance; None when it
         does not answer or answers something else."""
-        target = Endpoint(record.host or "127.0.0.1", record.port, secret_of(record.launcher_state))
+        state = record.launcher_state
+        target = Endpoint(record.host or "127.0.0.1", record.port, secret_of(state), binding_of(state))
         queue = await self.health.get_json(target, "/queue")
         return queue if isinstance(queue, dict) else None
 
@@ -118,7 +111,7 @@ class Liveness:
         exited = self.launcher.poll(handle)
         if exited is not None:
             return Probe(False, exited, Reason.CRASHED, words(Reason.CRASHED, exit=exited.reason))
-        if await self.health.is_ours(handle.endpoint(), record.base_dir, binding=expected_binding(record)):
+        if await self.health.is_ours(handle.endpoint, record.base_dir):
             self.confirm(record.project_id, record.generation)
             return Probe(True)
         return Probe(False, None, Reason.UNRESPONSIVE, words(Reason.UNRESPONSIVE))

@@ -182,6 +182,7 @@ class ServiceManager:
             with contextlib.suppress(Exception):
                 await self.heartbeat.lease.release()  # let another worker take over at once
         await self.outputs.close()
+        await self.starts.locks.close()
         await self.health.aclose()
         self.launcher.close()
 

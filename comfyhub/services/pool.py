@@ -161,7 +161,7 @@ class Pool:
         if self.liveness.alive(handle):
             if now - self._checked_at.get(row.id, 0.0) < self.settings.comfyui_heartbeat_interval_seconds:
                 return
-            if await self.liveness.health.is_ours(handle.endpoint(), row.base_dir):
+            if await self.liveness.health.is_ours(handle.endpoint, row.base_dir):
                 self._checked_at[row.id] = now
                 return
             why = "不再响应"
@@ -175,7 +175,7 @@ class Pool:
         """A warm start no process runs any more (its backend died): adopt or stop it."""
         handle = self.liveness.handle(row)
         alive = self.liveness.alive(handle)
-        if alive and await self.liveness.health.is_ours(handle.endpoint(), row.base_dir):
+        if alive and await self.liveness.health.is_ours(handle.endpoint, row.base_dir):
             if await self.records.update_warm(row.id, status=ServiceStatus.ONLINE, last_heartbeat=utcnow()):
                 log.info("warm instance %s: adopted after its start outlived its backend", row.id)
             return
@@ -362,7 +362,7 @@ class Pool:
             left = deadline - time.monotonic()
             if left <= 0:
                 return "failed"
-            if await self.liveness.health.is_ours(handle.endpoint(), base_dir, timeout=min(1.0, left)):
+            if await self.liveness.health.is_ours(handle.endpoint, base_dir, timeout=min(1.0, left)):
                 return "ready"
             if time.monotonic() - looked >= GONE_CHECK_SECONDS:
                 looked = time.monotonic()
@@ -384,8 +384,8 @@ class Pool:
         for row in await self.records.warm():
             if row.status != ServiceStatus.ONLINE or not self.liveness.alive(self.liveness.handle(row)):
                 continue
-            record = await self.records.take_warm(row.id, project_id, generation, {"bound": project_id})
-            # (the launcher state remembers the binding: checks expect it from then on)
+            record = await self.records.take_warm(row.id, project_id, generation, {"binding": project_id})
+            # (launcher_state["binding"]: every check of it expects that binding from then on)
             if record is not None:
                 self._checked_at.pop(row.id, None)
                 self.wake()
@@ -399,7 +399,7 @@ class Pool:
             return False
         try:
             dirs = await asyncio.to_thread(instances.project_dirs, self.settings, record.user_id, record.project_id)
-            await bind(handle.endpoint(), record.project_id, record.user_id, dirs)
+            await bind(handle.endpoint, record.project_id, record.user_id, dirs)
             bound = True
         except Exception as exc:  # noqa: BLE001 — any failure (BindError, a full disk...): stop it, start cold
             log.warning("project %s: binding a warm instance failed: %s", record.project_id, exc)

@@ -26,7 +26,7 @@ from comfyhub.models import ServiceStatus, utcnow
 from comfyhub.reasons import Reason, words
 from comfyhub.services import instances
 from comfyhub.services.coordination import ProjectLocks
-from comfyhub.services.liveness import Liveness, expected_binding
+from comfyhub.services.liveness import Liveness
 from comfyhub.services.records import Records
 from comfyhub.services.starts import Starts, comfy_url
 
@@ -73,8 +73,8 @@ class Reconciler:
                 return
             handle = self.liveness.handle(record)
             alive = self.liveness.alive(handle)
-            binding = expected_binding(record)  # a taken warm instance must be bound by now
-            if alive and await self.liveness.health.is_ours(handle.endpoint(), record.base_dir, binding=binding):
+            # A taken warm instance's handle expects its binding: one never bound is not adopted.
+            if alive and await self.liveness.health.is_ours(handle.endpoint, record.base_dir):
                 log.info("project %s: adopted an instance whose start outlived its backend", project_id)
                 now = utcnow()
                 await self.records.update(
@@ -124,7 +124,7 @@ class Reconciler:
         if (
             record is None
             or self.liveness.alive(recorded)
-            or not await self.liveness.health.is_ours(handle.endpoint(), base_dir)
+            or not await self.liveness.health.is_ours(handle.endpoint, base_dir)
         ):
             # A duplicate, an instance of a deleted project, or one that does not answer: stop it.
             log.warning("project %s: stopping unrecorded instance pid %s", project_id, handle.pid)

@@ -408,7 +408,7 @@ class Starts:
             left = deadline - time.monotonic()
             if left <= 0:
                 return "timeout"
-            if await health.is_ours(handle.endpoint(), base_dir, timeout=min(check_timeout, left)):
+            if await health.is_ours(handle.endpoint, base_dir, timeout=min(check_timeout, left)):
                 return "ready"
             await asyncio.sleep(min(READY_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
 

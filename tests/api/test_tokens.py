@@ -246,13 +246,14 @@ async def test_the_proxy_takes_a_token_like_a_session(client, app, alice, bob, m
     pid = await new_project(client, alice, "PROXY-T")
     opened = await client.post(f"/api/projects/{pid}/open_comfy", headers=alice)
     assert opened.status_code == 200, opened.text
-    path = f"/comfy/{pid}/api/system_stats"
+    comfy = f"http://testserver:{app.state.settings.instance_port}/comfy/{pid}"  # the instance origin
+    path = f"{comfy}/api/system_stats"
     mine, theirs = await _token(client, alice, "代理"), await _token(client, bob, "别人")
 
     r = await client.get(path, headers=bearer(mine["token"]))
     assert r.status_code == 200 and str(opened.json()["data"]["port"]) in r.json()["system"]["argv"]
     prompt = {"prompt": {}, "client_id": "t"}
-    posted = await client.post(f"/comfy/{pid}/prompt", json=prompt, headers=bearer(mine["token"]))
+    posted = await client.post(f"{comfy}/prompt", json=prompt, headers=bearer(mine["token"]))
     assert posted.status_code == 200  # a bearer token needs no Origin
     assert (await _rows(app))[0].last_used_at is not None  # use through the proxy counts
 

@@ -16,7 +16,9 @@ What it does, like ComfyUI 0.3.64 where comfyhub can observe it:
 * serves ``/system_stats`` (with ``system.argv``), ``/prompt``, ``/queue``, ``/history``,
   ``/history/{id}``, ``/interrupt``, ``/free``, ``/object_info``, ``/view``,
   ``/upload/image``, ``/ws`` -- each also under ``/api/`` -- plus ``/`` (a page titled
-  "Fake ComfyUI" that uses only relative URLs) and ``/scripts/app.js``;
+  "Fake ComfyUI" that uses only relative URLs) and ``/scripts/app.js``; with a file
+  ``DIR/page_script.js`` the page also loads it (``/scripts/page_script.js``), the way a
+  custom node's script runs in ComfyUI's page;
 * rejects (403) a request whose ``Origin`` host differs from a loopback ``Host``
   (the real DNS-rebinding guard), so a proxy that rewrites ``Host`` is caught;
 * SIGINT: logs "Stopped server", removes ``DIR/temp``, exits 0 at once. SIGTERM: the
@@ -547,6 +549,10 @@ INDEX_HTML = """<!doctype html>
 </html>
 """
 
+# A file of this name in the base directory is included by the page, as the script of a
+# custom node would be: tests put there what a hostile one would do.
+PAGE_SCRIPT = "page_script.js"
+
 # Every URL is relative to the page, so it works under a prefix such as /comfy/42/.
 APP_JS = """(function () {
   "use strict";
@@ -736,7 +742,17 @@ def build_app(base: str, knobs: dict, disable_metadata: bool = False):
     # --- handlers ---
 
     async def index(request):
-        return web.Response(text=INDEX_HTML, content_type="text/html", headers={"Cache-Control": "no-cache"})
+        page = INDEX_HTML
+        if os.path.isfile(os.path.join(base, PAGE_SCRIPT)):  # a test's stand-in for a custom node's script
+            page = page.replace("</head>", f'<script src="scripts/{PAGE_SCRIPT}"></script>\n</head>')
+        return web.Response(text=page, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    async def page_script(request):
+        path = os.path.join(base, PAGE_SCRIPT)
+        if not os.path.isfile(path):
+            return web.Response(status=404)
+        with open(path, encoding="utf-8") as f:
+            return web.Response(text=f.read(), content_type="application/javascript")
 
     async def app_js(request):
         return web.Response(text=APP_JS, content_type="application/javascript")
@@ -1069,6 +1085,7 @@ def build_app(base: str, knobs: dict, disable_metadata: bool = False):
                 app.router.add_route(method, prefix + path, handler)
     # Front-end files are served at the root only, as ComfyUI's static routes are.
     app.router.add_get("/scripts/app.js", app_js)
+    app.router.add_get(f"/scripts/{PAGE_SCRIPT}", page_script)
 
     async def start_worker(app_):
         app_["worker"] = asyncio.get_running_loop().create_task(worker())

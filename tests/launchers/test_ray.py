@@ -77,9 +77,9 @@ async def test_instances_are_placed_on_gpu_nodes_and_reached_at_node_address(pg_
         assert actor_name(f"u{uid}-p{a}") in comfyhub_actors()
         # health checks and the proxy go to node_ip:port
         assert (await c.manager.heartbeat_once())["online"] == 2
-        assert (await c.get(f"/comfy/{a}/system_stats")).status_code == 401  # still owner-only
-        token = alice["Authorization"].removeprefix("Bearer ")
-        r = await c.get(f"/comfy/{a}/system_stats", headers={"Cookie": f"comfyhub_session={token}"})
+        comfy = f"http://testserver:{c.settings.instance_port}/comfy/{a}"  # the instance origin
+        assert (await c.get(f"{comfy}/system_stats")).status_code == 401  # still owner-only
+        r = await c.get(f"{comfy}/system_stats", headers=alice)
         assert r.status_code == 200, r.text
         assert r.json()["system"]["argv"][r.json()["system"]["argv"].index("--port") + 1] == str(ra.port)
 

@@ -22,20 +22,31 @@ class Hub:
 
     def __init__(self, server: LiveServer, settings):
         self.server, self.settings = server, settings
-        self.url = server.url
+        self.url = server.url  # comfyhub: the API and the workbench
+        self.comfy = server.comfy  # the instance origin: ComfyUI
         self.origin = {"Origin": server.url}
+        self.comfy_origin = {"Origin": server.comfy}  # a page of ComfyUI's
+        self.project: int | None = None
 
     @contextmanager
     def client(self, user: str | None = None):
+        """Logged in on the main origin and, once the project exists, let into its ComfyUI
+        by the hand-off (the jar holds both cookies, as a browser does for one host)."""
         with httpx.Client(base_url=self.url, timeout=60, trust_env=False) as c:
             if user:
                 r = c.post("/api/auth/login", json={"username": user, "password": "password-123"})
                 assert r.status_code == 200
+                if self.project is not None and user == "alice":
+                    self.server.enter(c, self.project)
             yield c
 
     def cookie_header(self, user: str) -> str:
+        """The Cookie header of `user`'s browser on the instance origin: both cookies (they
+        share the host), of which only the instance cookie counts there."""
         with self.client(user) as c:
-            return f"comfyhub_session={c.cookies['comfyhub_session']}"
+            if user != "alice":  # bob may not enter alice's project: let him into his own
+                self.server.enter(c, self.bob_project)
+            return "; ".join(f"{name}={c.cookies[name]}" for name in ("comfyhub_session", "comfyhub_instance"))
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +67,10 @@ def hub(tmp_path_factory):
     asyncio.run(add_user(settings, "alice"))
     asyncio.run(add_user(settings, "bob"))
     h = Hub(server, settings)
+    with h.client("bob") as c:
+        h.bob_project = c.post("/api/projects", json={"name": "b", "code": "PX-B"}, headers=h.origin).json()["data"][
+            "id"
+        ]
     with h.client("alice") as c:
         r = c.post("/api/projects", json={"name": "p", "code": "PX-1"}, headers=h.origin)
         h.project = r.json()["data"]["id"]

@@ -19,55 +19,64 @@ MB = 1 << 20
 
 def test_owner_gets_page_and_api_through_prefix(hub):
     with hub.client("alice") as c:
-        redirect = c.get(f"/comfy/{hub.project}", follow_redirects=False)
+        redirect = c.get(f"{hub.comfy}/comfy/{hub.project}", follow_redirects=False)
         assert redirect.status_code == 308 and redirect.headers["location"] == f"/comfy/{hub.project}/"
-        page = c.get(f"/comfy/{hub.project}/")
+        page = c.get(f"{hub.comfy}/comfy/{hub.project}/")
         assert page.status_code == 200 and "Fake ComfyUI" in page.text
-        js = c.get(f"/comfy/{hub.project}/scripts/app.js")
+        js = c.get(f"{hub.comfy}/comfy/{hub.project}/scripts/app.js")
         assert js.status_code == 200
-        stats = c.get(f"/comfy/{hub.project}/api/system_stats").json()
+        stats = c.get(f"{hub.comfy}/comfy/{hub.project}/api/system_stats").json()
         argv = stats["system"]["argv"]
         assert argv[argv.index("--port") + 1] == str(hub.port)
-        assert c.get(f"/comfy/{hub.project}/system_stats?x=1").status_code == 200
+        assert c.get(f"{hub.comfy}/comfy/{hub.project}/system_stats?x=1").status_code == 200
 
 
 def test_host_header_is_kept_so_comfyui_accepts_the_origin(hub):
     """The fake, like ComfyUI, answers 403 to a loopback Host with a foreign Origin."""
     prompt = {"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "client_id": "t"}
     with hub.client("alice") as c:
-        r = c.post(f"/comfy/{hub.project}/prompt", json=prompt, headers=hub.origin)
+        r = c.post(f"{hub.comfy}/comfy/{hub.project}/prompt", json=prompt, headers=hub.comfy_origin)
         assert r.status_code == 200 and "prompt_id" in r.json()
 
 
-@pytest.mark.parametrize("who", ["bob", "anonymous", "forged", "logged_out"])
+@pytest.mark.parametrize("who", ["bob", "anonymous", "forged", "logged_out", "session_cookie"])
 def test_others_are_refused_on_http(hub, who):
-    path = f"/comfy/{hub.project}/api/system_stats"
+    """On the instance origin only the instance cookie (or a script's bearer token) counts:
+    comfyhub's session cookie, which the browser sends to every port of the host, does not."""
+    path = f"{hub.comfy}/comfy/{hub.project}/api/system_stats"
     expected = 403 if who == "bob" else 401
-    with hub.client(who if who == "bob" else None) as c:
+    with hub.client(None) as c:
+        if who == "bob":
+            c.headers["Cookie"] = hub.cookie_header("bob")
         if who == "forged":
-            c.cookies.set("comfyhub_session", "forged-token")
-        if who == "logged_out":
+            c.cookies.set("comfyhub_instance", "1.all." + "0" * 64)
+        if who in ("logged_out", "session_cookie"):
             with hub.client("alice") as a:
-                token = a.cookies["comfyhub_session"]
+                session, instance = a.cookies["comfyhub_session"], a.cookies["comfyhub_instance"]
                 assert a.get(path).status_code == 200
-                assert a.post("/api/auth/logout", headers=hub.origin).status_code == 200
-            c.cookies.set("comfyhub_session", token)
+                if who == "logged_out":
+                    assert a.post("/api/auth/logout", headers=hub.origin).status_code == 200
+            c.cookies.set("comfyhub_session", session)
+            if who == "logged_out":
+                c.cookies.set("comfyhub_instance", instance)
         r = c.get(path)
         assert r.status_code == expected
         assert "argv" not in r.text and "无操作权限" in r.text if expected == 403 else "未登录" in r.text
-        assert c.post(f"/comfy/{hub.project}/prompt", json={}, headers=hub.origin).status_code == expected
+        assert c.post(path.replace("api/system_stats", "prompt"), json={}, headers=hub.comfy_origin).status_code == (
+            expected
+        )
 
 
 @pytest.mark.parametrize("who", ["bob", "anonymous", "forged"])
 async def test_others_are_refused_on_websocket(hub, who):
-    headers = {"Origin": hub.url}
+    headers = {"Origin": hub.comfy}
     if who == "bob":
         headers["Cookie"] = hub.cookie_header("bob")
     elif who == "forged":
         headers["Cookie"] = "comfyhub_session=forged"
     with pytest.raises(websockets.exceptions.InvalidStatus) as err:
         async with ws_connect(
-            f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
+            f"ws://127.0.0.1:{hub.server.instance_port}/comfy/{hub.project}/ws?clientId=x",
             additional_headers=headers,
             proxy=None,
         ):
@@ -79,7 +88,7 @@ async def test_cross_site_websocket_is_refused(hub):
     headers = {"Origin": "http://evil.example", "Cookie": hub.cookie_header("alice")}
     with pytest.raises(websockets.exceptions.InvalidStatus) as err:
         async with ws_connect(
-            f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
+            f"ws://127.0.0.1:{hub.server.instance_port}/comfy/{hub.project}/ws?clientId=x",
             additional_headers=headers,
             proxy=None,
         ):
@@ -87,28 +96,28 @@ async def test_cross_site_websocket_is_refused(hub):
     assert err.value.response.status_code == 403
 
 
-async def test_websocket_from_a_trusted_origin_passes(hub):
-    """A front proxy serving the site as TRUSTED_ORIGIN, forwarding its own name for us as
-    Host (a loopback Host with a foreign Origin would be refused by ComfyUI itself)."""
-    headers = {"Origin": TRUSTED_ORIGIN, "Cookie": hub.cookie_header("alice")}
+async def test_websocket_from_the_instance_origin_by_its_proxied_name_passes(hub):
+    """A front proxy forwarding the instance origin's public name as Host: a page there
+    (Origin and Host agree) opens the socket; comfyhub's own origin, and the origins
+    trusted for it (COMFYHUB_TRUSTED_ORIGINS), are other sites on the instance origin."""
+    public = f"comfy.internal:{hub.server.instance_port}"
+    headers = {"Origin": f"http://{public}", "Cookie": hub.cookie_header("alice")}
     async with ws_connect(
-        f"ws://comfyhub.internal:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
-        host="127.0.0.1",
-        additional_headers=headers,
-        proxy=None,
+        f"ws://{public}/comfy/{hub.project}/ws?clientId=x", host="127.0.0.1", additional_headers=headers, proxy=None
     ) as ws:
-        assert ws.request.headers["Host"].startswith("comfyhub.internal")
+        assert ws.request.headers["Host"].startswith("comfy.internal")
         await ws.send('{"type": "ping"}')  # the connection is open both ways
-    headers["Origin"] = "https://evil.example.org"
-    with pytest.raises(websockets.exceptions.InvalidStatus) as err:
-        async with ws_connect(
-            f"ws://comfyhub.internal:{hub.server.port}/comfy/{hub.project}/ws?clientId=x",
-            host="127.0.0.1",
-            additional_headers=headers,
-            proxy=None,
-        ):
-            pass
-    assert err.value.response.status_code == 403 and "跨站请求被拒绝".encode() in err.value.response.body
+    for origin in ("https://evil.example.org", TRUSTED_ORIGIN, hub.url):
+        headers["Origin"] = origin
+        with pytest.raises(websockets.exceptions.InvalidStatus) as err:
+            async with ws_connect(
+                f"ws://{public}/comfy/{hub.project}/ws?clientId=x",
+                host="127.0.0.1",
+                additional_headers=headers,
+                proxy=None,
+            ):
+                pass
+        assert err.value.response.status_code == 403 and "跨站请求被拒绝".encode() in err.value.response.body
 
 
 async def test_a_personal_access_token_opens_the_websocket_until_revoked(hub):
@@ -123,7 +132,7 @@ async def test_a_personal_access_token_opens_the_websocket_until_revoked(hub):
 
     def connect(token: str):
         return ws_connect(
-            f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=pat",
+            f"ws://127.0.0.1:{hub.server.instance_port}/comfy/{hub.project}/ws?clientId=pat",
             additional_headers={"Authorization": f"Bearer {token}"},
             proxy=None,
         )
@@ -150,19 +159,19 @@ def test_other_cookies_on_the_host_do_not_hide_the_session(hub, others):
     session = hub.cookie_header("alice")
     for header in (f"{others}; {session}", f"{session}; {others}"):
         r = httpx.get(
-            f"{hub.url}/comfy/{hub.project}/api/system_stats", headers={"Cookie": header.encode()}, trust_env=False
+            f"{hub.comfy}/comfy/{hub.project}/api/system_stats", headers={"Cookie": header.encode()}, trust_env=False
         )
         assert r.status_code == 200, header
 
 
 def test_cookie_write_without_origin_is_refused(hub):
     with hub.client("alice") as c:
-        assert c.post(f"/comfy/{hub.project}/prompt", json={}).status_code == 403
+        assert c.post(f"{hub.comfy}/comfy/{hub.project}/prompt", json={}).status_code == 403
 
 
 async def test_websocket_both_ways_and_close_codes(hub):
-    headers = {"Origin": hub.url, "Cookie": hub.cookie_header("alice")}
-    url = f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=abc"
+    headers = {"Origin": hub.comfy, "Cookie": hub.cookie_header("alice")}
+    url = f"ws://127.0.0.1:{hub.server.instance_port}/comfy/{hub.project}/ws?clientId=abc"
     async with ws_connect(url, additional_headers=headers, proxy=None, max_size=None) as ws:
         hello = await asyncio.wait_for(ws.recv(), 5)
         assert '"status"' in hello and "abc" in hello
@@ -183,8 +192,8 @@ async def test_client_close_closes_the_instance_side(hub):
     def ws_peers():
         return {c.raddr for c in fake.net_connections("tcp") if c.status == psutil.CONN_ESTABLISHED}
 
-    headers = {"Origin": hub.url, "Cookie": hub.cookie_header("alice")}
-    url = f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=close-test"
+    headers = {"Origin": hub.comfy, "Cookie": hub.cookie_header("alice")}
+    url = f"ws://127.0.0.1:{hub.server.instance_port}/comfy/{hub.project}/ws?clientId=close-test"
     before = ws_peers()
     ws = await ws_connect(url, additional_headers=headers, proxy=None)
     await asyncio.wait_for(ws.recv(), 5)
@@ -207,11 +216,12 @@ def test_50mb_download_streams_with_right_bytes_and_flat_memory(hub):
     (hub.base / "output" / "big.bin").write_bytes(body)
     server_pid = hub.server.proc.pid
     with hub.client("alice") as c:
-        c.get(f"/comfy/{hub.project}/api/system_stats")  # warm up
+        c.get(f"{hub.comfy}/comfy/{hub.project}/api/system_stats")  # warm up
         before = _rss(server_pid)
         peak = before
         digest = hashlib.sha256()
-        with c.stream("GET", f"/comfy/{hub.project}/view", params={"filename": "big.bin", "type": "output"}) as r:
+        view = f"{hub.comfy}/comfy/{hub.project}/view"
+        with c.stream("GET", view, params={"filename": "big.bin", "type": "output"}) as r:
             assert r.status_code == 200
             assert int(r.headers["content-length"]) == len(body)
             for chunk in r.iter_raw(1 * MB):
@@ -240,9 +250,9 @@ def test_50mb_upload_streams_with_right_bytes_and_flat_memory(hub, tmp_path):
         watcher.start()
         try:
             r = c.post(
-                f"/comfy/{hub.project}/upload/image",
+                f"{hub.comfy}/comfy/{hub.project}/upload/image",
                 files={"image": ("big.bin", f, "application/octet-stream")},
-                headers=hub.origin,
+                headers=hub.comfy_origin,
             )
         finally:
             done.set()
@@ -262,7 +272,7 @@ def test_streaming_echo_through_the_proxy(hub):
             yield body[i : i + 256 * 1024]
 
     with hub.client("alice") as c:
-        r = c.post(f"/comfy/{hub.project}/echo", content=chunks(), headers=hub.origin)
+        r = c.post(f"{hub.comfy}/comfy/{hub.project}/echo", content=chunks(), headers=hub.comfy_origin)
     assert r.status_code == 200 and r.content == body
 
 
@@ -270,12 +280,14 @@ def test_upload_image_lands_in_input(hub):
     data = os.urandom(300 * 1024)
     with hub.client("alice") as c:
         r = c.post(
-            f"/comfy/{hub.project}/upload/image", files={"image": ("in.png", data, "image/png")}, headers=hub.origin
+            f"{hub.comfy}/comfy/{hub.project}/upload/image",
+            files={"image": ("in.png", data, "image/png")},
+            headers=hub.comfy_origin,
         )
         assert r.status_code == 200, r.text
         name = r.json()["name"]
         assert (hub.base / "input" / name).read_bytes() == data
-        back = c.get(f"/comfy/{hub.project}/view", params={"filename": name, "type": "input"})
+        back = c.get(f"{hub.comfy}/comfy/{hub.project}/view", params={"filename": name, "type": "input"})
         assert back.content == data
 
 
@@ -288,7 +300,7 @@ def test_last_activity_moves_with_use(hub):
         before = activity()
 
         def used_and_moved():
-            c.get(f"/comfy/{hub.project}/api/queue")  # writes are throttled to one per few seconds
+            c.get(f"{hub.comfy}/comfy/{hub.project}/api/queue")  # writes are throttled to one per few seconds
             return activity() != before
 
         wait_for_sync(used_and_moved, timeout=15, interval=0.25, what="last_activity to move")
@@ -297,9 +309,9 @@ def test_last_activity_moves_with_use(hub):
 def test_not_online_shows_chinese_page_then_comes_back(hub):
     with hub.client("alice") as c:
         assert c.post(f"/api/projects/{hub.project}/stop_comfy", headers=hub.origin).status_code == 200
-        r = c.get(f"/comfy/{hub.project}/", headers={"Accept": "text/html,*/*;q=0.8"})  # a browser
+        r = c.get(f"{hub.comfy}/comfy/{hub.project}/", headers={"Accept": "text/html,*/*;q=0.8"})  # a browser
         assert r.status_code == 404 and "未启动" in r.text and 'href="/"' in r.text
-        r = c.get(f"/comfy/{hub.project}/api/queue")  # a script
+        r = c.get(f"{hub.comfy}/comfy/{hub.project}/api/queue")  # a script
         assert r.status_code == 404 and r.json() == {
             "code": 404,
             "msg": "ComfyUI 未启动",
@@ -308,7 +320,9 @@ def test_not_online_shows_chinese_page_then_comes_back(hub):
         opened = c.post(f"/api/projects/{hub.project}/open_comfy", headers=hub.origin).json()["data"]
         assert opened["comfy_url"] == f"/comfy/{hub.project}/"
         hub.port = opened["port"]
-        wait_for_sync(lambda: c.get(f"/comfy/{hub.project}/").status_code == 200, timeout=5, what="proxy back")
+        wait_for_sync(
+            lambda: c.get(f"{hub.comfy}/comfy/{hub.project}/").status_code == 200, timeout=5, what="proxy back"
+        )
 
 
 def test_unknown_or_bad_project_ids(hub):

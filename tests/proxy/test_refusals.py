@@ -9,6 +9,7 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 
+from comfyhub.handoff import InstancePass
 from comfyhub.proxy.access import Target
 from comfyhub.proxy.gateway import ComfyProxy
 from tests.support.net import wait_for_sync
@@ -30,6 +31,9 @@ class Access:
     async def target(self, project_id):
         return self.targets.get(project_id)
 
+    async def instance_pass(self, cookie):
+        return InstancePass(self.users[cookie], None) if cookie in self.users else None
+
 
 async def _not_the_app(scope, receive, send):
     raise AssertionError("a /comfy/ request reached the app")
@@ -37,8 +41,9 @@ async def _not_the_app(scope, receive, send):
 
 @pytest.fixture
 async def proxy():
-    hub = SimpleNamespace(state=SimpleNamespace(proxy_access=Access(), settings=SimpleNamespace(trusted_origins=set())))
-    transport = httpx.ASGITransport(app=ComfyProxy(_not_the_app, hub))
+    settings = SimpleNamespace(comfyhub_instance_origin="", instance_port=8001)
+    hub = SimpleNamespace(state=SimpleNamespace(proxy_access=Access(), settings=settings))
+    transport = httpx.ASGITransport(app=ComfyProxy(_not_the_app, hub).instance)  # the instance origin
     async with httpx.AsyncClient(transport=transport, base_url="http://hub.test") as client:
         yield client
 
@@ -47,8 +52,8 @@ def _headers(client: str, token: str) -> dict[str, str]:
     if client == "bearer":  # a script with its token (even one that claims to accept HTML)
         return {"Authorization": f"Bearer {token}", "Accept": BROWSER_ACCEPT}
     if client == "script":  # curl's default Accept, with the session cookie
-        return {"Cookie": f"comfyhub_session={token}", "Accept": "*/*"}
-    return {"Cookie": f"comfyhub_session={token}", "Accept": BROWSER_ACCEPT}  # a browser navigating
+        return {"Cookie": f"comfyhub_instance={token}", "Accept": "*/*"}
+    return {"Cookie": f"comfyhub_instance={token}", "Accept": BROWSER_ACCEPT}  # a browser navigating
 
 
 CASES = {  # (who, project) → status, the API's msg (JSON), words on the page (HTML)
@@ -87,7 +92,7 @@ async def test_a_bad_project_id_is_json_for_a_script(proxy):
 def test_live_hub_answers_scripts_with_the_api_envelope(hub):
     path = f"/comfy/{hub.project}/api/system_stats"
     bearer = hub.server.login("bob", "password-123")
-    with httpx.Client(base_url=hub.url, timeout=30, trust_env=False) as c:
+    with httpx.Client(base_url=hub.comfy, timeout=30, trust_env=False) as c:
         r = c.get(path, headers=bearer)
         assert (r.status_code, r.headers["content-type"]) == (403, "application/json")
         assert r.json() == {"code": 403, "msg": "无操作权限", "data": None}
@@ -102,10 +107,10 @@ async def test_a_refused_websocket_is_one_info_line_and_no_error(hub):
     """uvicorn logs "ASGI callable returned without completing handshake" at ERROR when
     the app returns before it has dropped a refused connection."""
     start = len(hub.server.output())
-    url = f"ws://127.0.0.1:{hub.server.port}/comfy/{{}}/ws?clientId=x"
+    url = f"ws://127.0.0.1:{hub.server.instance_port}/comfy/{{}}/ws?clientId=x"
     for project in (hub.project, 999999):  # refused as anonymous; then a marker refusal
         with pytest.raises(websockets.exceptions.InvalidStatus) as err:
-            async with ws_connect(url.format(project), additional_headers={"Origin": hub.url}, proxy=None):
+            async with ws_connect(url.format(project), additional_headers={"Origin": hub.comfy}, proxy=None):
                 pass
         assert err.value.response.status_code == 401
     assert json.loads(err.value.response.body) == {"code": 401, "msg": "未登录或登录已过期", "data": None}

@@ -30,8 +30,8 @@ class RawClient:
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(30)
-        self.sock.connect(("127.0.0.1", hub.server.port))
-        self.host = f"127.0.0.1:{hub.server.port}"
+        self.sock.connect(("127.0.0.1", hub.server.instance_port))
+        self.host = f"127.0.0.1:{hub.server.instance_port}"
         self.cookie = hub.cookie_header("alice")
         self.buf = b""
 
@@ -258,7 +258,7 @@ def test_small_chunked_and_head_answers_keep_the_normal_path(hub, big):
         payload = os.urandom(3 * MB)
         client.sock.sendall(
             f"POST /comfy/{hub.project}/echo HTTP/1.1\r\nHost: {client.host}\r\n"
-            f"Cookie: {client.cookie}\r\nOrigin: {hub.url}\r\n"
+            f"Cookie: {client.cookie}\r\nOrigin: {hub.comfy}\r\n"
             f"Content-Length: {len(payload)}\r\n\r\n".encode()
             + payload
         )

@@ -23,7 +23,7 @@ def test_request_head_rewrites_only_what_it_must():
             (b"connection", b"keep-alive, x-custom"),
             (b"keep-alive", b"timeout=5"),
             (b"authorization", b"Bearer secret"),
-            (b"cookie", b"comfyhub_session=abc; theme=dark"),
+            (b"cookie", b"comfyhub_session=abc; theme=dark; comfyhub_instance=1.all.f00"),
             (b"content-type", b"application/json"),
             (b"content-length", b"2"),
             (b"origin", b"http://hub.example:8000"),
@@ -40,7 +40,7 @@ def test_request_head_rewrites_only_what_it_must():
     assert "origin: http://hub.example:8000" in lines
     assert "content-length: 2" in lines and not chunked
     assert "cookie: theme=dark" in lines
-    assert "secret" not in text and "comfyhub_session" not in text
+    assert "secret" not in text and "comfyhub_session" not in text and "comfyhub_instance" not in text
     assert "6.6.6.6" not in text and "x-forwarded-for: 10.1.2.3" in lines
     assert "x-forwarded-host: hub.example:8000" in lines and "x-forwarded-proto: http" in lines
     assert "x-forwarded-prefix: /comfy/7" in lines

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from comfyhub.config import load_settings
-from comfyhub.launchers.base import LaunchSpec, comfyui_argv
+from comfyhub.launchers.base import Handle, LaunchSpec, comfyui_argv
 from comfyhub.launchers.local import LocalLauncher
 from comfyhub.net.endpoint import Endpoint, new_secret
 from comfyhub.services import instances
@@ -46,7 +46,7 @@ async def warm(tmp_path):
     )
     launcher = LocalLauncher()
     handle = await launcher.start(spec)
-    target = handle.endpoint()
+    target = handle.endpoint
     health = HealthChecker(timeout=2.0)
     try:
         await wait_for(lambda: health.is_ours(target, str(base)), what="warm instance ready")
@@ -71,8 +71,12 @@ async def test_bind_moves_outputs_inputs_and_views_to_the_projects_folders(warm)
     binding = await bind(target, 7, 3, dirs)
     assert binding == {"project_id": 7, "user_id": 3, "dirs": dirs}
     # The identity now says "bound to 7": a cold-start expectation no longer matches.
-    assert await health.is_ours(target, str(base), binding=7)
+    assert await health.is_ours(Endpoint(target.host, target.port, target.secret, binding=7), str(base))
     assert not await health.is_ours(target, str(base))
+    # Recorded in launcher_state, the binding is what every probe built from the record expects.
+    state = {"pid": 1, "create_time": 0.0, "cmdline": [], "host": target.host, "port": target.port}
+    state |= {"secret": target.secret, "binding": 7}
+    assert await health.is_ours(Handle.from_state(state).endpoint, str(base))
     assert call(target, "GET", "/comfyhub/identity").json()["binding"] == binding
 
     queued = call(target, "POST", "/prompt", json={"prompt": PROMPT, "client_id": "t"}).json()

@@ -54,7 +54,7 @@ async def test_an_instance_with_a_secret_must_prove_it(identity, binding, expect
     server = await stand_in(identity, binding, seen)
     health = HealthChecker(timeout=2.0)
     try:
-        assert await health.is_ours(Endpoint("127.0.0.1", server.port, SECRET), BASE, binding=expected) is ours
+        assert await health.is_ours(Endpoint("127.0.0.1", server.port, SECRET, expected), BASE) is ours
         assert seen == [SECRET]  # the probe itself carries the secret
     finally:
         await health.aclose()

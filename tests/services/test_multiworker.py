@@ -96,3 +96,23 @@ def test_one_heartbeat_holder_and_takeover_when_it_dies(hub2):
         seen = service_of(c, p)["last_heartbeat"]
         wait_for_sync(lambda: service_of(c, p)["last_heartbeat"] != seen, timeout=30, what="heartbeats to go on")
         assert service_of(c, p)["status"] == "online" and pid_alive(service_of(c, p)["pid"])
+
+
+def test_the_hand_off_works_once_across_workers(hub2):
+    """A code made by one worker is traded by whichever takes the next connection, once;
+    each request on its own connection, so the two workers share the work."""
+    with hub2.client("alice") as c:
+        project = create_project(c, "HANDOFF")
+        assert c.post(f"/api/projects/{project}/open_comfy").json()["data"]["status"] == "online"
+        session = c.cookies["comfyhub_session"]
+    for _ in range(12):
+        with httpx.Client(base_url=hub2.url, trust_env=False, timeout=30) as main:
+            main.cookies.set("comfyhub_session", session)
+            enter = main.get(f"/comfy/{project}/").headers["location"]
+        with httpx.Client(trust_env=False, timeout=30) as browser:
+            landed = browser.get(enter)
+            assert landed.status_code == 303, landed.text
+            page = browser.get(f"{hub2.comfy}/comfy/{project}/")
+            assert page.status_code == 200 and "Fake ComfyUI" in page.text
+        with httpx.Client(trust_env=False, timeout=30) as thief:
+            assert thief.get(enter).status_code == 403

@@ -219,7 +219,7 @@ async def test_metrics_move_with_starts_and_failures(db_url, tmp_path):
         set_knobs(c.settings, await user_id(c, c.alice), bad, exit_code=4)
         await open_comfy(c, c.alice, ok)
         await open_comfy(c, c.alice, bad)
-        await c.get(f"/comfy/{ok}/api/system_stats", headers=c.alice)
+        await c.get(f"http://testserver:{c.settings.instance_port}/comfy/{ok}/api/system_stats", headers=c.alice)
         after = (await c.get("/metrics")).text
         assert value(after, 'comfyhub_instances{status="online"}') == 1
         assert value(after, 'comfyhub_instances{status="failed"}') == 1

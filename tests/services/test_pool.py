@@ -276,7 +276,7 @@ async def test_a_warm_instance_that_cannot_be_bound_is_stopped_and_the_open_star
         dirs = {k: str(other / k) for k in ("output", "input", "temp", "user")}
         for d in dirs.values():
             os.makedirs(d, exist_ok=True)
-        await bind(c.manager.liveness.handle(warm).endpoint(), 999, 999, dirs)
+        await bind(c.manager.liveness.handle(warm).endpoint, 999, 999, dirs)
         pid = await new_project(c, c.alice, "A-1")
         r = await open_comfy(c, c.alice, pid)
         assert r.json()["data"]["status"] == "online", r.text

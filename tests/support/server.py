@@ -30,6 +30,12 @@ class LiveServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # The instance origin's port: a free one of its own (`--port` + 1 may be taken here).
+        self.instance_port = int(self.env.get("COMFYHUB_INSTANCE_PORT") or 0)
+        while self.instance_port in (0, self.port):
+            self.instance_port = free_port()
+        self.env["COMFYHUB_INSTANCE_PORT"] = str(self.instance_port)
+        self.comfy = f"http://127.0.0.1:{self.instance_port}"  # where ComfyUI is served
         self.workers = workers
         self.proc: subprocess.Popen | None = None
         self.log_path = workdir / f"serve-{self.port}.out"
@@ -92,6 +98,15 @@ class LiveServer:
         r = httpx.post(self.url + "/api/auth/login", json={"username": username, "password": password}, timeout=10)
         assert r.status_code == 200, r.text
         return {"Authorization": f"Bearer {r.json()['data']['token']}"}
+
+    def enter(self, client: httpx.Client, project_id: int, path: str = "") -> httpx.Response:
+        """The browser's way into a project's ComfyUI: `client` (logged in on the main origin)
+        follows the hand-off to the instance origin, and its jar keeps the instance cookie."""
+        hop = client.get(f"{self.url}/comfy/{project_id}/{path}", follow_redirects=False)
+        assert hop.status_code == 303, hop.text
+        landed = client.get(hop.headers["location"], follow_redirects=False)
+        assert landed.status_code == 303, landed.text
+        return landed
 
     def __enter__(self):
         return self.start()

@@ -22,7 +22,7 @@ SCREENSHOTS = os.environ.get("COMFYHUB_SCREENSHOTS") == "1"
 IMG_DIR = ROOT / "docs" / "img"
 PASSWORD = "password-123"
 ADMIN_PASSWORD = "admin-password-1"
-USERS = ("alice", "bob", "dana", "erin", "fay", "gus", "hana", "ivy", "jun", "kai", "lin", "mei")
+USERS = ("alice", "bob", "dana", "erin", "fay", "gus", "hana", "ivy", "jun", "kai", "lin", "mei", "quinn", "rosa")
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -115,6 +115,7 @@ class Hub:
     def __init__(self, server: LiveServer, settings, browser: Browser):
         self.server, self.settings, self.browser = server, settings, browser
         self.url = server.url
+        self.comfy = server.comfy  # the instance origin: where ComfyUI is served
         self._tokens: dict[str, str] = {}
 
     @asynccontextmanager

@@ -22,7 +22,7 @@ async def test_stop_asks_when_comfyui_has_work_and_an_admin_can_stop_it_from_the
         set_knobs(hub.settings, uid, busy, job_seconds=120)
         assert (await api.post(f"/api/projects/{busy}/open_comfy")).status_code == 200
         for _ in range(2):  # one job runs, one waits
-            job = await api.post(f"/comfy/{busy}/prompt", json={"prompt": {}, "client_id": "t"})
+            job = await api.post(f"{hub.comfy}/comfy/{busy}/prompt", json={"prompt": {}, "client_id": "t"})
             assert job.status_code == 200, job.text
         pid = (await service(api, busy))["pid"]
 

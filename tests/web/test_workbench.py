@@ -58,12 +58,13 @@ async def test_login_create_open_and_reconnect_after_a_crash(hub, browse):
     project_id = int(await new_card.get_attribute("data-project-id"))
     await expect(new_card).to_contain_text("第一批人像数据")
 
-    # 数据生成: a tab opens at once and lands on the instance through the proxy.
+    # 数据生成: a tab opens at once and lands on the instance through the proxy, on the
+    # instance origin (the hand-off's code is spent on the way).
     async with context.expect_page() as tab_info:
         await new_card.get_by_role("button", name="数据生成").click()
     tab = await tab_info.value
     await expect(badge(page, project_id)).to_have_text("已连接")
-    await expect(tab).to_have_url(f"{hub.url}/comfy/{project_id}/")
+    await expect(tab).to_have_url(f"{hub.comfy}/comfy/{project_id}/")
     await expect(tab.locator("#status")).to_have_text(re.compile(r"^port: \d+$"))
     await expect(tab.locator("#ws")).to_have_text("ws: connected")
     await expect(card(page, project_id).locator('[data-field="port"] dd')).to_have_text(re.compile(r"^\d+$"))

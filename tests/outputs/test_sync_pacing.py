@@ -1,0 +1,46 @@
+"""The periodic sync's pace with many instances: a tick begins a bounded number of pulls,
+every instance still gets its turn, and due times drift apart instead of bunching."""
+
+from __future__ import annotations
+
+from comfyhub.db import create_engine, session_factory
+from comfyhub.models import ComfyUIService, Project
+from comfyhub.outputs.sync import SPAWNS_PER_TICK, OutputSync
+from tests.conftest import add_user, make_settings
+from tests.support.net import free_port_block
+
+INSTANCES = SPAWNS_PER_TICK * 2 + 44
+
+
+async def test_a_tick_begins_a_bounded_number_of_pulls_and_every_instance_gets_its_turn(db_url, tmp_path):
+    settings = make_settings(db_url, tmp_path)
+    uid = await add_user(settings, "alice")
+    engine = create_engine(settings.database_url)
+    sessions = session_factory(engine)
+    first_port, _ = free_port_block(INSTANCES)  # nothing listens: each pull fails at once
+    async with sessions() as db:
+        for i in range(INSTANCES):
+            project = Project(name=f"p{i}", code=f"P-{i}", owner_user_id=uid)
+            db.add(project)
+            await db.flush()
+            db.add(
+                ComfyUIService(user_id=uid, project_id=project.id, port=first_port + i, status="online", generation=1)
+            )
+        await db.commit()
+    sync = OutputSync(settings, sessions)
+    try:
+        begun = []
+        while len(sync._due) < INSTANCES:
+            await sync.tick()
+            begun.append(len([key for key in sync._busy if key != 0]))  # key 0: the trash purge
+            await sync.wait_idle()
+            assert len(begun) <= 3, begun
+        assert begun == [SPAWNS_PER_TICK, SPAWNS_PER_TICK, INSTANCES - 2 * SPAWNS_PER_TICK]
+        # One interval apart, give or take the jitter: not all at the same instant.
+        first_round = sorted(sync._due[pid] for pid in list(sync._due)[:SPAWNS_PER_TICK])
+        assert first_round[-1] - first_round[0] > 0.05 * settings.comfyhub_history_idle_sync_seconds
+        await sync.tick()
+        assert sync._busy == {}  # nobody is due again yet
+    finally:
+        await sync.close()
+        await engine.dispose()
