@@ -77,13 +77,14 @@ def pool_full(api: httpx.Client) -> bool:
     return len(data["instances"]) == POOL and all(i["status"] == "online" for i in data["instances"])
 
 
-def click_to_ready(api: httpx.Client, project: int) -> tuple[float, float]:
+def click_to_ready(server, api: httpx.Client, project: int) -> tuple[float, float]:
     """(seconds until the page answers through the proxy, seconds until the open replied)."""
+    page = f"{server.comfy}/comfy/{project}/"  # ComfyUI is served on the instance origin
     t0 = time.perf_counter()
     r = api.post(f"/api/projects/{project}/open_comfy")
     replied = time.perf_counter() - t0
     assert r.status_code == 200 and r.json()["data"]["status"] == "online", r.text
-    while api.get(f"/comfy/{project}/").status_code != 200:
+    while api.get(page).status_code != 200:
         time.sleep(0.005)
     return time.perf_counter() - t0, replied
 
@@ -119,8 +120,9 @@ def burst(server, api: httpx.Client, ws: Workspace) -> dict:
             continue
         svc = api.get(f"/api/projects/{project}").json()["data"]["service"]
         (took if svc["pid"] in warm_pids else cold).append(seconds)
-        origin = {"Origin": server.url}
-        assert api.post(f"/comfy/{project}/prompt", json=PROMPT, headers=origin).status_code == 200
+        origin = {"Origin": server.comfy}  # a page of ComfyUI's queues it
+        r = api.post(f"{server.comfy}/comfy/{project}/prompt", json=PROMPT, headers=origin)
+        assert r.status_code == 200, r.text
     for project in projects:
         folder = ws.instances / f"u{uid}" / f"p{project}" / "output"
         try:
@@ -189,12 +191,12 @@ def run(rounds: int, reuse_n: int) -> dict:
                 for i in range(rounds):
                     wait(lambda: pool_full(warm), 60, "a full pool")
                     warm_project = create_project(warm, f"BENCH-WARM-{i}")
-                    ready, replied = click_to_ready(warm, warm_project)
+                    ready, replied = click_to_ready(warm_server, warm, warm_project)
                     t_reply = time.perf_counter()
                     warm_ready.append(ready)
                     warm_reply.append(replied)
                     cold_project = create_project(cold, f"BENCH-COLD-{i}")
-                    cold_ready.append(click_to_ready(cold, cold_project)[0])
+                    cold_ready.append(click_to_ready(cold_server, cold, cold_project)[0])
                     wait(lambda: pool_full(warm), 60, "the pool refilled")
                     refills.append(time.perf_counter() - t_reply)
                     warm.post(f"/api/projects/{warm_project}/stop_comfy")

@@ -39,7 +39,9 @@ async def test_a_proxied_response_confirms_the_instance(client, alice, manager):
     pid = await new_project(client, alice)
     await open_comfy(client, alice, pid)
     await _lapsed(manager, pid)
-    page = await client.get(f"/comfy/{pid}/system_stats", headers=alice)
+    page = await client.get(
+        f"http://testserver:{manager.settings.instance_port}/comfy/{pid}/system_stats", headers=alice
+    )
     assert page.status_code == 200
     checks = manager.liveness.checks
     assert (await open_comfy(client, alice, pid)).status_code == 200

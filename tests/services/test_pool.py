@@ -17,7 +17,7 @@ from comfyhub.models import ComfyUIService, ServiceStatus
 from comfyhub.services.binding import bind
 from comfyhub.services.instances import instance_dir
 from comfyhub.services.pool import pool_dir, pool_root
-from tests.conftest import FAKE_COMFYUI, ORIGIN
+from tests.conftest import FAKE_COMFYUI
 from tests.support.app import running_app
 from tests.support.comfy import instance_processes, new_project, pid_alive, service, set_knobs, user_id
 from tests.support.hub import PASSWORD, LiveHub, create_project
@@ -210,7 +210,8 @@ async def test_a_backend_restart_adopts_warm_instances_no_duplicate_no_orphan(db
 async def queue_image(c, headers, pid) -> None:
     """One prompt through the proxy; the fake saves one PNG into its output folder."""
     prompt = {"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "client_id": "t"}
-    r = await c.post(f"/comfy/{pid}/prompt", json=prompt, headers={**headers, "Origin": ORIGIN})
+    comfy = f"http://testserver:{c.settings.instance_port}"  # the instance origin serves ComfyUI
+    r = await c.post(f"{comfy}/comfy/{pid}/prompt", json=prompt, headers={**headers, "Origin": comfy})
     assert r.status_code == 200, r.text
 
 

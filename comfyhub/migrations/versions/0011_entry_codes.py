@@ -4,7 +4,7 @@ The main origin redirects a browser to ComfyUI's own origin with a code; the ins
 origin trades it once for its own cookie. Codes live a minute at most.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-01
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
