@@ -453,7 +453,8 @@ class Pool:
         mine = [h for h in found if is_pool_dir(self.settings, argv_value(h.cmdline, "--base-directory"))]
         if not mine:
             return
-        named = [self.liveness.handle(r) for r in await self.records.live_with_ports({h.port for h in mine})]
+        # Offline records count: a bound instance that was slow to answer is still its project's.
+        named = [self.liveness.handle(r) for r in await self.records.active_with_ports({h.port for h in mine})]
         starting_ports = await self.records.starting_ports()
         for handle in mine:
             if any(n is not None and n.same_process(handle) for n in named):

@@ -109,9 +109,9 @@ class Records:
         others = or_(WARM, Row.project_id != except_project) if except_project is not None else True
         return set(await self._values(Row.port, Row.status.in_(LIVE), Row.port.is_not(None), others))
 
-    async def live_with_ports(self, ports: set[int]) -> list[Row]:
-        """Live records, warm ones included, on any of these ports."""
-        return await self._rows(Row.status.in_(LIVE), Row.port.in_(ports)) if ports else []
+    async def active_with_ports(self, ports: set[int]) -> list[Row]:
+        """Records that may have a process (live or offline), warm ones included, on any of these ports."""
+        return await self._rows(Row.status.in_((*LIVE, S.OFFLINE)), Row.port.in_(ports)) if ports else []
 
     async def starting_ports(self) -> set[int]:
         """Ports of starts that may not have recorded their process yet."""
