@@ -63,22 +63,23 @@ async def test_the_instance_port_refuses_a_websocket_without_the_secret(hub, sec
 
 
 def test_the_proxy_speaks_for_the_owner_and_drops_a_browsers_comfyhub_headers(hub):
-    forged = {**hub.origin, "X-Comfyhub-Secret": "from-the-browser", "X-Comfyhub-Binding": "1"}
+    forged = {**hub.comfy_origin, "X-Comfyhub-Secret": "from-the-browser", "X-Comfyhub-Binding": "1"}
     prompt = {"prompt": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "client_id": "t"}
+    base = f"{hub.comfy}/comfy/{hub.project}"
     with hub.client("alice") as c:
-        page = c.get(f"/comfy/{hub.project}/", headers=forged)
+        page = c.get(f"{base}/", headers=forged)
         assert page.status_code == 200 and "Fake ComfyUI" in page.text
-        stats = c.get(f"/comfy/{hub.project}/api/system_stats", headers=forged)
+        stats = c.get(f"{base}/api/system_stats", headers=forged)
         assert stats.status_code == 200
         # The instance's identity is for comfyhub: it does not reach the browser.
         assert not any(name.lower().startswith("x-comfyhub") for name in stats.headers)
-        posted = c.post(f"/comfy/{hub.project}/prompt", json=prompt, headers=forged)
+        posted = c.post(f"{base}/prompt", json=prompt, headers=forged)
         assert posted.status_code == 200 and "prompt_id" in posted.json()
 
 
 async def test_the_proxy_opens_the_websocket_with_the_secret(hub):
-    headers = {"Origin": hub.url, "Cookie": hub.cookie_header("alice"), "X-Comfyhub-Secret": "from-the-browser"}
-    url = f"ws://127.0.0.1:{hub.server.port}/comfy/{hub.project}/ws?clientId=side"
+    headers = {"Origin": hub.comfy, "Cookie": hub.cookie_header("alice"), "X-Comfyhub-Secret": "from-the-browser"}
+    url = f"ws://127.0.0.1:{hub.server.instance_port}/comfy/{hub.project}/ws?clientId=side"
     async with ws_connect(url, additional_headers=headers, proxy=None) as ws:
         assert json.loads(await ws.recv())["type"] == "status"
         await ws.send("ping")
