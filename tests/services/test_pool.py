@@ -346,7 +346,7 @@ def test_two_workers_never_over_fill_and_opens_in_both_take_each_warm_once(pg_ur
 
         def full():
             seen.append(len(instance_processes_under(root)) - bound)
-            return seen[-1] == 2 and _warm_rows(pg_url) == 2
+            return seen[-1] == 2 and _warm_rows(pg_url, ("online",)) == 2
 
         wait_for_sync(full, timeout=60, what="a full pool")
         with hub.client("alice") as c:
@@ -372,7 +372,7 @@ def test_two_workers_never_over_fill_and_opens_in_both_take_each_warm_once(pg_ur
         hub.stop()
 
 
-def _warm_rows(db_url: str) -> int:
+def _warm_rows(db_url: str, statuses=("starting", "online")) -> int:
     async def count():
         engine = create_engine(db_url)
         try:
@@ -380,7 +380,7 @@ def _warm_rows(db_url: str) -> int:
                 return (
                     await db.execute(
                         select(func.count()).where(
-                            ComfyUIService.project_id.is_(None), ComfyUIService.status.in_(("starting", "online"))
+                            ComfyUIService.project_id.is_(None), ComfyUIService.status.in_(statuses)
                         )
                     )
                 ).scalar_one()
