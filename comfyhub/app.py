@@ -13,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from comfyhub.api import api_router, health
 from comfyhub.api.errors import install_error_handlers
+from comfyhub.auth import TokenCache
 from comfyhub.config import Settings, get_settings
 from comfyhub.db import create_engine, session_factory
 from comfyhub.jobs.runner import JobRunner
@@ -66,7 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.sessions = session_factory(engine)
         app.state.manager = ServiceManager(settings, app.state.sessions, metrics=app.state.metrics)
-        app.state.proxy_access = ProxyAccess(app.state.sessions, app.state.secret_key)
+        app.state.tokens = TokenCache(app.state.sessions, app.state.secret_key)  # the API's and the proxy's
+        app.state.proxy_access = ProxyAccess(app.state.sessions, app.state.secret_key, app.state.tokens)
         app.state.upstream_pool = UpstreamPool()
         app.state.manager.listeners.append(app.state.proxy_access.forget_target)
         app.state.jobs = JobRunner(settings, app.state.sessions, app.state.manager)

@@ -5,7 +5,7 @@
 - Sessions: a random token is both the cookie value and the bearer token; the database
   keeps only HMAC(secret key, token), so a stolen database dump cannot log anyone in.
 - Personal access tokens (`chp_…`): long-lived bearer tokens for scripts, kept the same
-  way (HMAC only). The prefix tells `user_for_token` which table to ask.
+  way (HMAC only). The prefix tells `token_owner` which table to ask.
 - Throttle: failures are counted per (user name, client address) in the database, so
   every worker sees the same count. After COMFYHUB_LOGIN_MAX_FAILURES failures within
   COMFYHUB_LOGIN_LOCKOUT_SECONDS further attempts are refused (429) until the lock-out
@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import secrets
 import string
+import time
 from datetime import datetime, timedelta
 from functools import cache
 
@@ -28,12 +29,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from comfyhub.models import ApiToken, AuthSession, LoginThrottle, User, utcnow
 from comfyhub.security import API_TOKEN_PREFIX, is_api_token
 
 _hasher = PasswordHasher()
+AUTH_TTL = 5.0  # seconds a token's user is remembered (TokenCache)
+MAX_CACHED_TOKENS = 10_000
 
 
 @cache
@@ -82,19 +85,73 @@ async def create_session(db: AsyncSession, user: User, secret_key: str, hours: f
     return token
 
 
-async def user_for_token(db: AsyncSession, secret_key: str, token: str) -> User | None:
-    """The user a session token or a personal access token belongs to, if it is valid now."""
+async def token_owner(db: AsyncSession, secret_key: str, token: str) -> tuple[User, datetime] | None:
+    """The user a valid token belongs to, and when the token expires."""
     if not token or len(token) > 256:
         return None
     if is_api_token(token):
-        return await _user_for_api_token(db, secret_key, token)
-    row = await db.execute(
-        select(User)
-        .join(AuthSession, AuthSession.user_id == User.id)
-        .where(AuthSession.token_digest == token_digest(secret_key, token))
-        .where(AuthSession.expires_at > utcnow())
-    )
-    return row.scalar_one_or_none()
+        return await _owner_of_api_token(db, secret_key, token)
+    row = (
+        await db.execute(
+            select(User, AuthSession.expires_at)
+            .join(AuthSession, AuthSession.user_id == User.id)
+            .where(AuthSession.token_digest == token_digest(secret_key, token))
+            .where(AuthSession.expires_at > utcnow())
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+class TokenCache:
+    """Who a token belongs to, remembered for AUTH_TTL seconds: the API and the proxy ask
+    on every request, and a database round trip per request costs more than the rest of
+    a reuse `open_comfy` or a proxied GET.
+
+    A logout or a token revoked in this process is forgotten at once (`forget_token`,
+    `forget_user`); in another worker it takes effect within AUTH_TTL. A token's expiry
+    holds to the moment: an answer is never kept past it. Users are kept detached from any
+    session: read them, never change them.
+    """
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], secret_key: str):
+        self.sessions = sessions
+        self.secret_key = secret_key
+        self._users: dict[str, tuple[float, User | None]] = {}
+        self.forgets = 0  # bumped by every forget: an answer read across one is not kept
+
+    async def user(self, token: str | None) -> User | None:
+        if not token:
+            return None
+        hit = self._users.get(token)  # keyed by the token itself: no HMAC per request
+        now = time.monotonic()
+        if hit and hit[0] > now:
+            return hit[1]
+        forgets = self.forgets
+        keep = AUTH_TTL
+        async with self.sessions() as db:
+            owner = await token_owner(db, self.secret_key, token)
+            user = owner[0] if owner else None
+            if owner is not None:
+                db.expunge(user)
+                keep = min(keep, (owner[1] - utcnow()).total_seconds())  # never past its expiry
+        if len(self._users) > MAX_CACHED_TOKENS:
+            self._users.clear()
+        # A logout or revocation while the database was asked may have come too late for
+        # the answer just read: use it for this request, but do not keep it.
+        if forgets == self.forgets:
+            self._users[token] = (now + keep, user)
+        return user
+
+    def forget_token(self, token: str) -> None:
+        self.forgets += 1
+        self._users.pop(token, None)
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop every cached token of `user_id`: revoking a personal access token knows
+        only its id, not the token. Rare, so a scan is fine."""
+        self.forgets += 1
+        for token in [t for t, (_, user) in self._users.items() if user is not None and user.id == user_id]:
+            del self._users[token]
 
 
 async def revoke_session(db: AsyncSession, secret_key: str, token: str) -> None:
@@ -167,11 +224,11 @@ async def revoke_api_token(db: AsyncSession, user_id: int, token_id: int) -> boo
     return result.rowcount > 0
 
 
-async def _user_for_api_token(db: AsyncSession, secret_key: str, token: str) -> User | None:
+async def _owner_of_api_token(db: AsyncSession, secret_key: str, token: str) -> tuple[User, datetime] | None:
     now = utcnow()
     row = (
         await db.execute(
-            select(User, ApiToken.id, ApiToken.last_used_at)
+            select(User, ApiToken.id, ApiToken.last_used_at, ApiToken.expires_at)
             .join(ApiToken, ApiToken.user_id == User.id)
             .where(ApiToken.token_digest == token_digest(secret_key, token))
             .where(ApiToken.expires_at > now)
@@ -179,14 +236,14 @@ async def _user_for_api_token(db: AsyncSession, secret_key: str, token: str) -> 
     ).first()
     if row is None:
         return None
-    user, token_id, last_used = row
+    user, token_id, last_used, expires_at = row
     if last_used is None or now - last_used >= LAST_USED_EVERY:
         # Decided on the value just read, so a token in steady use costs one write a
         # minute, not one per request (an UPDATE that matches nothing still takes
         # SQLite's write lock).
         await db.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
         await db.commit()
-    return user
+    return user, expires_at
 
 
 # --- throttle -------------------------------------------------------------------------

@@ -9,7 +9,6 @@ from fastapi import Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from comfyhub.api.errors import CROSS_SITE, FORBIDDEN, NOT_LOGGED_IN, ApiError
-from comfyhub.auth import user_for_token
 from comfyhub.config import Settings
 from comfyhub.models import User
 from comfyhub.security import origin_required, same_origin, session_token
@@ -61,13 +60,13 @@ def from_instance_page(request: Request) -> bool:
     return origin.names(request.headers.get("origin")) or origin.names(request.headers.get("referer"))
 
 
-async def current_user(request: Request, db: DbSession, settings: SettingsDep) -> User:
+async def current_user(request: Request, settings: SettingsDep) -> User:
     if from_instance_page(request):
         raise ApiError(403, CROSS_SITE)
     token, from_cookie = request_token(request)
     if token is None:
         raise ApiError(401, NOT_LOGGED_IN)
-    user = await user_for_token(db, request.app.state.secret_key, token)
+    user = await request.app.state.tokens.user(token)  # cached briefly (auth.TokenCache)
     if user is None:
         raise ApiError(401, NOT_LOGGED_IN)
     if origin_required(from_cookie, request.method) and not from_this_site(request, settings):

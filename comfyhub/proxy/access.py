@@ -4,9 +4,10 @@ Every proxied request needs the caller and the instance's address. Looking both 
 the database per request would cost more than the whole forwarding (the proxy must
 add under a millisecond), so answers are cached briefly:
 
-- a token's user for AUTH_TTL seconds, session or personal access token alike (a
-  logout or a token revoked in this process is forgotten at once; in another worker it
-  takes effect within AUTH_TTL, and so does a token's expiry);
+- a token's user for auth.AUTH_TTL seconds, session or personal access token alike
+  (auth.TokenCache, shared with the API: a logout or a token revoked in this process is
+  forgotten at once; in another worker it takes effect within AUTH_TTL, and so does a
+  token's expiry); an instance cookie's login the same way;
 - a project's owner, status and address for TARGET_TTL seconds (a failed connection
   drops the entry at once, so a restarted instance is found again).
 """
@@ -19,12 +20,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from comfyhub import handoff
-from comfyhub.auth import user_for_token
+from comfyhub import auth, handoff
 from comfyhub.models import ComfyUIService, Project
 from comfyhub.net.endpoint import Endpoint, secret_of
 
-AUTH_TTL = 5.0
 TARGET_TTL = 1.0
 _MAX_ENTRIES = 10_000
 
@@ -45,35 +44,19 @@ class Target:
 
 
 class ProxyAccess:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], secret_key: str):
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], secret_key: str, tokens: auth.TokenCache):
         self.sessions = sessions
         self.secret_key = secret_key
-        self._users: dict[str, tuple[float, int | None]] = {}
-        self._forgets = 0  # bumped by every forget_*: an answer read across one is not cached
+        self.tokens = tokens  # shared with the API
         self._targets: dict[int, tuple[float, Target | None]] = {}
         self._passes: dict[str, tuple[float, handoff.InstancePass | None]] = {}
 
     async def user_id(self, token: str | None) -> int | None:
-        if not token:
-            return None
-        hit = self._users.get(token)  # keyed by the token itself: no HMAC per request
-        now = time.monotonic()
-        if hit and hit[0] > now:
-            return hit[1]
-        forgets = self._forgets
-        async with self.sessions() as db:
-            user = await user_for_token(db, self.secret_key, token)
-        if len(self._users) > _MAX_ENTRIES:
-            self._users.clear()
-        # A logout or revocation while the database was asked may have come too late for
-        # the answer just read: use it for this request, but do not keep it.
-        if forgets == self._forgets:
-            self._users[token] = (now + AUTH_TTL, user.id if user else None)
+        user = await self.tokens.user(token)
         return user.id if user else None
 
     def forget_token(self, token: str) -> None:
-        self._forgets += 1
-        self._users.pop(token, None)
+        self.tokens.forget_token(token)
         # The instance cookies of that login are not known by the token: forget them all
         # (a logout is rare; the others are simply looked up again).
         self._passes.clear()
@@ -86,13 +69,13 @@ class ProxyAccess:
         now = time.monotonic()
         if hit and hit[0] > now:
             return hit[1]
-        forgets = self._forgets
+        forgets = self.tokens.forgets
         async with self.sessions() as db:
             found = await handoff.instance_pass(db, self.secret_key, cookie)
         if len(self._passes) > _MAX_ENTRIES:
             self._passes.clear()
-        if forgets == self._forgets:
-            self._passes[cookie] = (now + AUTH_TTL, found)
+        if forgets == self.tokens.forgets:
+            self._passes[cookie] = (now + auth.AUTH_TTL, found)
         return found
 
     async def entry_code(self, session_token: str, project_id: int) -> str | None:
@@ -105,13 +88,9 @@ class ProxyAccess:
             return await handoff.redeem_code(db, self.secret_key, code, project_id)
 
     def forget_user(self, user_id: int) -> None:
-        """Drop every cached token of `user_id`: revoking a personal access token knows
-        only its id, not the token. Rare, so a scan is fine; the user's other tokens are
-        simply looked up again."""
-        for token in [t for t, (_, uid) in self._users.items() if uid == user_id]:
-            del self._users[token]
+        """Drop every cached token of `user_id` (a personal access token was revoked)."""
+        self.tokens.forget_user(user_id)
         self._passes.clear()
-        self._forgets += 1
 
     async def target(self, project_id: int) -> Target | None:
         hit = self._targets.get(project_id)

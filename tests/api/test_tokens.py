@@ -3,13 +3,13 @@ API and the /comfy/ proxy, never shown twice, revoked at once, bounded in number
 
 import asyncio
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import delete, func, select, update
 
 from comfyhub import auth
 from comfyhub.models import ApiToken, User, utcnow
-from comfyhub.proxy import access as proxy_access
 from tests.support.comfy import new_project
 from tests.support.net import wait_for
 
@@ -103,7 +103,7 @@ async def test_revoked_token_is_refused_at_once_and_others_cannot_revoke_it(clie
 
 async def test_expired_token_is_refused_and_listed_as_expired(client, app, alice):
     data = await _token(client, alice)
-    assert (await _me(client, data["token"])).status_code == 200
+    # Expired before its first use (a token's expiry is never cached past: auth.TokenCache).
     await _set(app, data["id"], expires_at=utcnow() - timedelta(seconds=1))
     r = await _me(client, data["token"])
     assert r.status_code == 401 and r.json()["msg"] == NOT_LOGGED_IN
@@ -220,7 +220,8 @@ async def test_the_limit_holds_under_concurrent_creates(client, app, alice):
 # --- last_used_at -----------------------------------------------------------------------
 
 
-async def test_last_used_at_moves_with_use_at_most_once_a_minute(client, app, alice):
+async def test_last_used_at_moves_with_use_at_most_once_a_minute(client, app, alice, monkeypatch):
+    monkeypatch.setattr(auth, "AUTH_TTL", 0.0)  # every use asks the database (no cached answer)
     data = await _token(client, alice)
     assert (await _rows(app))[0].last_used_at is None
     before = utcnow()
@@ -242,7 +243,7 @@ async def test_last_used_at_moves_with_use_at_most_once_a_minute(client, app, al
 
 async def test_the_proxy_takes_a_token_like_a_session(client, app, alice, bob, monkeypatch):
     # A long cache: whatever is refused below is refused because the cache was told.
-    monkeypatch.setattr(proxy_access, "AUTH_TTL", 60.0)
+    monkeypatch.setattr(auth, "AUTH_TTL", 60.0)
     pid = await new_project(client, alice, "PROXY-T")
     opened = await client.post(f"/api/projects/{pid}/open_comfy", headers=alice)
     assert opened.status_code == 200, opened.text
@@ -282,7 +283,7 @@ async def test_the_proxy_takes_a_token_like_a_session(client, app, alice, bob, m
     assert (await client.get(path, headers=bearer(other["token"]))).status_code == 200
     await _delete_row(app, other["id"])
     assert (await client.get(path, headers=bearer(other["token"]))).status_code == 200  # cached (60 s)
-    monkeypatch.setattr(proxy_access, "AUTH_TTL", 0.5)
+    monkeypatch.setattr(auth, "AUTH_TTL", 0.5)
     short = await _token(client, alice, "短缓存")
     assert (await client.get(path, headers=bearer(short["token"]))).status_code == 200
     await _delete_row(app, short["id"])
@@ -300,33 +301,52 @@ async def _delete_row(app, token_id: int) -> None:
 
 
 async def test_a_lookup_that_crosses_a_revocation_is_not_cached(monkeypatch):
-    """The proxy asked the database just before a revocation committed: that answer may
-    serve the request in flight, but must not be kept for the next ones."""
+    """The API or the proxy asked the database just before a revocation committed: that
+    answer may serve the request in flight, but must not be kept for the next ones."""
     lookups, release = [], asyncio.Event()
 
     async def slow_lookup(_db, _key, token):
         lookups.append(token)
         await release.wait()
-        return User(id=7, username="alice")
+        return User(id=7, username="alice"), utcnow() + timedelta(days=1)
 
     class Sessions:
         def __call__(self):
             return self
 
         async def __aenter__(self):
-            return None
+            return SimpleNamespace(expunge=lambda _user: None)
 
         async def __aexit__(self, *exc):
             return False
 
-    monkeypatch.setattr(proxy_access, "user_for_token", slow_lookup)
-    cache = proxy_access.ProxyAccess(Sessions(), "key")
-    in_flight = asyncio.create_task(cache.user_id("chp_x"))
+    monkeypatch.setattr(auth, "token_owner", slow_lookup)
+    cache = auth.TokenCache(Sessions(), "key")
+    in_flight = asyncio.create_task(cache.user("chp_x"))
     await wait_for(lambda: lookups, what="the lookup to start")
     cache.forget_user(7)
     release.set()
-    assert await in_flight == 7
-    assert await cache.user_id("chp_x") == 7
+    assert (await in_flight).id == 7
+    assert (await cache.user("chp_x")).id == 7
     assert lookups == ["chp_x", "chp_x"]  # asked again: the first answer was not kept
-    assert await cache.user_id("chp_x") == 7
+    assert (await cache.user("chp_x")).id == 7
     assert len(lookups) == 2  # and this one is cached
+
+
+async def test_the_api_remembers_a_token_briefly_and_never_past_its_expiry(client, app, alice, monkeypatch):
+    """Revoked behind this process's back (another worker), a token still works for the API
+    until AUTH_TTL; a token's own expiry holds to the moment."""
+    monkeypatch.setattr(auth, "AUTH_TTL", 60.0)
+    kept = await _token(client, alice, "缓存")
+    assert (await _me(client, kept["token"])).status_code == 200
+    await _delete_row(app, kept["id"])
+    assert (await _me(client, kept["token"])).status_code == 200  # remembered (60 s)
+
+    soon = await _token(client, alice, "即将过期")
+    await _set(app, soon["id"], expires_at=utcnow() + timedelta(seconds=1))
+    assert (await _me(client, soon["token"])).status_code == 200
+
+    async def expired():
+        return (await _me(client, soon["token"])).status_code == 401
+
+    await wait_for(expired, timeout=5, what="the token refused once it expired, though AUTH_TTL is 60 s")
