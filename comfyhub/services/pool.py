@@ -41,21 +41,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy.exc import IntegrityError
-
 from comfyhub.config import Settings
 from comfyhub.launchers import Handle, Launcher, LaunchError, LaunchSpec, PortInUse
 from comfyhub.launchers.base import argv_value, comfyui_argv
 from comfyhub.metrics import Metrics
 from comfyhub.models import ComfyUIService, ServiceStatus, utcnow
 from comfyhub.net.endpoint import new_secret
-from comfyhub.net.ports import port_is_free
 from comfyhub.services import instances
 from comfyhub.services.admission import Admission
 from comfyhub.services.binding import bind
 from comfyhub.services.liveness import Liveness
 from comfyhub.services.records import Records
-from comfyhub.services.starts import LOG_TAIL_LINES, lost_bind_race
+from comfyhub.services.starts import LOG_TAIL_LINES, launch_options, lost_bind_race, reserve_port
 
 log = logging.getLogger("comfyhub.pool")
 
@@ -285,33 +282,14 @@ class Pool:
     async def _reserve_port(self, warm_id: int, tried: set[int]) -> int | None:
         async with self.port_lock:
             taken = await self.records.live_ports(except_project=None)
-            low, high = self.settings.port_range
-            for port in range(low, high + 1):
-                if port in taken or port in tried:
-                    continue
-                if not port_is_free(self.settings.comfyui_listen, port):
-                    tried.add(port)
-                    continue
-                try:
-                    return port if await self.records.update_warm(warm_id, port=port) else None
-                except IntegrityError:
-                    tried.add(port)  # another backend process recorded it first
-            return None
+            return await reserve_port(
+                self.settings, taken, tried, lambda port: self.records.update_warm(warm_id, port=port)
+            )
 
     async def _spawn(self, warm_id: int, port: int) -> tuple[Handle | None, Path]:
         s = self.settings
         base_dir = await asyncio.to_thread(prepare_pool_dir, s, port)
-        extra = list(s.extra_args)
-        env = {"PYTHONUNBUFFERED": "1"}
-        if self.launcher.assigns_gpus:
-            gpu, cpu_only = None, s.comfyui_gpus_per_instance == 0
-        else:
-            gpu = await self.pick_gpu()
-            cpu_only = gpu is None
-            if gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = gpu
-        if cpu_only and "--cpu" not in extra:
-            extra.append("--cpu")
+        gpu, env, extra = await launch_options(s, self.launcher, self.pick_gpu)
         argv = comfyui_argv(s.comfyui_python, s.comfyui_listen, port, base_dir, extra)
         log_path = pool_log_path(s, port)
         await asyncio.to_thread(instances.mark_start, log_path, port, argv)

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,45 @@ def candidate_ports(port_range: tuple[int, int], taken: set[int], tried: set[int
     for port in range(low, high + 1):
         if port not in taken and port not in tried:
             yield port
+
+
+async def reserve_port(
+    settings: Settings, taken: set[int], tried: set[int], record: Callable[[int], Awaitable[bool]]
+) -> int | None:
+    """The lowest free port of the range that `record(port)` wrote into the start's row;
+    None when the range has none left, or when `record` says the start was overtaken.
+
+    The caller holds the process's port lock; across processes, the unique index on live
+    ports settles a race (IntegrityError: the other process recorded it first).
+    """
+    for port in candidate_ports(settings.port_range, taken, tried):
+        if not port_is_free(settings.comfyui_listen, port):
+            tried.add(port)  # a foreign listener: skip it for this start
+            continue
+        try:
+            return port if await record(port) else None
+        except IntegrityError:
+            tried.add(port)  # another backend process recorded it first
+    return None
+
+
+async def launch_options(
+    settings: Settings, launcher: Launcher, pick_gpu: Callable[[], Awaitable[str | None]]
+) -> tuple[str | None, dict[str, str], list[str]]:
+    """(GPU, environment, extra arguments) of one start, the same for a project's and a
+    warm instance: the GPU picked here unless the launcher assigns them (Ray)."""
+    extra = list(settings.extra_args)
+    env = {"PYTHONUNBUFFERED": "1"}
+    if launcher.assigns_gpus:
+        gpu, cpu_only = None, settings.comfyui_gpus_per_instance == 0
+    else:
+        gpu = await pick_gpu()
+        cpu_only = gpu is None
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+    if cpu_only and "--cpu" not in extra:
+        extra.append("--cpu")  # no GPU for it: ComfyUI would fail looking for CUDA
+    return gpu, env, extra
 
 
 def lost_bind_race(log_tail: str) -> bool:
@@ -274,32 +314,16 @@ class Starts:
         """Record a free port for this start; None when the range has none (or overtaken)."""
         async with self._port_lock:
             taken = await self.records.live_ports(except_project=project_id)
-            for port in candidate_ports(self.settings.port_range, taken, tried):
-                if not port_is_free(self.settings.comfyui_listen, port):
-                    tried.add(port)  # a foreign listener: skip it for this start
-                    continue
-                try:
-                    return port if await self.records.update(project_id, generation, port=port) else None
-                except IntegrityError:
-                    tried.add(port)  # another backend process recorded it first
-            return None
+            return await reserve_port(
+                self.settings, taken, tried, lambda port: self.records.update(project_id, generation, port=port)
+            )
 
     async def _spawn(
         self, user_id: int, project_id: int, generation: int, port: int, base_dir: Path, deadline: float
     ) -> tuple[Handle | None, Path]:
         """Spawn the process and record it; (None, log) when the start was overtaken meanwhile."""
         s = self.settings
-        extra = list(s.extra_args)
-        env = {"PYTHONUNBUFFERED": "1"}
-        if self.launcher.assigns_gpus:
-            gpu, cpu_only = None, s.comfyui_gpus_per_instance == 0
-        else:
-            gpu = await self._pick_gpu()
-            cpu_only = gpu is None
-            if gpu is not None:
-                env["CUDA_VISIBLE_DEVICES"] = gpu
-        if cpu_only and "--cpu" not in extra:
-            extra.append("--cpu")  # no GPU for it: ComfyUI would fail looking for CUDA
+        gpu, env, extra = await launch_options(s, self.launcher, self._pick_gpu)
         argv = comfyui_argv(s.comfyui_python, s.comfyui_listen, port, base_dir, extra)
         log_path = instances.log_path(s, user_id, project_id, port)
         try:
