@@ -53,6 +53,7 @@ from comfyhub.services.binding import bind
 from comfyhub.services.liveness import Liveness
 from comfyhub.services.records import Records
 from comfyhub.services.starts import LOG_TAIL_LINES, launch_options, lost_bind_race, reserve_port
+from comfyhub.services.tasks import uncancellable
 
 log = logging.getLogger("comfyhub.pool")
 
@@ -304,13 +305,7 @@ class Pool:
             secret=new_secret(),  # as for any start: kept in the row, proved by every answer
         )
         # As for a project: once spawned, the pid reaches the row even if this is cancelled.
-        work = asyncio.ensure_future(self._spawn_and_record(spec, warm_id, gpu or ""))
-        try:
-            return await asyncio.shield(work), log_path
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await work
-            raise
+        return await uncancellable(self._spawn_and_record(spec, warm_id, gpu or "")), log_path
 
     async def _spawn_and_record(self, spec: LaunchSpec, warm_id: int, gpu: str) -> Handle | None:
         handle = await self.launcher.start(spec)

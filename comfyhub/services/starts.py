@@ -41,6 +41,7 @@ from comfyhub.services.coordination import ProjectLocks
 from comfyhub.services.gpus import GpuPicker
 from comfyhub.services.liveness import Liveness
 from comfyhub.services.records import WATCHED, Records
+from comfyhub.services.tasks import uncancellable
 
 log = logging.getLogger("comfyhub.starts")
 
@@ -342,13 +343,7 @@ class Starts:
         )
         # Spawning and recording belong together: once spawned, the pid must reach the
         # record even if this task is cancelled, or the process would be an orphan.
-        work = asyncio.ensure_future(self._spawn_and_record(spec, project_id, generation, gpu or "", deadline))
-        try:
-            handle = await asyncio.shield(work)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await work
-            raise
+        handle = await uncancellable(self._spawn_and_record(spec, project_id, generation, gpu or "", deadline))
         return handle, log_path
 
     async def _spawn_and_record(
@@ -439,7 +434,13 @@ class Starts:
     async def _write_online(self, project_id: int, generation: int) -> bool:
         now = utcnow()
         written = await self.records.update(
-            project_id, generation, status=ServiceStatus.ONLINE, status_detail="", last_heartbeat=now, last_activity=now
+            project_id,
+            generation,
+            status=ServiceStatus.ONLINE,
+            status_detail="",
+            comfy_url=comfy_url(project_id),  # a cold start wrote it at spawn, a warm one takes it here
+            last_heartbeat=now,
+            last_activity=now,
         )
         if written:
             self.liveness.confirm(project_id, generation)  # it answered just now

@@ -226,8 +226,11 @@ async def test_an_open_takes_the_warm_instance_and_outputs_land_in_the_project_f
         r = await open_comfy(c, c.alice, pid)
         assert r.status_code == 200 and r.json()["data"]["status"] == "online", r.text
         assert r.json()["data"]["port"] == warm.port
+        # Where the browser goes (the workbench opens it in the new tab), as after a cold start.
+        assert r.json()["data"]["comfy_url"] == f"/comfy/{pid}/"
         svc = await service(c, c.alice, pid)
         assert svc["pid"] == warm.pid  # the warm process itself: no start
+        assert svc["comfy_url"] == f"/comfy/{pid}/"
         await queue_image(c, c.alice, pid)
         project = instance_dir(c.settings, await user_id(c, c.alice), pid)
         await wait_for(lambda: pngs(project / "output"), what="the image in the project's folder")
