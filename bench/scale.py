@@ -344,8 +344,18 @@ class Hub:
         self.token = ""
 
     async def request(self, method: str, path: str, body: dict | None = None, timeout: float = 120):
+        from comfyhub.net.http1 import UpstreamError
+
+        try:
+            return await self._request(method, path, body, timeout)
+        except UpstreamError:
+            # A pooled connection the hub had just closed (uvicorn drops idle ones after 5 s):
+            # once more on a new one.
+            return await self._request(method, path, body, timeout, fresh=True)
+
+    async def _request(self, method: str, path: str, body: dict | None, timeout: float, fresh: bool = False):
         port = self.port + 1 if path.startswith("/comfy/") else self.port  # ComfyUI: the instance origin
-        conn = await self.pool.acquire(self.host, port)
+        conn = await self.pool.acquire(self.host, port, fresh=fresh)
         ok = False
         try:
             data = json.dumps(body).encode() if body is not None else b""
