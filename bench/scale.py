@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/scale.py --instances 1000 --db sqlite
     .venv/bin/python bench/scale.py --instances 1000 --db postgresql
-    (--no-write: print only; --json FILE: also write the numbers)
+    (--no-write: print only; --json FILE: also write the numbers;
+     BENCH_TRACE_STALLS=FILE: the hub writes the loop's stack at every stall over 12 ms)
 
 One comfyhub process (uvicorn, one worker, as `comfyhub serve` runs it) with N lean
 stand-ins (tests/fake_comfyui/lean.py, ~9 MB each) and the heartbeat every 5 s. Steps:
@@ -172,11 +173,39 @@ def _instrument() -> None:
     async def startup_and_sample(self):
         await startup(self)
         self._bench_sampler = asyncio.get_running_loop().create_task(_stall_sampler())
+        if os.environ.get("BENCH_TRACE_STALLS"):
+            self._bench_tracer = asyncio.get_running_loop().create_task(_trace_stalls(os.environ["BENCH_TRACE_STALLS"]))
 
     gc.callbacks.append(_watch_full_collections)
     Heartbeat.sweep = timed_sweep
     Records.update_many = logged_update_many
     ServiceManager.startup = startup_and_sample
+
+
+async def _trace_stalls(path: str, over_s: float = 0.012) -> None:
+    """Where the loop is when it is stuck: a thread writes the loop thread's stack to
+    `path` whenever a 1 ms ticker on the loop is more than `over_s` late (BENCH_TRACE_STALLS)."""
+    import threading
+    import traceback
+
+    beat = [time.monotonic()]
+    loop_thread = threading.get_ident()
+
+    def watch() -> None:
+        dumped = None
+        while True:
+            time.sleep(0.002)
+            late = time.monotonic() - beat[0]
+            if late > over_s and dumped != beat[0]:
+                dumped = beat[0]
+                frame = sys._current_frames().get(loop_thread)
+                with open(path, "a") as out:
+                    out.write(f"=== {late * 1000:.1f} ms late\n{''.join(traceback.format_stack(frame, limit=25))}\n")
+
+    threading.Thread(target=watch, daemon=True, name="stall-tracer").start()
+    while True:
+        beat[0] = time.monotonic()
+        await asyncio.sleep(0.001)
 
 
 def hub_main(port: int) -> int:

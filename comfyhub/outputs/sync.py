@@ -118,6 +118,7 @@ class OutputSync:
         self._newest: dict[int, tuple[int, str]] = {}  # project → (run, newest prompt id stored)
         self._scanned: dict[int, tuple[int, str]] = {}  # project → (run, status) last scanned in
         self._due: dict[int, float] = {}
+        self._secrets: dict[int, tuple[int | None, str]] = {}  # project → (generation, its instance secret)
         self._found_at: dict[int, float] = {}  # project → monotonic time a pull last found something
         self._busy: dict[object, asyncio.Task] = {}  # project id (or a tagged key) → its task
         self._gate = asyncio.Semaphore(CONCURRENCY)
@@ -324,20 +325,39 @@ class OutputSync:
             )
 
     async def _instances(self) -> list[Instance]:
+        """Every project's instance record, read each tick: only small columns. The secret
+        lives in `launcher_state` (JSON), decoding a thousand of which cost ~15 ms of the
+        loop every tick; it changes only with the generation, so it is read once per run."""
         async with self.sessions() as session:
-            rows = await session.execute(
-                select(
-                    ComfyUIService.project_id,
-                    ComfyUIService.user_id,
-                    ComfyUIService.host,
-                    ComfyUIService.port,
-                    ComfyUIService.generation,
-                    ComfyUIService.status,
-                    ComfyUIService.last_activity,
-                    ComfyUIService.launcher_state,
-                ).where(ComfyUIService.project_id.is_not(None))  # a warm instance has no outputs
-            )
-            return [
-                Instance(p, u, h or "127.0.0.1", port, g or 0, s == "online", s, a, secret_of(state))
-                for p, u, h, port, g, s, a, state in rows
+            rows = (
+                await session.execute(
+                    select(
+                        ComfyUIService.project_id,
+                        ComfyUIService.user_id,
+                        ComfyUIService.host,
+                        ComfyUIService.port,
+                        ComfyUIService.generation,
+                        ComfyUIService.status,
+                        ComfyUIService.last_activity,
+                    ).where(ComfyUIService.project_id.is_not(None))  # a warm instance has no outputs
+                )
+            ).all()
+            unknown = [
+                p for p, _u, _h, _port, g, s, _a in rows if s == "online" and self._secrets.get(p, (None,))[0] != g
             ]
+            for start in range(0, len(unknown), SCAN_BATCH):
+                states = await session.execute(
+                    select(ComfyUIService.project_id, ComfyUIService.generation, ComfyUIService.launcher_state).where(
+                        ComfyUIService.project_id.in_(unknown[start : start + SCAN_BATCH])
+                    )
+                )
+                for project_id, generation, state in states:
+                    self._secrets[project_id] = (generation, secret_of(state))
+        return [
+            Instance(p, u, h or "127.0.0.1", port, g or 0, s == "online", s, a, self._secret(p, g))
+            for p, u, h, port, g, s, a in rows
+        ]
+
+    def _secret(self, project_id: int, generation: int | None) -> str:
+        known = self._secrets.get(project_id)
+        return known[1] if known is not None and known[0] == generation else ""
