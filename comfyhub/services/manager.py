@@ -68,7 +68,8 @@ from comfyhub.services.pool import Pool
 from comfyhub.services.reconcile import Reconciler
 from comfyhub.services.records import WATCHED, Records
 from comfyhub.services.restarts import RestartRunner
-from comfyhub.services.starts import Starts, comfy_url
+from comfyhub.services.spawning import comfy_url
+from comfyhub.services.starts import Starts
 from comfyhub.services.tasks import BackgroundTasks
 
 log = logging.getLogger("comfyhub.manager")

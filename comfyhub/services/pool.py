@@ -52,7 +52,7 @@ from comfyhub.services.admission import Admission
 from comfyhub.services.binding import bind
 from comfyhub.services.liveness import Liveness
 from comfyhub.services.records import Records
-from comfyhub.services.starts import LOG_TAIL_LINES, launch_options, lost_bind_race, reserve_port
+from comfyhub.services.spawning import LOG_TAIL_LINES, launch_options, lost_bind_race, reserve_port
 from comfyhub.services.tasks import uncancellable
 
 log = logging.getLogger("comfyhub.pool")

@@ -28,7 +28,8 @@ from comfyhub.services import instances
 from comfyhub.services.coordination import ProjectLocks
 from comfyhub.services.liveness import Liveness
 from comfyhub.services.records import Records
-from comfyhub.services.starts import Starts, comfy_url
+from comfyhub.services.spawning import comfy_url
+from comfyhub.services.starts import Starts
 
 if TYPE_CHECKING:
     from comfyhub.services.pool import Pool
