@@ -47,9 +47,20 @@ async def test_a_lock_held_by_one_process_waits_in_another(pg_url):
             assert got is True
             async with second.hold(7, wait=False) as busy:
                 assert busy is False  # held elsewhere
+            tries = []
+            ask = second._call
+
+            async def counted(fn, key):
+                result = await ask(fn, key)
+                tries.append((fn, result))
+                return result
+
+            second._call = counted
             waiter = asyncio.create_task(_hold_and_note(second, 7, order))
-            await asyncio.sleep(0)  # let the waiter try (and fail) at least once
-            await wait_for(lambda: not waiter.done(), timeout=1, what="the waiter still waiting")
+            # It has asked twice, been refused both times, and still waits.
+            await wait_for(lambda: len(tries) >= 2, timeout=5, what="the waiter to try twice")
+            assert tries[:2] == [("pg_try_advisory_lock", False)] * 2
+            assert not waiter.done()
             order.append("first released")
         await asyncio.wait_for(waiter, timeout=5)
         assert order == ["first released", "second held"]
