@@ -6,9 +6,8 @@ through routing or dependency injection, which keeps the added latency small. On
 comfyhub's own origin `__call__` only hands the browser over to the instance origin
 (entry.py). On the instance origin `instance` serves: authenticate (the instance cookie,
 or a bearer token; never the session cookie), check ownership, then forward to the
-instance with the prefix stripped, the browser's Host kept (ComfyUI refuses a loopback
-Host with a foreign Origin), hop-by-hop headers dropped and X-Forwarded-* set.
-comfyhub's own credentials (its cookies, Authorization) are never passed on.
+instance, the request and its answer rewritten by rewrite.py (prefix stripped, the
+browser's Host kept, comfyhub's own credentials never passed on).
 Large downloads (Content-Length ≥ 1 MiB, bodyless request) leave the event loop after
 the response head: a thread moves the body socket to socket (relay.py).
 A request that is not passed on is refused with a page for a browser and the API's JSON
@@ -20,22 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from comfyhub.models import ServiceStatus
-from comfyhub.net.endpoint import PREFIX as COMFYHUB_HEADERS
-from comfyhub.net.endpoint import SECRET_HEADER
 from comfyhub.net.http1 import UpstreamConnection, UpstreamError, UpstreamPool
-from comfyhub.proxy import entry, refusals
+from comfyhub.proxy import entry, refusals, rewrite
 from comfyhub.proxy.access import ProxyAccess, Target
 from comfyhub.proxy.refusals import Refusal
 from comfyhub.proxy.relay import RELAY_MIN, Relays
 from comfyhub.security import (
     INSTANCE_COOKIE,
-    SESSION_COOKIE,
     InstanceOrigin,
     bearer_token,
     cookie_value,
@@ -45,26 +40,8 @@ from comfyhub.security import (
 
 log = logging.getLogger("comfyhub.proxy")
 
-PREFIX = "/comfy/"
-_PATH = re.compile(r"^/comfy/(\d{1,10})(/.*)?$")
-_HOP_BY_HOP = frozenset(
-    b"connection keep-alive proxy-authenticate proxy-authorization te trailer trailers "
-    b"transfer-encoding upgrade proxy-connection".split()
-)
-_NOT_FORWARDED = _HOP_BY_HOP | {
-    b"host",
-    b"authorization",
-    b"cookie",
-    b"content-length",
-    b"expect",
-    b"x-forwarded-for",
-    b"x-forwarded-host",
-    b"x-forwarded-proto",
-    b"x-forwarded-prefix",
-}
 _HEAD_TIMEOUT = 300.0  # ComfyUI answers quickly; only a wedged instance takes this long
 MAX_ID = 2**31 - 1
-_COMFYHUB_COOKIES = (SESSION_COOKIE.encode() + b"=", INSTANCE_COOKIE.encode() + b"=")
 
 
 class ComfyProxy:
@@ -110,7 +87,7 @@ class ComfyProxy:
 
     async def __call__(self, scope, receive, send):
         """The main origin: /comfy/{id}/… only leads to the instance origin (entry.py)."""
-        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(PREFIX):
+        if scope["type"] not in ("http", "websocket") or not scope["path"].startswith(rewrite.PREFIX):
             return await self.app(scope, receive, send)
         parsed = await self._parse(scope, receive, send)
         if parsed is not None:
@@ -121,9 +98,9 @@ class ComfyProxy:
         if scope["type"] not in ("http", "websocket"):
             return
         if scope["path"].startswith(entry.ENTER):
-            return await entry.enter(self, scope, receive, send, _header_map(scope))
-        if not scope["path"].startswith(PREFIX):
-            return await refusals.refuse(scope, receive, send, refusals.NOT_HERE, None, _header_map(scope))
+            return await entry.enter(self, scope, receive, send, rewrite.header_map(scope))
+        if not scope["path"].startswith(rewrite.PREFIX):
+            return await refusals.refuse(scope, receive, send, refusals.NOT_HERE, None, rewrite.header_map(scope))
         parsed = await self._parse(scope, receive, send)
         if parsed is None:
             return
@@ -131,25 +108,25 @@ class ComfyProxy:
         target, refusal = await self._authorize(scope, project_id, headers)
         if target is None:
             return await refusals.refuse(scope, receive, send, refusal, project_id, headers)
-        upstream_path = _upstream_path(scope, project_id)
+        upstream_path = rewrite.upstream_path(scope, project_id)
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send, target, upstream_path)
         return await self._http(scope, receive, send, target, upstream_path, headers)
 
     async def _parse(self, scope, receive, send) -> tuple[int, dict[bytes, bytes]] | None:
         """The project id of a /comfy/{id}/… path and the headers; None once answered."""
-        match = _PATH.match(scope["path"])
+        match = rewrite.PATH.match(scope["path"])
         if match is None or int(match.group(1)) > MAX_ID:
-            await refusals.refuse(scope, receive, send, refusals.BAD_PROJECT_ID, None, _header_map(scope))
+            await refusals.refuse(scope, receive, send, refusals.BAD_PROJECT_ID, None, rewrite.header_map(scope))
             return None
         project_id, rest = int(match.group(1)), match.group(2)
         if rest is None and scope["type"] == "http":
             # The ComfyUI front end resolves its assets relative to a trailing slash.
             query = scope.get("query_string", b"")
-            location = f"{PREFIX}{project_id}/" + (f"?{query.decode('latin-1')}" if query else "")
+            location = f"{rewrite.PREFIX}{project_id}/" + (f"?{query.decode('latin-1')}" if query else "")
             await refusals.respond(send, 308, [(b"location", location.encode("latin-1"))], b"")
             return None
-        return project_id, _header_map(scope)
+        return project_id, rewrite.header_map(scope)
 
     # --- access ---------------------------------------------------------------------------
 
@@ -203,7 +180,7 @@ class ComfyProxy:
         if target.status != ServiceStatus.ONLINE or not target.port:
             return await refusals.refuse_http(send, refusals.not_running(target.status), headers)
         self.touch(target.project_id)
-        request_head, body_framing = _request_head(scope, path, headers, target.secret)
+        request_head, body_framing = rewrite.request_head(scope, path, headers, target.secret)
         has_body = body_framing or headers.get(b"content-length", b"0").strip() not in (b"0", b"")
         try:
             conn = await self.pool.acquire(target.host, target.port)
@@ -240,7 +217,7 @@ class ComfyProxy:
                 relay_to = self.relays.client_of(scope, send)
             if relay_to is None:
                 pump = asyncio.create_task(self._watch_disconnect(receive, conn))
-        await send({"type": "http.response.start", "status": status, "headers": _response_headers(headers)})
+        await send({"type": "http.response.start", "status": status, "headers": rewrite.response_headers(headers)})
         if relay_to is not None:
             progress = await self.relays.relay(relay_to, conn, length)
             if progress is not None:
@@ -315,13 +292,13 @@ class ComfyProxy:
     # --- WebSocket ------------------------------------------------------------------------
 
     async def _websocket(self, scope, receive, send, target: Target, path: bytes):
-        headers = _header_map(scope)
+        headers = rewrite.header_map(scope)
         if target.status != ServiceStatus.ONLINE or not target.port:
             return await refusals.refuse(
                 scope, receive, send, refusals.not_running(target.status), target.project_id, headers
             )
         host = headers.get(b"host", b"localhost").decode("latin-1")
-        extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in _forwarded(scope, headers)]
+        extra = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in rewrite.forwarded(scope, headers)]
         extra += target.endpoint.headers()
         subprotocols = [p.strip() for p in headers.get(b"sec-websocket-protocol", b"").decode().split(",") if p.strip()]
         try:
@@ -383,89 +360,6 @@ class ComfyProxy:
         code = upstream.close_code or 1000
         with contextlib.suppress(Exception):
             await send({"type": "websocket.close", "code": _passable(code), "reason": upstream.close_reason or ""})
-
-
-# --- helpers ---------------------------------------------------------------------------
-
-
-def _header_map(scope) -> dict[bytes, bytes]:
-    headers: dict[bytes, bytes] = {}
-    for name, value in scope.get("headers", []):
-        name = name.lower()
-        headers[name] = headers[name] + b"; " + value if name == b"cookie" and name in headers else value
-    return headers
-
-
-def _upstream_path(scope, project_id: int) -> bytes:
-    raw = scope.get("raw_path") or scope["path"].encode()
-    prefix = f"{PREFIX}{project_id}".encode()
-    path = raw[len(prefix) :] or b"/"
-    query = scope.get("query_string", b"")
-    if b"?" not in path and query:
-        path += b"?" + query
-    return path
-
-
-def _forwarded(scope, headers: dict[bytes, bytes]) -> list[tuple[bytes, bytes]]:
-    client = scope.get("client")
-    proto = b"https" if scope.get("scheme") in ("https", "wss") else b"http"
-    out = [(b"x-forwarded-proto", proto), (b"x-forwarded-prefix", b"/comfy/%d" % _path_project_id(scope))]
-    if b"host" in headers:
-        out.append((b"x-forwarded-host", headers[b"host"]))
-    if client:
-        out.append((b"x-forwarded-for", client[0].encode()))
-    return out
-
-
-def _path_project_id(scope) -> int:
-    """The project id in a /comfy/{id}/… path (already validated by `__call__`)."""
-    return int(_PATH.match(scope["path"]).group(1))
-
-
-def _without_session_cookie(raw: bytes) -> bytes | None:
-    """The Cookie header without comfyhub's own cookies (the session and the instance one)."""
-    kept = [c for c in raw.split(b";") if c.strip() and not c.strip().startswith(_COMFYHUB_COOKIES)]
-    return b";".join(kept).strip() or None
-
-
-def _request_head(
-    scope, path: bytes, headers: dict[bytes, bytes] | None = None, secret: str = ""
-) -> tuple[bytes, bool]:
-    """The request line and headers for the instance, and whether the body goes chunked.
-
-    Any X-Comfyhub-* header the browser sent is dropped: only comfyhub speaks for itself
-    to an instance, with the instance secret."""
-    if headers is None:
-        headers = _header_map(scope)
-    lines = [b"%s %s HTTP/1.1" % (scope["method"].encode(), path), b"host: " + headers.get(b"host", b"localhost")]
-    for name, value in scope["headers"]:
-        lower = name.lower()
-        if lower not in _NOT_FORWARDED and not lower.startswith(COMFYHUB_HEADERS):
-            lines.append(name + b": " + value)
-    if secret:
-        lines.append(SECRET_HEADER.encode() + b": " + secret.encode())
-    cookie = headers.get(b"cookie")
-    if cookie and (rest := _without_session_cookie(cookie)):
-        lines.append(b"cookie: " + rest)
-    lines.extend(k + b": " + v for k, v in _forwarded(scope, headers))
-    length = headers.get(b"content-length")
-    chunked = length is None and b"chunked" in headers.get(b"transfer-encoding", b"").lower()
-    if length is not None:
-        lines.append(b"content-length: " + length)
-    elif chunked:
-        lines.append(b"transfer-encoding: chunked")
-    lines.append(b"connection: keep-alive")
-    return b"\r\n".join(lines) + b"\r\n\r\n", chunked
-
-
-def _response_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    # Framing is redone by the server in front (content-length kept when known).
-    # The instance's identity headers are for comfyhub, not for the browser.
-    return [
-        (k.lower(), v)
-        for k, v in headers
-        if k.lower() not in _HOP_BY_HOP and not k.lower().startswith(COMFYHUB_HEADERS)
-    ]
 
 
 def _passable(code: int) -> int:

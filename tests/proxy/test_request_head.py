@@ -1,6 +1,8 @@
 """What the proxy sends upstream: Host kept, hop-by-hop dropped, comfyhub credentials removed."""
 
-from comfyhub.proxy.gateway import _request_head, _response_headers, _upstream_path
+from comfyhub.proxy.rewrite import request_head as _request_head
+from comfyhub.proxy.rewrite import response_headers as _response_headers
+from comfyhub.proxy.rewrite import upstream_path as _upstream_path
 
 
 def scope(headers, path="/comfy/7/api/prompt", query=b""):
