@@ -266,7 +266,7 @@ def hub_main(port: int) -> int:
         }
 
     # Both listeners, as `comfyhub serve` binds them: the proxied GETs go to the instance origin.
-    from comfyhub.cli import bind_listener
+    from comfyhub.serving import bind_listener
 
     sockets = [
         bind_listener("127.0.0.1", port, "hub"),

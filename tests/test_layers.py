@@ -79,7 +79,7 @@ PACKAGE = ROOT / "comfyhub"
 
 LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import each other)
     ({"cli"}, False),
-    ({"app", "doctor", "comfyui_install", "remote"}, True),
+    ({"app", "doctor", "comfyui_install", "remote", "serving"}, True),
     ({"api", "proxy"}, True),
     ({"auth", "security", "handoff"}, False),
     ({"jobs"}, False),
