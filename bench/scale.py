@@ -3,7 +3,7 @@
     .venv/bin/python bench/scale.py --instances 1000 --db sqlite
     .venv/bin/python bench/scale.py --instances 1000 --db postgresql
     (--no-write: print only; --json FILE: also write the numbers;
-     BENCH_TRACE_STALLS=FILE: the hub writes the loop's stack at every stall over 12 ms)
+     BENCH_TRACE_STALLS=FILE: the hub writes what made each loop turn over 12 ms: its callbacks, named)
 
 One comfyhub process (uvicorn, one worker, as `comfyhub serve` runs it) with N lean
 stand-ins (tests/fake_comfyui/lean.py, ~9 MB each) and the heartbeat every 5 s. Steps:
@@ -101,15 +101,19 @@ class _Watch:
     collections: list[tuple[float, float, int]] = []  # (monotonic end, ms, objects left) of full GCs
     stamps: list[tuple[float, float]] = []  # (start, end) of each heartbeat stamp write
     _gc_started = 0.0
+    traced: list[tuple[float, str]] | None = None  # the current loop turn's callbacks (BENCH_TRACE_STALLS)
 
 
 def _watch_full_collections(phase: str, info: dict) -> None:
-    if info["generation"] != 2:
-        return
     if phase == "start":
         _Watch._gc_started = time.monotonic()
-    else:
-        now = time.monotonic()
+        return
+    now = time.monotonic()
+    if _Watch.traced is not None:  # BENCH_TRACE_STALLS: every collection goes in the turn's list
+        _Watch.traced.append(
+            (now - _Watch._gc_started, f"gc of generation {info['generation']} ({info['collected']} freed)")
+        )
+    if info["generation"] == 2:
         _Watch.collections.append((now, round((now - _Watch._gc_started) * 1000, 2), len(gc.get_objects(2))))
 
 
@@ -183,29 +187,56 @@ def _instrument() -> None:
 
 
 async def _trace_stalls(path: str, over_s: float = 0.012) -> None:
-    """Where the loop is when it is stuck: a thread writes the loop thread's stack to
-    `path` whenever a 1 ms ticker on the loop is more than `over_s` late (BENCH_TRACE_STALLS)."""
-    import threading
-    import traceback
+    """What a long loop turn was made of (BENCH_TRACE_STALLS): every callback the loop ran
+    is timed; when a 1 ms ticker wakes more than `over_s` late, the callbacks of over
+    0.3 ms that ran since its last wake-up are written to `path`, named by their task's
+    coroutine and where it waits now."""
+    from time import perf_counter
 
-    beat = [time.monotonic()]
-    loop_thread = threading.get_ident()
+    ran: list[tuple[float, str]] = []
+    _Watch.traced = ran
+    run = asyncio.events.Handle._run
 
-    def watch() -> None:
-        dumped = None
-        while True:
-            time.sleep(0.002)
-            late = time.monotonic() - beat[0]
-            if late > over_s and dumped != beat[0]:
-                dumped = beat[0]
-                frame = sys._current_frames().get(loop_thread)
-                with open(path, "a") as out:
-                    out.write(f"=== {late * 1000:.1f} ms late\n{''.join(traceback.format_stack(frame, limit=25))}\n")
+    def timed_run(self) -> None:
+        before = _callback_name(self)  # a task that ends in this step has no stack after it
+        t0 = perf_counter()
+        run(self)
+        took = perf_counter() - t0
+        if took > 0.0003:
+            ran.append((took, f"{_callback_name(self)}  (was at: {before})"))
 
-    threading.Thread(target=watch, daemon=True, name="stall-tracer").start()
+    asyncio.events.Handle._run = timed_run
+    last = time.monotonic()
     while True:
-        beat[0] = time.monotonic()
         await asyncio.sleep(0.001)
+        now = time.monotonic()
+        if now - last > over_s:
+            lines = [f"=== {(now - last) * 1000:.1f} ms, callbacks over 0.3 ms: {sum(t for t, _ in ran) * 1000:.1f} ms"]
+            lines += [f"  {t * 1000:6.2f} ms  {name}" for t, name in sorted(ran, key=lambda x: -x[0])[:12]]
+            with open(path, "a") as out:
+                out.write("\n".join(lines) + "\n")
+        ran.clear()
+        last = now
+
+
+def _callback_name(handle) -> str:
+    """A task step as its coroutine's name and where it waits now; else the callback's name."""
+    callback = handle._callback
+    task = getattr(callback, "__self__", None)
+    if isinstance(task, asyncio.Task):
+        coro = task.get_coro()
+        where = []
+        while coro is not None and len(where) < 6:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+            if frame is None:
+                break
+            where.append(f"{frame.f_code.co_qualname}:{frame.f_lineno}")
+            scope = frame.f_locals.get("scope")
+            if isinstance(scope, dict) and "path" in scope and not where[0].startswith("/"):
+                where.insert(0, scope["path"])
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        return "task " + " > ".join(where)
+    return getattr(callback, "__qualname__", repr(callback))
 
 
 def hub_main(port: int) -> int:
@@ -226,6 +257,10 @@ def hub_main(port: int) -> int:
     async def heartbeat_switch(on: bool):
         _Watch.paused = not on
         return {"paused": _Watch.paused}
+
+    @app.get("/_bench/sweeping", include_in_schema=False)
+    async def sweeping():
+        return {"sweeping": _Watch.sweeping}
 
     @app.get("/_bench/stats", include_in_schema=False)
     async def stats():
@@ -272,7 +307,9 @@ def hub_main(port: int) -> int:
         bind_listener("127.0.0.1", port, "hub"),
         bind_listener("127.0.0.1", settings.instance_port, "instance origin"),
     ]
-    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=sockets)
+    # uvloop runs callbacks in C, where the tracer cannot time them: trace on asyncio's loop.
+    loop = "asyncio" if os.environ.get("BENCH_TRACE_STALLS") else "auto"
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", loop=loop)).run(sockets=sockets)
     return 0
 
 
@@ -474,7 +511,7 @@ def percentile(values: list[float], q: float) -> float:
 async def wait_quiet(hub: Hub) -> None:
     """Until no sweep is under way (a paused heartbeat lets the current sweep finish)."""
     deadline = time.monotonic() + 60
-    while (await hub.stats())["sweeping"] and time.monotonic() < deadline:
+    while (await hub.json("GET", "/_bench/sweeping"))["sweeping"] and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
 
 

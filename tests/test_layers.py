@@ -18,7 +18,7 @@ The layers, top to bottom (docs/architecture.md explains each):
     launchers                            how a process (or Ray actor) is started
     migrations                           the schema history
     models, db, config, metrics,         foundations (and the root package's version)
-    net, reasons, messages
+    net, reasons, messages, fair
 
 A module may import modules of its own layer and of any layer below it, never above.
 "Independent" siblings may not import each other either: `api` and `proxy` share
@@ -51,6 +51,9 @@ CLI that must work without the web app. Where the other modules go, and why:
 
 - `messages` (the Chinese refusals both front doors answer with: 未登录…, 无操作权限…)
   is shared by the siblings `api` and `proxy`, so it lies below both, with no imports.
+
+- `fair` (long work over many rows done in slices, a turn of the event loop between
+  them) is used by the API's lists and the heartbeat: a foundation with no imports.
 
 - `reasons` (stop and failure codes with their words) is stored by the services and
   named by the launchers, also inside Ray actors on other machines: a foundation with
@@ -87,7 +90,8 @@ LAYERS: list[tuple[set[str], bool]] = [  # (units, whether they must not import 
     ({"outputs"}, False),
     ({"launchers"}, False),
     ({"migrations"}, False),
-    ({"models", "db", "config", "metrics", "net", "reasons", "messages", ""}, False),  # "": comfyhub/__init__.py
+    # "": comfyhub/__init__.py
+    ({"models", "db", "config", "metrics", "net", "reasons", "messages", "fair", ""}, False),
     ({"comfyui_extension"}, True),  # standalone: runs inside ComfyUI
 ]
 STANDALONE = {"comfyui_extension"}

@@ -8,7 +8,8 @@ from sqlalchemy import func, select
 from comfyhub.api.deps import AdminUser, DbSession, Manager, ProjectId
 from comfyhub.api.errors import ApiError, envelope, field_error
 from comfyhub.api.projects import CODE_TAKEN, code_taken
-from comfyhub.api.views import event_view, project_view, service_view, user_view
+from comfyhub.api.views import SERVICE_SHOWN, event_view, project_view, service_view, user_view
+from comfyhub.fair import map_in_slices
 from comfyhub.models import ComfyUIService, Output, Project, User
 from comfyhub.reasons import Reason
 
@@ -25,26 +26,32 @@ async def list_users(_admin: AdminUser, db: DbSession):
 async def list_services(_admin: AdminUser, db: DbSession):
     rows = (
         await db.execute(
-            select(ComfyUIService, Project, User)
+            select(
+                *SERVICE_SHOWN,
+                ComfyUIService.project_id,
+                ComfyUIService.user_id,
+                Project.name,
+                Project.code,
+                User.username,
+            )
             .join(Project, Project.id == ComfyUIService.project_id)
             .join(User, User.id == ComfyUIService.user_id)
             .where(Project.deleted_at.is_(None))  # deleted projects are listed on their own
             .order_by(ComfyUIService.project_id)
         )
     ).all()
-    return envelope(
-        [
-            {
-                **service_view(s),
-                "project_id": p.id,
-                "project_name": p.name,
-                "project_code": p.code,
-                "user_id": u.id,
-                "username": u.username,
-            }
-            for s, p, u in rows
-        ]
-    )
+    return envelope(await map_in_slices(_listed_service, rows))
+
+
+def _listed_service(row) -> dict:
+    return {
+        **service_view(row),
+        "project_id": row.project_id,
+        "project_name": row.name,
+        "project_code": row.code,
+        "user_id": row.user_id,
+        "username": row.username,
+    }
 
 
 @router.get("/pool", summary="预热实例池（管理员）：已启动、尚未分配给任何项目的 ComfyUI")

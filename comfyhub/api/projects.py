@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from comfyhub.api.deps import CurrentUser, DbSession, Manager, ProjectId
 from comfyhub.api.errors import FORBIDDEN, PROJECT_NOT_FOUND, ApiError, envelope, field_error
 from comfyhub.api.schemas import ProjectCreate, ProjectUpdate
-from comfyhub.api.views import open_view, project_view, service_view
+from comfyhub.api.views import PROJECT_SHOWN, SERVICE_SHOWN, open_view, project_view, service_view
+from comfyhub.fair import map_in_slices
 from comfyhub.models import (
     ComfyUIService,
     ItemState,
@@ -71,7 +72,7 @@ async def list_projects(
         raise ApiError(403, FORBIDDEN)
     show_all = user.is_admin and scope != "mine"
     query = (
-        select(Project, ComfyUIService, User)
+        select(*PROJECT_SHOWN, *SERVICE_SHOWN, ComfyUIService.project_id.label("service_of"), User.username)
         .outerjoin(ComfyUIService, ComfyUIService.project_id == Project.id)
         .join(User, User.id == Project.owner_user_id)
         .order_by(Project.id)
@@ -80,7 +81,8 @@ async def list_projects(
     if not show_all:
         query = query.where(Project.owner_user_id == user.id)
     rows = (await db.execute(query)).all()
-    return envelope([project_view(p, s, owner) for p, s, owner in rows])
+    # One plain row holds the project, its record (all NULL without one) and the owner's name.
+    return envelope(await map_in_slices(lambda r: project_view(r, r if r.service_of is not None else None, r), rows))
 
 
 @router.post("", summary="创建项目", status_code=201)

@@ -7,9 +7,10 @@ checks (measured with a thousand: docs/benchmarks.md, "Scale"). So it never does
 thing for every instance in a single event-loop turn, and keeps its load on the machine
 low while it runs:
 
-- records are read PAGE rows per query, as plain rows of the columns a sweep needs
-  (records.SWEPT), not ORM objects: 16 µs instead of 26 to build, and 4.5 objects for
-  the garbage collector instead of 10;
+- records are read PAGE rows per query, only the columns a sweep needs, as light objects
+  (swept.Swept), not ORM objects: 16 µs instead of 26 to build, and 4.5 objects for the
+  garbage collector instead of 10; a record's launcher state (JSON) is decoded only when
+  its generation or pid changed, not every sweep;
 - checks start a few at a time, PROBE_TICK_SECONDS apart, at least PROBES_PER_SECOND
   (`_start_checks`): a thousand started together was a thousand callbacks in one loop
   turn ahead of every user's request (100+ ms, measured), and a sweep at full speed took
@@ -47,7 +48,7 @@ from dataclasses import dataclass, field
 from comfyhub.config import Settings
 from comfyhub.launchers import Launcher
 from comfyhub.metrics import Metrics
-from comfyhub.models import ComfyUIService, ServiceStatus, utcnow
+from comfyhub.models import ServiceStatus, utcnow
 from comfyhub.reasons import Reason
 from comfyhub.services import instances
 from comfyhub.services.audit import Audit
@@ -56,12 +57,12 @@ from comfyhub.services.liveness import Liveness, Probe
 from comfyhub.services.reconcile import Reconciler
 from comfyhub.services.records import PAGE, Records
 from comfyhub.services.restarts import RestartRunner, restart_plan
+from comfyhub.services.swept import Swept, SweptRecords
 
 log = logging.getLogger("comfyhub.heartbeat")
 
-# What a sweep works on: a plain row of records.SWEPT, with the record's attribute names
-# (project_id, generation, status, launcher_state, ...), not an ORM object.
-Record = ComfyUIService
+# What a sweep works on: the record's columns it needs, by their names, not an ORM object.
+Record = Swept
 
 # Checks start in small groups this far apart, PROBES_PER_SECOND in all (more when
 # needed to start every check within half an interval): a thousand instances are checked
@@ -89,6 +90,10 @@ class Heartbeat:
     stop: Callable[..., Awaitable]  # the manager's stop, for culling
     leading: bool = field(default=False, init=False)  # holds the lease and sweeps
     sweeps: int = field(default=0, init=False)  # sweeps done by this process
+    swept: SweptRecords = field(init=False)  # what each sweep reads
+
+    def __post_init__(self) -> None:
+        self.swept = SweptRecords(self.records.sessions)
 
     async def run(self) -> None:
         """Sweep every interval while holding the lease; reconcile on taking it. Runs until cancelled.
@@ -156,7 +161,7 @@ class Heartbeat:
         self.sweeps += 1
         # The pages are read a few ticks apart, not back to back: the slowest requests
         # (measured) were those that met the burst of reads at a sweep's start.
-        records = await self.records.watched(pause=READ_PAUSE_SECONDS)
+        records = await self.swept.watched(pause=READ_PAUSE_SECONDS)
         await self.reconciler.resolve_abandoned_starts(await self.records.starting_ids())
         await self.launcher.refresh(await self._handles(records))
         counts = {"online": 0, "offline": 0}

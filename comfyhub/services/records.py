@@ -15,7 +15,6 @@ one write lock, and a thousand listener calls emptying the proxy's route cache.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
@@ -33,28 +32,6 @@ Row = ComfyUIService
 # rows are built and settled on the event loop, ~20 µs each, and users' requests wait
 # behind each piece — at a hundred, under 2 ms.
 PAGE = 100
-# What a heartbeat sweep reads of each record, as plain rows (attributes by these names).
-# An ORM object costs ~26 µs to build and 10 objects for the garbage collector to track, a
-# row 16 µs and 4.5 (measured); a sweep holds a thousand for a second or two, long enough to
-# reach the oldest generation, where they set off full collections and lengthen each one.
-SWEPT = (
-    Row.project_id,
-    Row.user_id,
-    Row.generation,
-    Row.status,
-    Row.last_error,
-    Row.reason,
-    Row.pid,
-    Row.host,
-    Row.port,
-    Row.base_dir,
-    Row.log_path,
-    Row.launcher_state,
-    Row.started_at,
-    Row.last_activity,
-    Row.restart_attempts,
-    Row.restart_window_start,
-)
 # Records per heartbeat stamp statement (two bound parameters each).
 HEARTBEAT_BATCH = 500
 # A project's record; a row without a project is a warm instance of the pool (pool.py).
@@ -77,21 +54,6 @@ class Records:
     @staticmethod
     async def _load(db: AsyncSession, project_id: int) -> Row | None:
         return (await db.execute(select(Row).where(Row.project_id == project_id))).scalar_one_or_none()
-
-    async def watched(self, pause: float = 0.0) -> list:
-        """The SWEPT columns of the records the heartbeat checks (online or offline), as
-        plain rows, by project, PAGE rows per query, `pause` seconds between queries."""
-        rows: list = []
-        while True:
-            if rows:
-                await asyncio.sleep(pause)
-            after = [Row.project_id > rows[-1].project_id] if rows else []
-            async with self.sessions() as db:
-                stmt = select(*SWEPT).where(OWNED, Row.status.in_(WATCHED), *after).order_by(Row.project_id).limit(PAGE)
-                page = (await db.execute(stmt)).all()
-            rows += page
-            if len(page) < PAGE:
-                return rows
 
     async def starting_ids(self) -> list[int]:
         return await self._values(Row.project_id, OWNED, Row.status == S.STARTING)
