@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from comfyhub.config import Settings
+from comfyhub.fair import map_in_slices
 from comfyhub.launchers import Launcher
 from comfyhub.metrics import Metrics
 from comfyhub.models import ServiceStatus, utcnow
@@ -187,12 +188,7 @@ class Heartbeat:
 
     async def _handles(self, records: list[Record]) -> list:
         """The records' process handles (for the launcher's refresh), a page at a time."""
-        handles = []
-        for i in range(0, len(records), PAGE):
-            if i:
-                await asyncio.sleep(0)  # let others run between pages
-            handles += [h for h in map(self.liveness.handle, records[i : i + PAGE]) if h is not None]
-        return handles
+        return [h for h in await map_in_slices(self.liveness.handle, records, PAGE) if h is not None]
 
     def _probe_rate(self, instances: int) -> float:
         """Checks started per second: PROBES_PER_SECOND, or enough to start them all within
