@@ -3,7 +3,8 @@
     .venv/bin/python bench/scale.py --instances 1000 --db sqlite
     .venv/bin/python bench/scale.py --instances 1000 --db postgresql
     (--no-write: print only; --json FILE: also write the numbers;
-     BENCH_TRACE_STALLS=FILE: the hub writes what made each loop turn over 12 ms: its callbacks, named)
+     BENCH_TRACE_STALLS=FILE: the hub writes what made each loop turn over 12 ms
+     (BENCH_TRACE_OVER_MS) of: its callbacks, named, and garbage collections)
 
 One comfyhub process (uvicorn, one worker, as `comfyhub serve` runs it) with N lean
 stand-ins (tests/fake_comfyui/lean.py, ~9 MB each) and the heartbeat every 5 s. Steps:
@@ -179,7 +180,11 @@ def _instrument() -> None:
         await startup(self)
         self._bench_sampler = asyncio.get_running_loop().create_task(_stall_sampler())
         if os.environ.get("BENCH_TRACE_STALLS"):
-            self._bench_tracer = asyncio.get_running_loop().create_task(_trace_stalls(os.environ["BENCH_TRACE_STALLS"]))
+            self._bench_tracer = asyncio.get_running_loop().create_task(
+                _trace_stalls(
+                    os.environ["BENCH_TRACE_STALLS"], float(os.environ.get("BENCH_TRACE_OVER_MS", "12")) / 1000
+                )
+            )
 
     gc.callbacks.append(_watch_full_collections)
     Heartbeat.sweep = timed_sweep
@@ -200,11 +205,12 @@ async def _trace_stalls(path: str, over_s: float = 0.012) -> None:
 
     def timed_run(self) -> None:
         before = _callback_name(self)  # a task that ends in this step has no stack after it
-        t0 = perf_counter()
+        t0, c0 = perf_counter(), time.thread_time()
         run(self)
         took = perf_counter() - t0
         if took > 0.0003:
-            ran.append((took, f"{_callback_name(self)}  (was at: {before})"))
+            cpu = (time.thread_time() - c0) * 1000
+            ran.append((took, f"{_callback_name(self)}  [cpu {cpu:.2f} ms] (was at: {before})"))
 
     asyncio.events.Handle._run = timed_run
     last = time.monotonic()
@@ -212,7 +218,10 @@ async def _trace_stalls(path: str, over_s: float = 0.012) -> None:
         await asyncio.sleep(0.001)
         now = time.monotonic()
         if now - last > over_s:
-            lines = [f"=== {(now - last) * 1000:.1f} ms, callbacks over 0.3 ms: {sum(t for t, _ in ran) * 1000:.1f} ms"]
+            lines = [
+                f"=== {(now - last) * 1000:.1f} ms at {now:.3f}{' sweeping' if _Watch.sweeping else ''}{' paused' if _Watch.paused else ''}"
+                f", callbacks over 0.3 ms: {sum(t for t, _ in ran) * 1000:.1f} ms"
+            ]
             lines += [f"  {t * 1000:6.2f} ms  {name}" for t, name in sorted(ran, key=lambda x: -x[0])[:12]]
             with open(path, "a") as out:
                 out.write("\n".join(lines) + "\n")
@@ -520,12 +529,14 @@ async def latency_phase(hub: Hub, paths: list[str], method: str) -> dict:
     samples: dict[str, list[tuple[float, float, int]]] = {"on": [], "off": []}
     windows: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     slices: dict[str, list[list[float]]] = {"on": [], "off": []}  # latencies of 200s, per slice
+    cpu = {"on": [0, 0], "off": [0, 0]}  # the machine's (busy, all) CPU ticks in the slices
     for state in ("on", "off") * PAIRS:
         await hub.heartbeat(state == "on" and not AA)
         if state == "off":
             await wait_quiet(hub)
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), machine_cpu()
         rows = await offered_load(hub, paths, method, SLICE_S)
+        cpu[state] = [a + b - c for a, b, c in zip(cpu[state], machine_cpu(), cpu0, strict=True)]
         samples[state] += rows
         slices[state].append([lat for _t, lat, status in rows if status == 200])
         windows[state].append((t0, time.monotonic()))
@@ -542,9 +553,17 @@ async def latency_phase(hub: Hub, paths: list[str], method: str) -> dict:
         }
     out["ratio_p99"] = round(out["on"]["p99_ms"] / out["off"]["p99_ms"], 3)
     out["ratio_p99_ci90"] = ratio_interval(slices["on"], slices["off"])
+    out["machine_busy"] = {state: round(busy / max(1, total), 3) for state, (busy, total) in cpu.items()}
     out["windows"] = windows
     out["samples"] = samples
     return out
+
+
+def machine_cpu() -> tuple[int, int]:
+    """(busy, all) CPU ticks of the whole machine since boot (/proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return sum(ticks) - idle, sum(ticks)
 
 
 def ratio_interval(on: list[list[float]], off: list[list[float]], rounds: int = 400) -> list[float]:
@@ -577,10 +596,18 @@ def stall_summary(stats: dict, windows: dict[str, list[tuple[float, float]]]) ->
     def with_full_gc(r) -> bool:  # a full collection ended within this wait
         return any(r[0] - r[1] / 1000 - 0.002 <= c[0] <= r[0] for c in collections)
 
-    def top(rows):
+    def overlap(spans_a, spans_b) -> float:
+        return sum(max(0.0, min(b1, b2) - max(a1, a2)) for a1, b1 in spans_a for a2, b2 in spans_b)
+
+    seconds = {"in_sweeps": overlap(sweeps, windows["on"]), "off": sum(b - a for a, b in windows["off"])}
+
+    def top(rows, seconds: float):
         by_wall = sorted(rows, key=lambda r: -r[1])
         by_cpu = sorted(rows, key=lambda r: -r[2])
         return {
+            # medium waits: each one a request in flight may meet (p99 is made of such meetings)
+            "busy_over_4ms_per_s": round(sum(1 for r in rows if r[2] > 4) / seconds, 2) if seconds else None,
+            "wall_over_4ms_per_s": round(sum(1 for r in rows if r[1] > 4) / seconds, 2) if seconds else None,
             "busy_over_20ms": sum(1 for r in rows if r[2] > TARGET_STALL_MS),
             "busy_over_20ms_full_gc": sum(1 for r in rows if r[2] > TARGET_STALL_MS and with_full_gc(r)),
             "max_busy_ms_without_full_gc": max((r[2] for r in rows if not with_full_gc(r)), default=0.0),
@@ -602,8 +629,8 @@ def stall_summary(stats: dict, windows: dict[str, list[tuple[float, float]]]) ->
         }
 
     return {
-        "during_sweeps": top(in_sweeps),
-        "heartbeat_off": top(heartbeat_off),
+        "during_sweeps": top(in_sweeps, seconds["in_sweeps"]),
+        "heartbeat_off": top(heartbeat_off, seconds["off"]),
         "full_gc_heartbeat_on": full_gcs(windows["on"]),
         "full_gc_heartbeat_off": full_gcs(windows["off"]),
     }
@@ -891,9 +918,14 @@ def render(r: dict) -> str:
         f"| {mark(v['no_false_offline'])} |",
         "",
         f"Errors (non-200) among the offered calls: reuse {ru['on']['errors']} + {ru['off']['errors']}, "
-        f"proxied {pg['on']['errors']} + {pg['off']['errors']}. Waits of the loop over {TARGET_STALL_MS:g} ms, busy / "
+        f"proxied {pg['on']['errors']} + {pg['off']['errors']}. The machine's CPUs busy (hub, instances, this "
+        f"client, anything else), running / paused: {_busy(ru)} in the reuse slices, {_busy(pg)} in the proxied "
+        f"ones. Waits of the loop over {TARGET_STALL_MS:g} ms, busy / "
         f"wall: {st['during_sweeps']['busy_over_20ms']} / {st['during_sweeps']['wall_over_20ms']} during sweeps, "
         f"{st['heartbeat_off']['busy_over_20ms']} / {st['heartbeat_off']['wall_over_20ms']} with the heartbeat paused. "
+        f"Waits over 4 ms per second, busy / wall: {st['during_sweeps'].get('busy_over_4ms_per_s')} / "
+        f"{st['during_sweeps'].get('wall_over_4ms_per_s')} during sweeps, {st['heartbeat_off'].get('busy_over_4ms_per_s')} / "
+        f"{st['heartbeat_off'].get('wall_over_4ms_per_s')} paused. "
         f"Longest during sweeps (wall, loop CPU, process CPU; ms): {st['during_sweeps']['top5_wall']}. "
         f"Full garbage collections (of what `gc.freeze` did not cover: {gon['objects']} objects at most): "
         f"{gon['count']} with the heartbeat running ({gon['per_minute']}/min, longest {gon['max_ms']} ms), "
@@ -906,6 +938,11 @@ def render(r: dict) -> str:
         end_marker(r["db"]),
     ]
     return "\n".join(lines)
+
+
+def _busy(phase: dict) -> str:
+    busy = phase.get("machine_busy")
+    return f"{busy['on'] * 100:.0f} % / {busy['off'] * 100:.0f} %" if busy else "?"
 
 
 def _interval(phase: dict) -> str:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from comfyhub.db import create_engine, session_factory
 from comfyhub.models import ComfyUIService, Project
-from comfyhub.outputs.sync import SPAWNS_PER_TICK, OutputSync
+from comfyhub.outputs.sync import RECORDS_PAGE, SPAWNS_PER_TICK, OutputSync
 from tests.conftest import add_user, make_settings
 from tests.support.net import free_port_block
 
 INSTANCES = SPAWNS_PER_TICK * 2 + 44
+assert INSTANCES > RECORDS_PAGE  # the records are read in more than one page
 
 
 async def test_a_tick_begins_a_bounded_number_of_pulls_and_every_instance_gets_its_turn(db_url, tmp_path):
