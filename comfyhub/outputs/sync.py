@@ -7,7 +7,7 @@ Two sources, both needed (docs/architecture.md, "Generated data"):
   by the manager before any stop, cull or restart (`pull`);
 - **files**, scanned when an instance is first seen in a run and whenever it went down
   (crash, stop): a file with no history entry (written just before a crash, or before
-  comfyhub kept records) is recorded from its own metadata (`scan`).
+  comfyhub kept records) is recorded from its own metadata (`scan`, in scan.py).
 
 A pull asks for the newest entry first (`/history?max_items=1`): when it is the one seen
 last time, nothing changed and nothing else is read. Otherwise it reads the newest page;
@@ -25,14 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -43,14 +40,14 @@ from comfyhub.net.endpoint import Endpoint, secret_of
 from comfyhub.outputs import files
 from comfyhub.outputs.client import ComfyClient, InstanceUnreachable
 from comfyhub.outputs.graph import params_of
-from comfyhub.outputs.history import FileRef, Finished, parse_history, safe_name, safe_subfolder
-from comfyhub.outputs.media import FileFacts, file_facts, is_output_file
-from comfyhub.outputs.store import FoundFile, OutputStore
+from comfyhub.outputs.history import FileRef, Finished, parse_history
+from comfyhub.outputs.media import FileFacts, file_facts
+from comfyhub.outputs.scan import scan_files
+from comfyhub.outputs.store import OutputStore
 
 log = logging.getLogger("comfyhub.outputs")
 
 PAGE = 64  # history entries per request: small answers, parsed quickly
-SCAN_BATCH = 500  # files checked against the records per query
 RECORDS_PAGE = 250  # instance records read per query each tick
 ACTIVE_WINDOW = timedelta(minutes=10)  # "in use": proxied traffic or new records this recently
 CONCURRENCY = 8  # pulls and scans at once
@@ -59,6 +56,11 @@ CONCURRENCY = 8  # pulls and scans at once
 # rest wait for the next tick (64 a second with the default 2 s tick, a thousand idle
 # instances need 33). Due times also drift apart (JITTER) so they do not stay bunched.
 SPAWNS_PER_TICK = 128
+# What one turn of the loop holds of a tick: TURN_WEIGHT records looked at, a pull or scan
+# begun (a task) counting as SPAWN_WEIGHT; a tick's thousand records and dozens of tasks
+# in one turn were 4–11 ms that every request waited out, every 2 s (measured).
+TURN_WEIGHT = 250
+SPAWN_WEIGHT = 16
 JITTER = 0.1  # each next pull is due after its interval ± 10 %
 PULL_DEADLINE = 60.0  # one pull, all pages (seconds)
 TRASH_PURGE_SECONDS = 3600.0
@@ -107,17 +109,6 @@ _SYNCED = (
     ComfyUIService.status,
     ComfyUIService.last_activity,
 )
-
-
-def _read_found(candidates: list[tuple[str, str, Path]]) -> list[FoundFile]:
-    found = []
-    for subfolder, name, path in candidates:
-        try:
-            facts = file_facts(path)
-        except OSError:
-            continue  # gone meanwhile
-        found.append(FoundFile(FileRef(node_id="", filename=name, subfolder=subfolder), facts))
-    return found
 
 
 class OutputSync:
@@ -203,46 +194,8 @@ class OutputSync:
     # --- files ---------------------------------------------------------------------------
 
     async def scan(self, project_id: int, user_id: int) -> int:
-        """Record output files no record names yet, from their own metadata; returns how many.
-
-        The folder is listed in a thread; names are checked against the records a batch
-        at a time, so a project with 100,000 files never loads them all at once.
-        """
-        candidates = await asyncio.to_thread(self._list_files, user_id, project_id)
-        stored = 0
-        for start in range(0, len(candidates), SCAN_BATCH):
-            batch = candidates[start : start + SCAN_BATCH]
-            known = await self.store.known_files(project_id, [(sub, name) for sub, name, _ in batch])
-            fresh = [c for c in batch if (c[0], c[1]) not in known]
-            if fresh:
-                found = await asyncio.to_thread(_read_found, fresh)
-                stored += await self.store.record_files(project_id, user_id, found)
-        if stored:
-            log.info("project %s: recorded %d output file(s) from their metadata", project_id, stored)
-        return stored
-
-    def _list_files(self, user_id: int, project_id: int) -> list[tuple[str, str, Path]]:
-        """(subfolder, filename, path) of every plain output file, oldest first (blocking)."""
-        folder = files.output_dir(self.settings, user_id, project_id)
-        listed = []
-        for root, dirs, names in os.walk(folder, followlinks=False):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(root, d)))
-            subfolder = Path(root).relative_to(folder).as_posix()
-            subfolder = "" if subfolder == "." else subfolder
-            if not safe_subfolder(subfolder):
-                continue
-            for name in names:
-                if not safe_name(name) or not is_output_file(name):
-                    continue
-                path = Path(root) / name
-                try:
-                    st = path.lstat()
-                except OSError:
-                    continue
-                if stat.S_ISREG(st.st_mode):  # never a link: it may point anywhere
-                    listed.append((st.st_mtime, subfolder, name, path))
-        listed.sort()
-        return [(sub, name, path) for _, sub, name, path in listed]
+        """Record the project's output files that no record names yet (scan.py); returns how many."""
+        return await scan_files(self.settings, self.store, project_id, user_id)
 
     # --- the periodic loop -----------------------------------------------------------------
 
@@ -263,28 +216,37 @@ class OutputSync:
         """Start the pulls and scans that are due (each in its own task) and return."""
         now = time.monotonic()
         budget = SPAWNS_PER_TICK
+        weight = 0  # work since the loop's last turn: a record looked at is 1, a task begun SPAWN_WEIGHT
         for record in await self._records():
-            pid = record.project_id
             if budget == 0:
                 break
-            if pid in self._busy:
-                continue
-            run = record.generation or 0
-            if record.status == "online":
-                first = self._scanned.get(pid, (None,))[0] != run
-                if first or now >= self._due.get(pid, 0.0):
-                    self._due[pid] = now + self._interval(record, now) * random.uniform(1 - JITTER, 1 + JITTER)
-                    self._scanned[pid] = (run, record.status)
-                    self._spawn(pid, self._pull_and_scan(self._instance(record), scan=first))
-                    budget -= 1
-            elif self._scanned.get(pid) != (run, record.status):
-                self._scanned[pid] = (run, record.status)
-                self._newest.pop(pid, None)
-                self._spawn(pid, self.scan(pid, record.user_id))
-                budget -= 1
+            if weight >= TURN_WEIGHT:
+                weight = 0
+                await asyncio.sleep(0)  # a turn of the loop for the others
+            begun = record.project_id not in self._busy and self._begin_if_due(record, now)
+            budget -= begun
+            weight += SPAWN_WEIGHT if begun else 1
         if now - self._purged_at > TRASH_PURGE_SECONDS:
             self._purged_at = now
             self._spawn(0, self._purge())
+
+    def _begin_if_due(self, record, now: float) -> bool:
+        """Begin the pull (online) or scan (gone down) a record of `_records` is due for."""
+        pid, run = record.project_id, record.generation or 0
+        if record.status == "online":
+            first = self._scanned.get(pid, (None,))[0] != run
+            if not (first or now >= self._due.get(pid, 0.0)):
+                return False
+            self._due[pid] = now + self._interval(record, now) * random.uniform(1 - JITTER, 1 + JITTER)
+            self._scanned[pid] = (run, record.status)
+            self._spawn(pid, self._pull_and_scan(self._instance(record), scan=first))
+            return True
+        if self._scanned.get(pid) == (run, record.status):
+            return False
+        self._scanned[pid] = (run, record.status)
+        self._newest.pop(pid, None)
+        self._spawn(pid, self.scan(pid, record.user_id))
+        return True
 
     async def wait_idle(self) -> None:
         """Wait for the pulls and scans started so far (tests, shutdown)."""
