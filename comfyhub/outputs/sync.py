@@ -85,7 +85,8 @@ class Instance:
         return Endpoint(self.host, self.port, self.secret)
 
     @classmethod
-    def of(cls, record: ComfyUIService) -> Instance:
+    def of(cls, record: ComfyUIService, secret: str | None = None) -> Instance:
+        """The instance of a record, or of a plain row of its columns given its `secret`."""
         return cls(
             record.project_id,
             record.user_id,
@@ -95,7 +96,7 @@ class Instance:
             record.status == "online",
             record.status,
             record.last_activity,
-            secret_of(record.launcher_state),
+            secret_of(record.launcher_state) if secret is None else secret,
         )
 
 
@@ -239,7 +240,8 @@ class OutputSync:
                 return False
             self._due[pid] = now + self._interval(record, now) * random.uniform(1 - JITTER, 1 + JITTER)
             self._scanned[pid] = (run, record.status)
-            self._spawn(pid, self._pull_and_scan(self._instance(record), scan=first))
+            instance = Instance.of(record, self._secret(pid, record.generation))
+            self._spawn(pid, self._pull_and_scan(instance, scan=first))
             return True
         if self._scanned.get(pid) == (run, record.status):
             return False
@@ -340,20 +342,6 @@ class OutputSync:
             )
             for project_id, generation, state in states:
                 self._secrets[project_id] = (generation, secret_of(state))
-
-    def _instance(self, record) -> Instance:
-        """The Instance of a row of `_records`."""
-        return Instance(
-            record.project_id,
-            record.user_id,
-            record.host or "127.0.0.1",
-            record.port,
-            record.generation or 0,
-            record.status == "online",
-            record.status,
-            record.last_activity,
-            self._secret(record.project_id, record.generation),
-        )
 
     def _secret(self, project_id: int, generation: int | None) -> str:
         known = self._secrets.get(project_id)
