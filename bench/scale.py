@@ -270,7 +270,7 @@ def hub_main(port: int) -> int:
 
     @app.get("/_bench/sweeping", include_in_schema=False)
     async def sweeping():
-        return {"sweeping": _Watch.sweeping}
+        return {"sweeping": _Watch.sweeping, "pid": os.getpid()}
 
     @app.get("/_bench/stats", include_in_schema=False)
     async def stats():
@@ -525,18 +525,22 @@ async def wait_quiet(hub: Hub) -> None:
         await asyncio.sleep(0.05)
 
 
-async def latency_phase(hub: Hub, paths: list[str], method: str) -> dict:
+async def latency_phase(hub: Hub, paths: list[str], method: str, pids: dict[str, list[int]]) -> dict:
     samples: dict[str, list[tuple[float, float, int]]] = {"on": [], "off": []}
     windows: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     slices: dict[str, list[list[float]]] = {"on": [], "off": []}  # latencies of 200s, per slice
     cpu = {"on": [0, 0], "off": [0, 0]}  # the machine's (busy, all) CPU ticks in the slices
+    used = {state: dict.fromkeys(pids, 0) for state in ("on", "off")}  # CPU ticks of the hub, the instances
     for state in ("on", "off") * PAIRS:
         await hub.heartbeat(state == "on" and not AA)
         if state == "off":
             await wait_quiet(hub)
+        used0 = {group: process_ticks(group_pids) for group, group_pids in pids.items()}
         t0, cpu0 = time.monotonic(), machine_cpu()
         rows = await offered_load(hub, paths, method, SLICE_S)
         cpu[state] = [a + b - c for a, b, c in zip(cpu[state], machine_cpu(), cpu0, strict=True)]
+        for group, group_pids in pids.items():
+            used[state][group] += process_ticks(group_pids) - used0[group]
         samples[state] += rows
         slices[state].append([lat for _t, lat, status in rows if status == 200])
         windows[state].append((t0, time.monotonic()))
@@ -554,9 +558,26 @@ async def latency_phase(hub: Hub, paths: list[str], method: str) -> dict:
     out["ratio_p99"] = round(out["on"]["p99_ms"] / out["off"]["p99_ms"], 3)
     out["ratio_p99_ci90"] = ratio_interval(slices["on"], slices["off"])
     out["machine_busy"] = {state: round(busy / max(1, total), 3) for state, (busy, total) in cpu.items()}
+    # CPU seconds per second of slice, by group
+    tick = os.sysconf("SC_CLK_TCK")
+    out["cpu_per_s"] = {
+        state: {g: round(t / tick / (PAIRS * SLICE_S), 3) for g, t in groups.items()} for state, groups in used.items()
+    }
     out["windows"] = windows
     out["samples"] = samples
     return out
+
+
+def process_ticks(pids: list[int]) -> int:
+    """CPU ticks (user + system) these processes used so far; the gone count for nothing."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
 
 
 def machine_cpu() -> tuple[int, int]:
@@ -723,8 +744,12 @@ async def drive(hub: Hub, n: int, seed: int) -> dict:
 
     order = list(projects)
     random.Random(seed).shuffle(order)
-    out["reuse"] = await latency_phase(hub, [f"/api/projects/{p}/open_comfy" for p in order], "POST")
-    out["proxied_get"] = await latency_phase(hub, [f"/comfy/{p}/queue" for p in order], "GET")
+    pids = {
+        "hub": [(await hub.json("GET", "/_bench/sweeping"))["pid"]],
+        "instances": [s["pid"] for s in services.values() if s.get("pid")],
+    }
+    out["reuse"] = await latency_phase(hub, [f"/api/projects/{p}/open_comfy" for p in order], "POST", pids)
+    out["proxied_get"] = await latency_phase(hub, [f"/comfy/{p}/queue" for p in order], "GET", pids)
     stats = await hub.stats()
     out["full_gc"] = await hub.json("POST", "/_bench/full_gc")
     windows = {k: out["reuse"]["windows"][k] + out["proxied_get"]["windows"][k] for k in ("on", "off")}
@@ -941,8 +966,13 @@ def render(r: dict) -> str:
 
 
 def _busy(phase: dict) -> str:
-    busy = phase.get("machine_busy")
-    return f"{busy['on'] * 100:.0f} % / {busy['off'] * 100:.0f} %" if busy else "?"
+    busy, used = phase.get("machine_busy"), phase.get("cpu_per_s")
+    text = f"{busy['on'] * 100:.0f} % / {busy['off'] * 100:.0f} %" if busy else "?"
+    if used:
+        text += " (of which the hub " + " / ".join(f"{used[s]['hub'] * 100:.0f} %" for s in ("on", "off"))
+        text += ", the instances " + " / ".join(f"{used[s]['instances'] * 100:.0f} %" for s in ("on", "off"))
+        text += " of one CPU)"
+    return text
 
 
 def _interval(phase: dict) -> str:
