@@ -90,6 +90,12 @@ class Settings(BaseSettings):
     )
     comfyui_heartbeat_interval_seconds: float = Field(30, gt=0, description="seconds between health sweeps")
     comfyui_health_timeout_seconds: float = Field(2.5, gt=0, description="timeout of one `GET /system_stats`")
+    comfyui_heartbeat_prober_min_instances: int = Field(
+        100,
+        ge=0,
+        description="a sweep of at least this many instances makes its HTTP checks in a helper process, "
+        "off the event loop that serves users (0: always; below it they cost the loop little)",
+    )
     comfyui_stop_grace_seconds: float = Field(
         10,
         gt=0,

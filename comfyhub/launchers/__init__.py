@@ -1,7 +1,14 @@
 """Launchers run ComfyUI processes; see base.py for the contract."""
 
-from comfyhub.config import Settings
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from comfyhub.launchers.base import Exit, Handle, Launcher, LaunchError, LaunchSpec, PortInUse
+
+if TYPE_CHECKING:  # the settings only name a type here: importing the package (the
+    # heartbeat's prober process does) must not load the settings machinery
+    from comfyhub.config import Settings
 
 
 def connect_host(listen: str) -> str:

@@ -15,6 +15,10 @@ low while it runs:
   (`_start_checks`): a thousand started together was a thousand callbacks in one loop
   turn ahead of every user's request (100+ ms, measured), and a sweep at full speed took
   a fifth of the machine from the users for its duration;
+- from COMFYUI_HEARTBEAT_PROBER_MIN_INSTANCES on, the HTTP checks are made by the prober,
+  a helper process (services/prober.py), so their system calls and parsing (~80 ms of
+  CPU a sweep at a thousand) are not spent by the process that serves users; the process
+  checks stay here, and a page the prober cannot answer is checked here;
 - each page of records is settled as soon as its checks are done (`_settle`), and only
   what changed is written: a change of status at once, record by record, and announced
   as every write is; the records that passed their check and were already online only
@@ -46,7 +50,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from comfyhub.config import Settings
-from comfyhub.fair import map_in_slices
+from comfyhub.fair import map_in_slices, paced
 from comfyhub.launchers import Launcher
 from comfyhub.metrics import Metrics
 from comfyhub.models import ServiceStatus, utcnow
@@ -55,6 +59,7 @@ from comfyhub.services import instances
 from comfyhub.services.audit import Audit
 from comfyhub.services.coordination import HeartbeatLease
 from comfyhub.services.liveness import Liveness, Probe
+from comfyhub.services.prober import Prober
 from comfyhub.services.reconcile import Reconciler
 from comfyhub.services.records import PAGE, Records
 from comfyhub.services.restarts import RestartRunner, restart_plan
@@ -89,6 +94,7 @@ class Heartbeat:
     metrics: Metrics
     lease: HeartbeatLease
     stop: Callable[..., Awaitable]  # the manager's stop, for culling
+    prober: Prober  # the helper process that makes a large sweep's HTTP checks
     leading: bool = field(default=False, init=False)  # holds the lease and sweeps
     sweeps: int = field(default=0, init=False)  # sweeps done by this process
     swept: SweptRecords = field(init=False)  # what each sweep reads
@@ -174,8 +180,8 @@ class Heartbeat:
         starting = asyncio.ensure_future(self._start_checks(records, pages, checks))
         try:
             for _ in range(0, len(records), PAGE):
-                page, began, page_checks = await pages.get()
-                await self._settle(page, await asyncio.gather(*page_checks), began, counts, idle, beats)
+                page, began, probes = await pages.get()
+                await self._settle(page, await probes, began, counts, idle, beats)
         finally:
             starting.cancel()  # a cancelled sweep (shutdown) leaves no check running
             for check in checks:
@@ -196,16 +202,26 @@ class Heartbeat:
         return max(PROBES_PER_SECOND, instances / (0.5 * self.settings.comfyui_heartbeat_interval_seconds))
 
     async def _start_checks(self, records: list[Record], pages: asyncio.Queue, checks: list) -> None:
-        """Start every record's check, a group at a time, PROBE_TICK_SECONDS apart; hand
-        each page of records on with the time its checks began and their futures."""
-        group = max(1, math.ceil(self._probe_rate(len(records)) * PROBE_TICK_SECONDS))
+        """Start each page's checks, one page after another at the probe rate; hand each
+        page of records on with the time its checks began and the future of its probes."""
+        rate = self._probe_rate(len(records))
+        group = max(1, math.ceil(rate * PROBE_TICK_SECONDS))
+        by_prober = len(records) >= self.settings.comfyui_heartbeat_prober_min_instances
         for i in range(0, len(records), PAGE):
-            page, began, first = records[i : i + PAGE], utcnow(), len(checks)
-            for j in range(0, len(page), group):
-                if i or j:
-                    await asyncio.sleep(PROBE_TICK_SECONDS)
-                checks += [asyncio.ensure_future(self.liveness.probe(r)) for r in page[j : j + group]]
-            pages.put_nowait((page, began, checks[first:]))
+            if i:
+                await asyncio.sleep(PAGE / rate)  # the previous page's checks are all started
+            page, began = records[i : i + PAGE], utcnow()
+            checks.append(asyncio.ensure_future(self._check_page(page, group, by_prober)))
+            pages.put_nowait((page, began, checks[-1]))
+
+    async def _check_page(self, page: list[Record], group: int, by_prober: bool) -> list[Probe]:
+        """The page's probes, their HTTP checks made by the prober process when asked to and
+        able; otherwise here, started `group` at a time, PROBE_TICK_SECONDS apart."""
+        if by_prober:
+            probes = await self.liveness.probe_page(page, self.prober, group, PROBE_TICK_SECONDS)
+            if probes is not None:
+                return probes
+        return await paced(self.liveness.probe, page, group, PROBE_TICK_SECONDS)
 
     async def _settle(
         self, page: list[Record], probes: list[Probe], began, counts: dict, idle: list, beats: list

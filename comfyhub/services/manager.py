@@ -65,6 +65,7 @@ from comfyhub.services.health import HealthChecker
 from comfyhub.services.heartbeat import Heartbeat
 from comfyhub.services.liveness import Liveness
 from comfyhub.services.pool import Pool
+from comfyhub.services.prober import Prober
 from comfyhub.services.reconcile import Reconciler
 from comfyhub.services.records import WATCHED, Records
 from comfyhub.services.restarts import RestartRunner
@@ -105,6 +106,7 @@ class ServiceManager:
         self._touched: dict[int, float] = {}
         locks = ProjectLocks(sessions.kw["bind"])
         self.liveness = Liveness(self.launcher, self.health)
+        self.prober = Prober()
         admission = Admission(settings, self.records, locks, runs_here=self.launcher.runs_here)
         self.starts = Starts(
             settings,
@@ -146,6 +148,7 @@ class ServiceManager:
             self.metrics,
             lease,
             stop=self.stop,
+            prober=self.prober,
         )
 
     @property
@@ -184,6 +187,7 @@ class ServiceManager:
                 await self.heartbeat.lease.release()  # let another worker take over at once
         await self.outputs.close()
         await self.starts.locks.close()
+        await self.prober.aclose()
         await self.health.aclose()
         self.launcher.close()
 
