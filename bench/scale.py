@@ -12,8 +12,9 @@ stand-ins (tests/fake_comfyui/lean.py, ~9 MB each) and the heartbeat every 5 s. 
 1. create N projects and open them all (`open_comfy`, 16 requests in flight; the hub's
    start cap COMFYUI_MAX_CONCURRENT_STARTS as configured): wall time;
 2. offer 100 `open_comfy` calls per second (open loop, spread over all projects) in
-   slices of one interval, the heartbeat running and paused in turn (16 of each, so that
-   the machine's other load hits both alike): p50 and p99 of each; the same with proxied
+   slices of one interval, the heartbeat running and paused in turn (32 of each, so that
+   the machine's other load hits both alike; with 16 a run's p99 ratio moved by ±0.15
+   from one run to the next): p50 and p99 of each; the same with proxied
    small GETs (`/comfy/{id}/queue`);
 3. inside the hub, all along: each sweep's start and end, and every event-loop stall (a
    sampler sleeps 1 ms and records how late it woke, and the loop thread's CPU time over
@@ -72,7 +73,7 @@ INTERVAL_S = 5.0
 HEALTH_TIMEOUT_S = 2.5
 RATE = 100  # calls per second offered
 SLICE_S = 5.0  # one heartbeat interval: each "on" slice holds one sweep
-PAIRS = 16  # slices of each kind, alternating, so that other load on the machine hits both alike
+PAIRS = 32  # slices of each kind, alternating, so that other load on the machine hits both alike
 AA = False  # --aa: the heartbeat paused in both kinds of slice, to see how the ratio varies by itself
 # Opens in flight at once: a browser tab's worth of users clicking; the hub's start cap
 # (2) sets the pace anyway.
@@ -845,6 +846,9 @@ def run(n: int, db: str, seed: int) -> dict:
         finally:
             if hub_proc is not None:
                 _stop_hub(hub_proc)
+            if os.environ.get("BENCH_HUB_LOG"):  # keep the hub's log (the run's folder goes)
+                with contextlib.suppress(OSError):
+                    shutil.copyfile(ws.root / "hub.log", os.environ["BENCH_HUB_LOG"])
             if pg is not None:
                 pg.__exit__(None, None, None)
             kill_processes_under(ws.root)

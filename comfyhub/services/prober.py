@@ -10,7 +10,8 @@ the same code.
 
 The protocol is one JSON object per line. The child says `{"ready": pid}` once, then
 answers each `{"id", "timeout", "group", "tick", "targets"}` with `{"id", "ours"}` (a
-list of booleans, in the targets' order), answers in any order. It starts its checks a
+list of booleans, in the targets' order) or, when something unforeseen broke the page,
+`{"id", "error"}`; answers come in any order. It starts its checks a
 group at a time like the heartbeat does (fair.paced), and exits when its stdin closes,
 so it never outlives the hub, even one killed outright.
 
@@ -142,7 +143,9 @@ class Prober:
                 answer = json.loads(line)
                 waiting = self._pending.get(answer.get("id"))
                 if waiting is not None and not waiting.done():
-                    waiting.set_result(answer.get("ours"))
+                    waiting.set_result(answer.get("ours"))  # None with an "error": checked here
+                if "error" in answer:
+                    log.warning("prober: a page failed there (%s); checked in the hub", answer["error"])
         except (ValueError, OSError) as e:
             log.warning("prober: unreadable answer: %r", e)
         if process is self._process:
@@ -209,8 +212,13 @@ async def _answer(checker: HealthChecker, request: dict) -> None:
         host, port, secret, binding, base_dir = target
         return await checker.is_ours(Endpoint(host, port, secret, binding), base_dir, timeout)
 
-    verdicts = await paced(ours, request["targets"], int(request["group"]), float(request["tick"]))
-    _say({"id": request["id"], "ours": verdicts})
+    try:
+        verdicts = await paced(ours, request["targets"], int(request["group"]), float(request["tick"]))
+    except Exception as e:  # noqa: BLE001 — never a guess: the hub checks this page itself
+        log.exception("page %s not checked", request.get("id"))
+        _say({"id": request["id"], "error": repr(e)})
+    else:
+        _say({"id": request["id"], "ours": verdicts})
 
 
 def _say(message: dict) -> None:
