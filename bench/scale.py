@@ -4,7 +4,8 @@
     .venv/bin/python bench/scale.py --instances 1000 --db postgresql
     (--no-write: print only; --json FILE: also write the numbers;
      BENCH_TRACE_STALLS=FILE: the hub writes what made each loop turn over 12 ms
-     (BENCH_TRACE_OVER_MS) of: its callbacks, named, and garbage collections)
+     (BENCH_TRACE_OVER_MS) of: its callbacks, named, and garbage collections;
+     BENCH_HUB_LOG=FILE: keep the hub's log; a run takes ~12 minutes)
 
 One comfyhub process (uvicorn, one worker, as `comfyhub serve` runs it) with N lean
 stand-ins (tests/fake_comfyui/lean.py, ~9 MB each) and the heartbeat every 5 s. Steps:
@@ -21,7 +22,7 @@ stand-ins (tests/fake_comfyui/lean.py, ~9 MB each) and the heartbeat every 5 s. 
    the gap: "busy" is what the loop did while the sampler waited, "wall" adds the time
    the process was not running at all — on a shared machine, mostly other people's
    load); the stalls during sweeps against those with the heartbeat paused;
-4. hub RSS;
+4. hub RSS, and its prober's (the helper process that makes the sweeps' checks);
 5. SIGKILL 10 % of the instances: time until all of them are `offline` (admin list,
    polled), and every healthy instance that was written `offline` meanwhile (a flicker).
 
