@@ -159,6 +159,10 @@ class Prober:
         if self._process is not None:
             _kill(self._process)
             self._process = None
+        self._release_pending()
+
+    def _release_pending(self) -> None:
+        """Every page still waiting gets None: its caller checks it in the hub."""
         for waiting in self._pending.values():
             if not waiting.done():
                 waiting.set_result(None)
@@ -168,9 +172,7 @@ class Prober:
         process, self._process = self._process, None
         if self._reader is not None:
             self._reader.cancel()
-        for waiting in self._pending.values():
-            if not waiting.done():
-                waiting.set_result(None)  # a page still asked for is checked by its caller
+        self._release_pending()
         if process is None:
             return
         with contextlib.suppress(OSError):
